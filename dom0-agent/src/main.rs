@@ -1,0 +1,153 @@
+//! `envoyd`: the Envoy agent of one host's admin VM.
+//!
+//! Today it serves host directories (the `export` backend) over TCP, unix sockets and
+//! descriptor pairs. With no arguments it serves `<data dir>/export` on 127.0.0.1:5640 and
+//! prints the Linux mount command.
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use envoy::{ExportFs, Server, ServerConfig, SessionLimits};
+use envoy_transport::{Endpoint, Listener};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tracing::info;
+
+/// Default TCP endpoint when none is given.
+const DEFAULT_LISTEN: &str = "tcp:127.0.0.1:5640";
+
+#[derive(Parser, Debug)]
+#[command(name = "envoyd", version, about = "Envoy agent: serves file systems to guests over 9P")]
+struct Args {
+    /// Host directory to serve (default: <data dir>/export, created if missing).
+    #[arg(long, value_name = "DIR")]
+    export: Option<PathBuf>,
+    /// Where to listen: tcp:HOST:PORT, unix:PATH or fd:R,W (repeatable).
+    #[arg(long = "listen", value_name = "ENDPOINT")]
+    listen: Vec<String>,
+    /// Refuse every modification (EROFS).
+    #[arg(long)]
+    read_only: bool,
+    /// Local state directory (default: /var/lib/envoy as root, else $XDG_DATA_HOME/envoy).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Largest msize offered to clients, in bytes (4096 ..= 1048576).
+    #[arg(long, default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(4096..=1_048_576))]
+    max_msize: u32,
+    /// Most fids one client connection may hold.
+    #[arg(long, default_value_t = 65536)]
+    max_fids: usize,
+    /// Requests one connection may have in flight.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65535))]
+    max_in_flight: u32,
+    /// Log more (-v: debug, -vv: trace; RUST_LOG overrides).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+fn default_data_dir() -> PathBuf {
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/var/lib/envoy");
+    }
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("envoy")
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn mount_hint(ep: &Endpoint, msize: u32) -> Option<String> {
+    match ep {
+        Endpoint::Tcp(addr) => Some(format!(
+            "mount -t 9p -o trans=tcp,port={},version=9p2000.L,msize={msize} {} /mnt",
+            addr.port(),
+            addr.ip()
+        )),
+        Endpoint::Unix(path) => Some(format!(
+            "mount -t 9p -o trans=unix,version=9p2000.L,msize={msize} {} /mnt",
+            path.display()
+        )),
+        _ => None,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    init_logging(args.verbose);
+    if let Err(e) = run(args).await {
+        eprintln!("envoyd: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let export = match &args.export {
+        Some(dir) => dir.clone(),
+        None => {
+            let dir = args.data_dir.clone().unwrap_or_else(default_data_dir).join("export");
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            dir
+        }
+    };
+    if !export.is_dir() {
+        bail!("cannot export {}: not a directory", export.display());
+    }
+    let endpoints: Vec<Endpoint> = if args.listen.is_empty() { vec![DEFAULT_LISTEN.to_owned()] } else { args.listen.clone() }
+        .iter()
+        .map(|s| s.parse::<Endpoint>().with_context(|| format!("bad --listen {s:?}")))
+        .collect::<Result<_>>()?;
+    let fs = ExportFs::new(&export, args.read_only).with_context(|| format!("cannot export {}", export.display()))?;
+    let config = ServerConfig {
+        session: SessionLimits { max_msize: args.max_msize, max_fids: args.max_fids },
+        max_in_flight: args.max_in_flight as usize,
+    };
+    let server = Server::new(Arc::new(fs), config);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    for ep in &endpoints {
+        let mut listener = envoy_transport::bind(ep).await.with_context(|| format!("cannot listen on {ep}"))?;
+        let bound = listener.local_endpoint();
+        info!(export = %export.display(), listen = %bound, read_only = args.read_only, "serving");
+        println!("envoyd: serving {} on {bound}", export.display());
+        if let Some(hint) = mount_hint(&bound, args.max_msize) {
+            println!("  mount from Linux: {hint}");
+        }
+        if matches!(bound, Endpoint::Fd { .. }) {
+            // A descriptor pair is one connection: serve it, then stop everything.
+            let server = server.clone();
+            let (stop_rx, stop_tx) = (stop_rx.clone(), stop_tx.clone());
+            tasks.spawn(async move {
+                let channel = listener.accept().await?;
+                server.serve(channel, stop_rx).await;
+                let _ = stop_tx.send(true);
+                Ok(())
+            });
+        } else {
+            tasks.spawn(envoy::serve_listener(server.clone(), listener, stop_rx.clone()));
+        }
+    }
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut stop_watch = stop_rx.clone();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("interrupted; shutting down"),
+        _ = sigterm.recv() => info!("terminated; shutting down"),
+        _ = stop_watch.changed() => info!("connection ended; shutting down"),
+    }
+    let _ = stop_tx.send(true);
+    while let Some(r) = tasks.join_next().await {
+        r.context("listener task")??;
+    }
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! Shared harness for Envoy's whole-system tests: a real server on a temporary export.
+//!
+//! [`TestServer`] runs the export backend behind the real transport on loopback (TCP port 0 or
+//! a unix socket in a temporary directory) inside the test process, so tests can also inspect
+//! the export on the host side. It stops when dropped.
+
+#![forbid(unsafe_code)]
+
+use envoy::{ExportFs, Server, ServerConfig};
+use envoy_protocol::Dialect;
+use envoy_tools::client::Client;
+use envoy_transport::{Endpoint, Listener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// A running server on a temporary export directory.
+pub struct TestServer {
+    /// The temporary directory holding `export/` (and `outside/` for escape tests).
+    pub dir: tempfile::TempDir,
+    /// Where the server listens.
+    pub endpoint: Endpoint,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Options for [`TestServer::start_with`].
+#[derive(Clone, Default)]
+pub struct Options {
+    /// Serve read-only.
+    pub read_only: bool,
+    /// Listen on a unix socket instead of TCP.
+    pub unix: bool,
+    /// Server configuration (defaults if None).
+    pub config: Option<ServerConfig>,
+}
+
+impl TestServer {
+    /// A read-write export over TCP on 127.0.0.1 with default limits.
+    pub async fn start() -> TestServer {
+        Self::start_with(Options::default()).await
+    }
+
+    /// A server with `opts`.
+    pub async fn start_with(opts: Options) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let export = dir.path().join("export");
+        std::fs::create_dir(&export).unwrap();
+        std::fs::create_dir(dir.path().join("outside")).unwrap();
+        let fs = ExportFs::new(&export, opts.read_only).expect("export");
+        let server = Server::new(Arc::new(fs), opts.config.unwrap_or_default());
+        let ep: Endpoint = if opts.unix {
+            Endpoint::Unix(dir.path().join("envoy.sock"))
+        } else {
+            "tcp:127.0.0.1:0".parse().unwrap()
+        };
+        let listener = envoy_transport::bind(&ep).await.expect("bind");
+        let endpoint = listener.local_endpoint();
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let _ = envoy::serve_listener(server, listener, stop_rx).await;
+        });
+        TestServer { dir, endpoint, stop, task: Some(task) }
+    }
+
+    /// The exported directory on the host.
+    pub fn export(&self) -> PathBuf {
+        self.dir.path().join("export")
+    }
+
+    /// A directory beside the export that nothing may reach through the server.
+    pub fn outside(&self) -> PathBuf {
+        self.dir.path().join("outside")
+    }
+
+    /// A host path inside the export.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.export().join(rel)
+    }
+
+    /// A connected client with `dialect` and `msize`.
+    pub async fn client(&self, dialect: Dialect, msize: u32) -> Client {
+        match &self.endpoint {
+            Endpoint::Tcp(addr) => Client::connect_tcp(*addr, dialect, msize).await.expect("connect"),
+            Endpoint::Unix(path) => Client::connect_unix(path, dialect, msize).await.expect("connect"),
+            other => panic!("unexpected endpoint {other}"),
+        }
+    }
+
+    /// A raw TCP connection (for hand-made frames).
+    pub async fn raw(&self) -> tokio::net::TcpStream {
+        match &self.endpoint {
+            Endpoint::Tcp(addr) => {
+                let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                s.set_nodelay(true).unwrap();
+                s
+            }
+            other => panic!("raw connections are TCP only, not {other}"),
+        }
+    }
+
+    /// Stop the server and wait for it.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Every (relative path, content or link target) under `root`, for before/after comparisons.
+pub fn snapshot_tree(root: &Path) -> Vec<(String, String)> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        entries.sort();
+        for p in entries {
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            let desc = if meta.file_type().is_symlink() {
+                format!("link -> {}", std::fs::read_link(&p).unwrap().display())
+            } else if meta.is_dir() {
+                walk(root, &p, out);
+                format!("dir mode {:o}", std::os::unix::fs::PermissionsExt::mode(&meta.permissions()))
+            } else {
+                let bytes = std::fs::read(&p).unwrap();
+                format!(
+                    "file mode {:o} len {} data {:?}",
+                    std::os::unix::fs::PermissionsExt::mode(&meta.permissions()),
+                    bytes.len(),
+                    bytes
+                )
+            };
+            out.push((rel, desc));
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// A hand-driven 9P connection: exact frames out, decoded frames in, for ordering and
+/// bad-input tests.
+pub struct RawConn {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+    /// Dialect used to encode and decode.
+    pub dialect: Dialect,
+}
+
+impl RawConn {
+    /// Wrap a connected stream.
+    pub fn new(stream: tokio::net::TcpStream, dialect: Dialect) -> RawConn {
+        RawConn { stream, buf: Vec::new(), dialect }
+    }
+
+    /// Send one message.
+    pub async fn send(&mut self, tag: u16, msg: &envoy_protocol::Fcall) -> std::io::Result<()> {
+        let mut b = bytes::BytesMut::new();
+        msg.encode(tag, self.dialect, &mut b);
+        self.send_bytes(&b).await
+    }
+
+    /// Send raw bytes.
+    pub async fn send_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await
+    }
+
+    /// Negotiate `version`/`msize` and attach fid 1 as root (n_uname 0).
+    pub async fn handshake(&mut self, msize: u32) {
+        use envoy_protocol::*;
+        let v = Fcall::Tversion(Tversion { msize, version: self.dialect.as_str().into() });
+        self.send(consts::NOTAG, &v).await.unwrap();
+        let (_, r) = self.recv().await.expect("Rversion");
+        assert!(matches!(r, Fcall::Rversion(_)), "{r:?}");
+        let a = Tattach { fid: 1, afid: consts::NOFID, uname: "root".into(), aname: String::new(), n_uname: 0 };
+        self.send(1, &Fcall::Tattach(a)).await.unwrap();
+        let (_, r) = self.recv().await.expect("Rattach");
+        assert!(matches!(r, Fcall::Rattach(_)), "{r:?}");
+    }
+
+    /// The next whole frame's bytes, or None on EOF / after 10 s of silence.
+    pub async fn recv_frame(&mut self) -> Option<Vec<u8>> {
+        self.recv_frame_within(std::time::Duration::from_secs(10)).await
+    }
+
+    /// The next whole frame, or None on EOF or when `wait` passes.
+    pub async fn recv_frame_within(&mut self, wait: std::time::Duration) -> Option<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if self.buf.len() >= 4 {
+                let size = u32::from_le_bytes(self.buf[..4].try_into().unwrap()) as usize;
+                if self.buf.len() >= size {
+                    let rest = self.buf.split_off(size);
+                    return Some(std::mem::replace(&mut self.buf, rest));
+                }
+            }
+            let mut chunk = [0u8; 65536];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// The next decoded reply (tag, message).
+    pub async fn recv(&mut self) -> Option<(u16, envoy_protocol::Fcall)> {
+        let frame = self.recv_frame().await?;
+        Some(envoy_protocol::decode(bytes::Bytes::from(frame), self.dialect).expect("server sent a valid frame"))
+    }
+
+    /// True when the server has closed the connection (EOF within `wait`).
+    pub async fn closed_within(&mut self, wait: std::time::Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+}
