@@ -17,7 +17,11 @@ use tracing::info;
 const DEFAULT_LISTEN: &str = "tcp:127.0.0.1:5640";
 
 #[derive(Parser, Debug)]
-#[command(name = "envoyd", version, about = "Envoy agent: serves file systems to guests over 9P")]
+#[command(
+    name = "envoyd",
+    version,
+    about = "Envoy agent: serves file systems to guests over 9P"
+)]
 struct Args {
     /// Host directory to serve (default: <data dir>/export, created if missing).
     #[arg(long, value_name = "DIR")]
@@ -64,7 +68,10 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn mount_hint(ep: &Endpoint, msize: u32) -> Option<String> {
@@ -96,28 +103,46 @@ async fn run(args: Args) -> Result<()> {
     let export = match &args.export {
         Some(dir) => dir.clone(),
         None => {
-            let dir = args.data_dir.clone().unwrap_or_else(default_data_dir).join("export");
-            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let dir = args
+                .data_dir
+                .clone()
+                .unwrap_or_else(default_data_dir)
+                .join("export");
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
             dir
         }
     };
     if !export.is_dir() {
         bail!("cannot export {}: not a directory", export.display());
     }
-    let endpoints: Vec<Endpoint> = if args.listen.is_empty() { vec![DEFAULT_LISTEN.to_owned()] } else { args.listen.clone() }
-        .iter()
-        .map(|s| s.parse::<Endpoint>().with_context(|| format!("bad --listen {s:?}")))
-        .collect::<Result<_>>()?;
-    let fs = ExportFs::new(&export, args.read_only).with_context(|| format!("cannot export {}", export.display()))?;
+    let endpoints: Vec<Endpoint> = if args.listen.is_empty() {
+        vec![DEFAULT_LISTEN.to_owned()]
+    } else {
+        args.listen.clone()
+    }
+    .iter()
+    .map(|s| {
+        s.parse::<Endpoint>()
+            .with_context(|| format!("bad --listen {s:?}"))
+    })
+    .collect::<Result<_>>()?;
+    let fs = ExportFs::new(&export, args.read_only)
+        .with_context(|| format!("cannot export {}", export.display()))?;
     let config = ServerConfig {
-        session: SessionLimits { max_msize: args.max_msize, max_fids: args.max_fids },
+        session: SessionLimits {
+            max_msize: args.max_msize,
+            max_fids: args.max_fids,
+        },
         max_in_flight: args.max_in_flight as usize,
     };
     let server = Server::new(Arc::new(fs), config);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     for ep in &endpoints {
-        let mut listener = envoy_transport::bind(ep).await.with_context(|| format!("cannot listen on {ep}"))?;
+        let mut listener = envoy_transport::bind(ep)
+            .await
+            .with_context(|| format!("cannot listen on {ep}"))?;
         let bound = listener.local_endpoint();
         info!(export = %export.display(), listen = %bound, read_only = args.read_only, "serving");
         println!("envoyd: serving {} on {bound}", export.display());
@@ -135,7 +160,11 @@ async fn run(args: Args) -> Result<()> {
                 Ok(())
             });
         } else {
-            tasks.spawn(envoy::serve_listener(server.clone(), listener, stop_rx.clone()));
+            tasks.spawn(envoy::serve_listener(
+                server.clone(),
+                listener,
+                stop_rx.clone(),
+            ));
         }
     }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -21,7 +21,10 @@ pub struct BufPool {
 impl BufPool {
     /// A pool keeping at most `max_buffers` idle buffers.
     pub fn new(max_buffers: usize) -> BufPool {
-        BufPool { free: Mutex::new(Vec::new()), max_buffers }
+        BufPool {
+            free: Mutex::new(Vec::new()),
+            max_buffers,
+        }
     }
 
     /// An empty buffer with room for at least `capacity` bytes.

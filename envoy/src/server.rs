@@ -26,7 +26,7 @@ use envoy_transport::{Channel, FrameRx, FrameTx, Listener};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Semaphore, mpsc, watch};
-use tracing::{Instrument, debug, debug_span, warn};
+use tracing::{Instrument, debug, debug_span, trace, warn};
 
 /// Server-wide settings, applied to every connection.
 #[derive(Clone, Debug)]
@@ -39,7 +39,10 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { session: SessionLimits::default(), max_in_flight: 64 }
+        ServerConfig {
+            session: SessionLimits::default(),
+            max_in_flight: 64,
+        }
     }
 }
 
@@ -123,16 +126,24 @@ impl<F: FileSystem> Server<F> {
                 drop(permit);
                 // Abort: requests not yet started are dropped, running ones finish.
                 conn.cancel_all();
-                let all = slots.acquire_many(self.config.max_in_flight as u32).await.expect("never closed");
+                let all = slots
+                    .acquire_many(self.config.max_in_flight as u32)
+                    .await
+                    .expect("never closed");
                 drop(all);
                 let msg = match envoy_protocol::decode(frame, Dialect::P9P2000) {
                     Ok((_, Fcall::Tversion(v))) => v,
                     _ => {
-                        conn.send(error_reply(tag, Dialect::P9P2000, Errno::EPROTO, Some("malformed Tversion")));
+                        conn.send(error_reply(
+                            tag,
+                            Dialect::P9P2000,
+                            Errno::EPROTO,
+                            Some("malformed Tversion"),
+                        ));
                         continue;
                     }
                 };
-                let (negotiated, reply) = conn.session.version(msg.msize, &msg.version);
+                let (negotiated, reply) = conn.session.version(tag, msg.msize, &msg.version);
                 debug!(msize = msg.msize, version = %msg.version, ?negotiated, "version");
                 proto = negotiated;
                 if let Some(p) = proto {
@@ -142,19 +153,31 @@ impl<F: FileSystem> Server<F> {
                 continue;
             }
             let Some(p) = proto else {
-                conn.send(error_reply(tag, Dialect::P9P2000, Errno::EPROTO, Some("Tversion must come first")));
+                conn.send(error_reply(
+                    tag,
+                    Dialect::P9P2000,
+                    Errno::EPROTO,
+                    Some("Tversion must come first"),
+                ));
                 continue;
             };
             let msg = match envoy_protocol::decode(frame, p.dialect) {
                 Ok((_, m)) => m,
                 Err(e) => {
                     debug!(%e, tag, "malformed request");
-                    conn.send(error_reply(tag, p.dialect, Errno::from_raw(e.errno() as i32), Some(&e.to_string())));
+                    conn.send(error_reply(
+                        tag,
+                        p.dialect,
+                        Errno::from_raw(e.errno() as i32),
+                        Some(&e.to_string()),
+                    ));
                     continue;
                 }
             };
             if header.ty == TFLUSH {
-                let Fcall::Tflush(f) = msg else { unreachable!("decoded by type") };
+                let Fcall::Tflush(f) = msg else {
+                    unreachable!("decoded by type")
+                };
                 if let Err(reason) = conn.flush(tag, f.oldtag, p.dialect) {
                     break Ended::Failed(reason);
                 }
@@ -172,16 +195,25 @@ impl<F: FileSystem> Server<F> {
                     conn.finish(tag, None, p.dialect);
                     return;
                 }
-                let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.session.handle(tag, msg, p)))
-                    .unwrap_or_else(|_| {
-                        warn!(tag, "request handler panicked");
-                        error_reply(tag, p.dialect, Errno::EIO, None)
-                    });
+                trace!(request = ?msg);
+                let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    conn.session.handle(tag, msg, p)
+                }))
+                .unwrap_or_else(|_| {
+                    warn!(tag, "request handler panicked");
+                    error_reply(tag, p.dialect, Errno::EIO, None)
+                });
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    log_reply(&reply, p.dialect);
+                }
                 conn.finish(tag, Some(reply), p.dialect);
             });
         };
         if let Ended::Failed(reason) = &ended {
             warn!(%reason, "closing connection");
+            // A broken client gets no more replies: close the sending side now (dropping it
+            // shuts the socket down) instead of after the requests still running.
+            writer.abort();
         }
         // Let running requests finish (their replies may still be written), then end the writer.
         conn.cancel_all();
@@ -190,6 +222,22 @@ impl<F: FileSystem> Server<F> {
         drop(conn);
         let _ = writer.await;
         ended
+    }
+}
+
+/// One debug event per reply: its type and, for errors, the errno.
+fn log_reply(reply: &Bytes, dialect: Dialect) {
+    let Some(h) = envoy_protocol::peek_header(reply) else {
+        return;
+    };
+    if h.ty == envoy_protocol::consts::RLERROR || h.ty == envoy_protocol::consts::RERROR {
+        match envoy_protocol::decode(reply.clone(), dialect) {
+            Ok((_, Fcall::Rlerror(e))) => debug!(errno = e.ecode, "failed"),
+            Ok((_, Fcall::Rerror(e))) => debug!(errno = e.errno, ename = %e.ename, "failed"),
+            _ => debug!("failed"),
+        }
+    } else {
+        debug!(reply_type = h.ty, bytes = reply.len(), "done");
     }
 }
 
@@ -228,7 +276,11 @@ impl<F: FileSystem> Conn<F> {
     }
 
     fn cancelled(&self, tag: u16) -> bool {
-        self.in_flight.lock().unwrap().get(&tag).is_some_and(|e| e.cancelled)
+        self.in_flight
+            .lock()
+            .unwrap()
+            .get(&tag)
+            .is_some_and(|e| e.cancelled)
     }
 
     fn cancel_all(&self) {
@@ -260,7 +312,13 @@ impl<F: FileSystem> Conn<F> {
             Some(old) if !old.is_flush && oldtag != tag => {
                 old.cancelled = true;
                 old.flushes.push(tag);
-                t.insert(tag, InFlight { is_flush: true, ..Default::default() });
+                t.insert(
+                    tag,
+                    InFlight {
+                        is_flush: true,
+                        ..Default::default()
+                    },
+                );
             }
             _ => self.send(encode(tag, dialect, &Fcall::Rflush(Rflush {}))),
         }
@@ -269,7 +327,11 @@ impl<F: FileSystem> Conn<F> {
 }
 
 /// The writer task: gather queued replies into vectored writes; recycle large buffers.
-async fn write_replies<T: FrameTx>(mut tx: T, mut replies: mpsc::UnboundedReceiver<Bytes>, pool: Arc<BufPool>) {
+async fn write_replies<T: FrameTx>(
+    mut tx: T,
+    mut replies: mpsc::UnboundedReceiver<Bytes>,
+    pool: Arc<BufPool>,
+) {
     let mut batch = Vec::with_capacity(64);
     let mut recycle = Vec::with_capacity(64);
     loop {

@@ -34,7 +34,11 @@ pub struct Creds {
 impl Creds {
     /// The superuser.
     pub fn root() -> Creds {
-        Creds { uid: 0, gid: 0, groups: Arc::from(vec![0]) }
+        Creds {
+            uid: 0,
+            gid: 0,
+            groups: Arc::from(vec![0]),
+        }
     }
 
     /// Whether `gid` is one of this user's groups.
@@ -304,7 +308,13 @@ pub trait FileSystem: Send + Sync + 'static {
     }
 
     /// Make `name` in `dir` a hard link to `target`.
-    fn link(&self, _creds: &Creds, _dir: &Self::Node, _name: &str, _target: &Self::Node) -> Result<()> {
+    fn link(
+        &self,
+        _creds: &Creds,
+        _dir: &Self::Node,
+        _name: &str,
+        _target: &Self::Node,
+    ) -> Result<()> {
         Err(Errno::EOPNOTSUPP)
     }
 
@@ -337,7 +347,13 @@ pub trait FileSystem: Send + Sync + 'static {
     }
 
     /// Remove `name` from `dir` (`rmdir` semantics when `dir_only`).
-    fn unlink(&self, _creds: &Creds, _dir: &Self::Node, _name: &str, _dir_only: bool) -> Result<()> {
+    fn unlink(
+        &self,
+        _creds: &Creds,
+        _dir: &Self::Node,
+        _name: &str,
+        _dir_only: bool,
+    ) -> Result<()> {
         Err(Errno::EOPNOTSUPP)
     }
 
@@ -350,7 +366,13 @@ pub trait FileSystem: Send + Sync + 'static {
     fn read(&self, creds: &Creds, file: &Self::File, offset: u64, buf: &mut [u8]) -> Result<usize>;
 
     /// Write `data` at `offset`; returns the byte count.
-    fn write(&self, _creds: &Creds, _file: &Self::File, _offset: u64, _data: &[u8]) -> Result<usize> {
+    fn write(
+        &self,
+        _creds: &Creds,
+        _file: &Self::File,
+        _offset: u64,
+        _data: &[u8],
+    ) -> Result<usize> {
         Err(Errno::EOPNOTSUPP)
     }
 
@@ -385,7 +407,14 @@ pub trait FileSystem: Send + Sync + 'static {
     }
 
     /// Set extended attribute `name` (`flags`: `XATTR_CREATE`/`XATTR_REPLACE`).
-    fn setxattr(&self, _creds: &Creds, _node: &Self::Node, _name: &str, _value: &[u8], _flags: u32) -> Result<()> {
+    fn setxattr(
+        &self,
+        _creds: &Creds,
+        _node: &Self::Node,
+        _name: &str,
+        _value: &[u8],
+        _flags: u32,
+    ) -> Result<()> {
         Err(Errno::EOPNOTSUPP)
     }
 

@@ -109,16 +109,25 @@ mod tests {
 
     #[test]
     fn dialect_membership() {
-        let base: Vec<u8> = (0..=255).filter(|&t| Dialect::P9P2000.has_type(t)).collect();
+        let base: Vec<u8> = (0..=255)
+            .filter(|&t| Dialect::P9P2000.has_type(t))
+            .collect();
         let expected: Vec<u8> = (100..=127).filter(|&t| t != TERROR).collect();
         assert_eq!(base, expected);
-        assert_eq!((0..=255).filter(|&t| Dialect::P9P2000U.has_type(t)).count(), 27);
-        let dotl: Vec<u8> = (0..=255).filter(|&t| Dialect::P9P2000L.has_type(t)).collect();
+        assert_eq!(
+            (0..=255).filter(|&t| Dialect::P9P2000U.has_type(t)).count(),
+            27
+        );
+        let dotl: Vec<u8> = (0..=255)
+            .filter(|&t| Dialect::P9P2000L.has_type(t))
+            .collect();
         assert_eq!(dotl.len(), 39 + 18);
         for t in [TOPEN, TCREATE, TSTAT, TWSTAT, RERROR, TERROR, TLERROR] {
             assert!(!dotl.contains(&t), "{t} must not be in .L");
         }
-        for t in [RLERROR, TSTATFS, TUNLINKAT, RUNLINKAT, TVERSION, TREMOVE, RREMOVE] {
+        for t in [
+            RLERROR, TSTATFS, TUNLINKAT, RUNLINKAT, TVERSION, TREMOVE, RREMOVE,
+        ] {
             assert!(dotl.contains(&t), "{t} must be in .L");
         }
     }

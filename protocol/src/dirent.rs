@@ -88,7 +88,16 @@ mod tests {
 
     #[test]
     fn encode_is_byte_exact() {
-        let d = Dirent { qid: Qid { ty: 0x80, version: 1, path: 2 }, offset: 3, ty: 4, name: "ab".into() };
+        let d = Dirent {
+            qid: Qid {
+                ty: 0x80,
+                version: 1,
+                path: 2,
+            },
+            offset: 3,
+            ty: 4,
+            name: "ab".into(),
+        };
         let mut b = BytesMut::new();
         d.encode(&mut b);
         let want: &[u8] = &[
@@ -104,7 +113,12 @@ mod tests {
 
     #[test]
     fn iterator_stops_after_an_error() {
-        let d = Dirent { qid: Qid::default(), offset: 1, ty: 8, name: "x".into() };
+        let d = Dirent {
+            qid: Qid::default(),
+            offset: 1,
+            ty: 8,
+            name: "x".into(),
+        };
         let mut b = BytesMut::new();
         d.encode(&mut b);
         d.encode(&mut b);

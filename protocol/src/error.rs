@@ -29,7 +29,7 @@ pub enum DecodeError {
     #[error("message truncated")]
     Truncated,
     /// Bytes were left over after the last field.
-    #[error("{0} trailing bytes after the message")]
+    #[error("trailing bytes after the message ({0})")]
     TrailingBytes(usize),
     /// No 9P message has this type number.
     #[error("unknown message type {0}")]
@@ -49,7 +49,7 @@ pub enum DecodeError {
     #[error("string contains a nul byte")]
     NulInString,
     /// A Twalk/Rwalk lists more than MAXWELEM (16) elements.
-    #[error("{0} walk elements (at most 16 allowed)")]
+    #[error("too many walk elements ({0}, at most 16)")]
     TooManyWalkElements(u16),
     /// A stat structure's size fields disagree with its contents.
     #[error("malformed stat: {0}")]

@@ -39,13 +39,19 @@ pub fn peek_header(buf: &[u8]) -> Option<Header> {
 pub fn decode(frame: Bytes, d: Dialect) -> Result<(u16, Fcall), DecodeError> {
     let header = peek_header(&frame).ok_or(DecodeError::FrameTooShort)?;
     if usize::try_from(header.size).ok() != Some(frame.len()) {
-        return Err(DecodeError::SizeMismatch { declared: header.size, actual: frame.len() });
+        return Err(DecodeError::SizeMismatch {
+            declared: header.size,
+            actual: frame.len(),
+        });
     }
     if !is_known_type(header.ty) {
         return Err(DecodeError::UnknownType(header.ty));
     }
     if !d.has_type(header.ty) && header.ty != RERROR {
-        return Err(DecodeError::NotInDialect { ty: header.ty, dialect: d });
+        return Err(DecodeError::NotInDialect {
+            ty: header.ty,
+            dialect: d,
+        });
     }
     let mut body = frame;
     body.advance(HEADER_LEN);
@@ -79,7 +85,12 @@ impl Fcall {
         buf.put_u8(self.ty());
         buf.put_u16_le(tag);
         self.encode_body(buf, d);
-        debug_assert_eq!(buf.len() - start, len, "encoded_len disagrees with encode for {}", self.name());
+        debug_assert_eq!(
+            buf.len() - start,
+            len,
+            "encoded_len disagrees with encode for {}",
+            self.name()
+        );
     }
 }
 
@@ -95,7 +106,9 @@ pub const DATA_REPLY_HEADER_LEN: usize = HEADER_LEN + 4;
 /// message larger than 4 GiB.
 pub fn encode_data_reply_header(buf: &mut BytesMut, ty: u8, tag: u16, count: u32) {
     debug_assert!(ty == RREAD || ty == RREADDIR, "type {ty} carries no data");
-    let size = count.checked_add(DATA_REPLY_HEADER_LEN as u32).expect("9P message larger than 4 GiB");
+    let size = count
+        .checked_add(DATA_REPLY_HEADER_LEN as u32)
+        .expect("9P message larger than 4 GiB");
     buf.reserve(DATA_REPLY_HEADER_LEN);
     buf.put_u32_le(size);
     buf.put_u8(ty);
@@ -113,7 +126,11 @@ mod tests {
         assert_eq!(peek_header(&[1, 2, 3, 4, 5, 6]), None);
         assert_eq!(
             peek_header(&[0x0b, 0, 0, 0, 117, 0x34, 0x12, 0xff]),
-            Some(Header { size: 11, ty: 117, tag: 0x1234 })
+            Some(Header {
+                size: 11,
+                ty: 117,
+                tag: 0x1234
+            })
         );
     }
 
@@ -124,7 +141,10 @@ mod tests {
         assert_eq!(&a[..], &[14, 0, 0, 0, 117, 9, 0, 3, 0, 0, 0]);
         a.put_slice(b"abc");
         let mut b = BytesMut::new();
-        Fcall::Rread(Rread { data: Bytes::from_static(b"abc") }).encode(9, Dialect::P9P2000L, &mut b);
+        Fcall::Rread(Rread {
+            data: Bytes::from_static(b"abc"),
+        })
+        .encode(9, Dialect::P9P2000L, &mut b);
         assert_eq!(a, b);
     }
 
@@ -133,7 +153,9 @@ mod tests {
         let frame = Bytes::from_static(&[14, 0, 0, 0, 117, 9, 0, 3, 0, 0, 0, b'a', b'b', b'c']);
         let (tag, msg) = decode(frame.clone(), Dialect::P9P2000).unwrap();
         assert_eq!(tag, 9);
-        let Fcall::Rread(r) = msg else { panic!("not an Rread") };
+        let Fcall::Rread(r) = msg else {
+            panic!("not an Rread")
+        };
         assert_eq!(r.data.as_ptr(), frame[11..].as_ptr());
     }
 }

@@ -20,7 +20,12 @@ pub fn decode(data: &[u8]) {
             let mut out = BytesMut::with_capacity(data.len());
             msg.encode(tag, d, &mut out);
             assert_eq!(&out[..], data, "{} did not round-trip in {d}", msg.name());
-            assert_eq!(msg.encoded_len(d), data.len(), "{} encoded_len in {d}", msg.name());
+            assert_eq!(
+                msg.encoded_len(d),
+                data.len(),
+                "{} encoded_len in {d}",
+                msg.name()
+            );
         }
         if let Ok(stats) = decode_stats(bytes.clone(), d) {
             let mut out = BytesMut::new();

@@ -1,6 +1,6 @@
 //! Every 9P message, described once.
 //!
-//! The [`messages!`] table below lists each message's type number, name and fields in
+//! The `messages!` table below lists each message's type number, name and fields in
 //! wire order. From it come the message structs, the [`Fcall`] enum, and each message's
 //! encoding, decoding, encoded length and type number: nothing per message is written by
 //! hand. A field is encoded by the [`WireFormat`] impl of its type, except:
@@ -22,23 +22,45 @@ use bytes::{Bytes, BytesMut};
 
 /// One field operation, chosen by the field's `[...]` options.
 macro_rules! field {
-    (len $v:expr, $d:ident, []) => { WireFormat::encoded_len($v, $d) };
+    (len $v:expr, $d:ident, []) => {
+        WireFormat::encoded_len($v, $d)
+    };
     (len $v:expr, $d:ident, [ext = $def:expr]) => {
-        if $d.extended() { WireFormat::encoded_len($v, $d) } else { 0 }
+        if $d.extended() {
+            WireFormat::encoded_len($v, $d)
+        } else {
+            0
+        }
     };
-    (len $v:expr, $d:ident, [via = $codec:ty]) => { <$codec>::encoded_len($v, $d) };
+    (len $v:expr, $d:ident, [via = $codec:ty]) => {
+        <$codec>::encoded_len($v, $d)
+    };
 
-    (enc $v:expr, $buf:ident, $d:ident, []) => { WireFormat::encode($v, $buf, $d) };
+    (enc $v:expr, $buf:ident, $d:ident, []) => {
+        WireFormat::encode($v, $buf, $d)
+    };
     (enc $v:expr, $buf:ident, $d:ident, [ext = $def:expr]) => {
-        if $d.extended() { WireFormat::encode($v, $buf, $d) }
+        if $d.extended() {
+            WireFormat::encode($v, $buf, $d)
+        }
     };
-    (enc $v:expr, $buf:ident, $d:ident, [via = $codec:ty]) => { <$codec>::encode($v, $buf, $d) };
+    (enc $v:expr, $buf:ident, $d:ident, [via = $codec:ty]) => {
+        <$codec>::encode($v, $buf, $d)
+    };
 
-    (dec $t:ty, $buf:ident, $d:ident, []) => { <$t as WireFormat>::decode($buf, $d)? };
-    (dec $t:ty, $buf:ident, $d:ident, [ext = $def:expr]) => {
-        if $d.extended() { <$t as WireFormat>::decode($buf, $d)? } else { $def }
+    (dec $t:ty, $buf:ident, $d:ident, []) => {
+        <$t as WireFormat>::decode($buf, $d)?
     };
-    (dec $t:ty, $buf:ident, $d:ident, [via = $codec:ty]) => { <$codec>::decode($buf, $d)? };
+    (dec $t:ty, $buf:ident, $d:ident, [ext = $def:expr]) => {
+        if $d.extended() {
+            <$t as WireFormat>::decode($buf, $d)?
+        } else {
+            $def
+        }
+    };
+    (dec $t:ty, $buf:ident, $d:ident, [via = $codec:ty]) => {
+        <$codec>::decode($buf, $d)?
+    };
 }
 
 macro_rules! messages {

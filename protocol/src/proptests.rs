@@ -51,7 +51,9 @@ impl Arb for Bytes {
 
 impl Arb for Qid {
     fn strategy(_: Dialect) -> BoxedStrategy<Self> {
-        (any::<u8>(), any::<u32>(), any::<u64>()).prop_map(|(ty, version, path)| Qid { ty, version, path }).boxed()
+        (any::<u8>(), any::<u32>(), any::<u64>())
+            .prop_map(|(ty, version, path)| Qid { ty, version, path })
+            .boxed()
     }
 }
 
@@ -70,42 +72,88 @@ impl Arb for Vec<Qid> {
 impl Arb for Stat {
     fn strategy(d: Dialect) -> BoxedStrategy<Self> {
         let s = || String::strategy(d);
-        let fixed = (any::<u16>(), any::<u32>(), Qid::strategy(d), any::<u32>(), any::<u32>(), any::<u32>(), any::<u64>());
+        let fixed = (
+            any::<u16>(),
+            any::<u32>(),
+            Qid::strategy(d),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u64>(),
+        );
         let names = (s(), s(), s(), s());
         let ext = (s(), any::<u32>(), any::<u32>(), any::<u32>());
         (fixed, names, ext)
-            .prop_map(move |((ty, dev, qid, mode, atime, mtime, length), (name, uid, gid, muid), ext)| {
-                let mut stat = Stat { ty, dev, qid, mode, atime, mtime, length, name, uid, gid, muid, ..Stat::default() };
-                if d.extended() {
-                    (stat.extension, stat.n_uid, stat.n_gid, stat.n_muid) = ext;
-                }
-                stat
-            })
+            .prop_map(
+                move |((ty, dev, qid, mode, atime, mtime, length), (name, uid, gid, muid), ext)| {
+                    let mut stat = Stat {
+                        ty,
+                        dev,
+                        qid,
+                        mode,
+                        atime,
+                        mtime,
+                        length,
+                        name,
+                        uid,
+                        gid,
+                        muid,
+                        ..Stat::default()
+                    };
+                    if d.extended() {
+                        (stat.extension, stat.n_uid, stat.n_gid, stat.n_muid) = ext;
+                    }
+                    stat
+                },
+            )
             .boxed()
     }
 }
 
 impl Arb for Dirent {
     fn strategy(d: Dialect) -> BoxedStrategy<Self> {
-        (Qid::strategy(d), any::<u64>(), any::<u8>(), String::strategy(d))
-            .prop_map(|(qid, offset, ty, name)| Dirent { qid, offset, ty, name })
+        (
+            Qid::strategy(d),
+            any::<u64>(),
+            any::<u8>(),
+            String::strategy(d),
+        )
+            .prop_map(|(qid, offset, ty, name)| Dirent {
+                qid,
+                offset,
+                ty,
+                name,
+            })
             .boxed()
     }
 }
 
 /// Any message of dialect `d`.
 fn message(d: Dialect) -> impl Strategy<Value = Fcall> {
-    let arms: Vec<_> = arbitrary_messages(d).into_iter().filter(|(ty, _)| d.has_type(*ty)).map(|(_, s)| s).collect();
+    let arms: Vec<_> = arbitrary_messages(d)
+        .into_iter()
+        .filter(|(ty, _)| d.has_type(*ty))
+        .map(|(_, s)| s)
+        .collect();
     Union::new(arms)
 }
 
 fn dialect() -> impl Strategy<Value = Dialect> {
-    prop_oneof![Just(Dialect::P9P2000), Just(Dialect::P9P2000U), Just(Dialect::P9P2000L)]
+    prop_oneof![
+        Just(Dialect::P9P2000),
+        Just(Dialect::P9P2000U),
+        Just(Dialect::P9P2000L)
+    ]
 }
 
 /// A dialect and a message of it.
 fn dialect_message() -> impl Strategy<Value = (Dialect, Fcall)> {
     dialect().prop_flat_map(|d| message(d).prop_map(move |m| (d, m)))
+}
+
+/// A dialect and a few stats of it.
+fn dialect_stats() -> impl Strategy<Value = (Dialect, Vec<Stat>)> {
+    dialect().prop_flat_map(|d| vec(Stat::strategy(d), 0..4).prop_map(move |s| (d, s)))
 }
 
 fn encode(m: &Fcall, tag: u16, d: Dialect) -> Bytes {
@@ -117,7 +165,11 @@ fn encode(m: &Fcall, tag: u16, d: Dialect) -> Bytes {
 #[test]
 fn every_message_has_a_strategy_in_every_dialect_it_belongs_to() {
     for d in Dialect::ALL {
-        let covered: Vec<u8> = arbitrary_messages(d).iter().map(|(t, _)| *t).filter(|t| d.has_type(*t)).collect();
+        let covered: Vec<u8> = arbitrary_messages(d)
+            .iter()
+            .map(|(t, _)| *t)
+            .filter(|t| d.has_type(*t))
+            .collect();
         let members: Vec<u8> = (0..=255).filter(|t| d.has_type(*t)).collect();
         assert_eq!(covered.len(), members.len(), "{d}");
     }
@@ -164,7 +216,7 @@ proptest! {
     }
 
     #[test]
-    fn stats_round_trip((sd, stats) in dialect().prop_flat_map(|d| vec(Stat::strategy(d), 0..4).prop_map(move |s| (d, s)))) {
+    fn stats_round_trip((sd, stats) in dialect_stats()) {
         let mut buf = BytesMut::new();
         stats.iter().for_each(|s| s.encode(&mut buf, sd));
         prop_assert_eq!(buf.len(), stats.iter().map(|s| s.encoded_len(sd)).sum::<usize>());

@@ -82,7 +82,11 @@ impl Stat {
         Stat {
             ty: !0,
             dev: !0,
-            qid: Qid { ty: !0, version: !0, path: !0 },
+            qid: Qid {
+                ty: !0,
+                version: !0,
+                path: !0,
+            },
             mode: !0,
             atime: !0,
             mtime: !0,
@@ -240,7 +244,11 @@ mod tests {
         Stat {
             ty: 1,
             dev: 2,
-            qid: Qid { ty: 0x80, version: 3, path: 4 },
+            qid: Qid {
+                ty: 0x80,
+                version: 3,
+                path: 4,
+            },
             mode: 0x8000_01ed,
             atime: 5,
             mtime: 6,
@@ -274,7 +282,13 @@ mod tests {
         let mut b = BytesMut::new();
         sample().encode(&mut b, Dialect::P9P2000);
         let got = Stat::decode(&mut b.freeze(), Dialect::P9P2000).unwrap();
-        let want = Stat { extension: String::new(), n_uid: !0, n_gid: !0, n_muid: !0, ..sample() };
+        let want = Stat {
+            extension: String::new(),
+            n_uid: !0,
+            n_gid: !0,
+            n_muid: !0,
+            ..sample()
+        };
         assert_eq!(got, want);
     }
 
@@ -287,7 +301,10 @@ mod tests {
         let mut b = BytesMut::new();
         sample().encode(&mut b, Dialect::P9P2000);
         let e = Stat::decode(&mut b.freeze(), Dialect::P9P2000U).unwrap_err();
-        assert_eq!(e, DecodeError::BadStat("size field smaller than the fields"));
+        assert_eq!(
+            e,
+            DecodeError::BadStat("size field smaller than the fields")
+        );
     }
 
     #[test]
@@ -311,6 +328,9 @@ mod tests {
         let all = decode_stats(b.clone().freeze(), Dialect::P9P2000U).unwrap();
         assert_eq!(all, vec![sample(), Stat::default()]);
         b.truncate(b.len() - 1);
-        assert_eq!(decode_stats(b.freeze(), Dialect::P9P2000U), Err(DecodeError::Truncated));
+        assert_eq!(
+            decode_stats(b.freeze(), Dialect::P9P2000U),
+            Err(DecodeError::Truncated)
+        );
     }
 }

@@ -27,7 +27,11 @@ pub(crate) trait WireFormat: Sized {
 
 /// Fail with [`DecodeError::Truncated`] unless `n` more bytes are available.
 pub(crate) fn need(buf: &Bytes, n: usize) -> Result<(), DecodeError> {
-    if buf.remaining() < n { Err(DecodeError::Truncated) } else { Ok(()) }
+    if buf.remaining() < n {
+        Err(DecodeError::Truncated)
+    } else {
+        Ok(())
+    }
 }
 
 macro_rules! integer {
@@ -105,7 +109,11 @@ impl WireFormat for Qid {
     }
     fn decode(buf: &mut Bytes, _: Dialect) -> Result<Self, DecodeError> {
         need(buf, Qid::LEN)?;
-        Ok(Qid { ty: buf.get_u8(), version: buf.get_u32_le(), path: buf.get_u64_le() })
+        Ok(Qid {
+            ty: buf.get_u8(),
+            version: buf.get_u32_le(),
+            path: buf.get_u64_le(),
+        })
     }
 }
 
@@ -137,7 +145,11 @@ impl WireFormat for Bytes {
 /// longer than 65535 is cut); the decoder of the peer enforces the bound.
 impl<T: WireFormat> WireFormat for Vec<T> {
     fn encoded_len(&self, d: Dialect) -> usize {
-        2 + self.iter().take(usize::from(u16::MAX)).map(|e| e.encoded_len(d)).sum::<usize>()
+        2 + self
+            .iter()
+            .take(usize::from(u16::MAX))
+            .map(|e| e.encoded_len(d))
+            .sum::<usize>()
     }
     fn encode(&self, buf: &mut BytesMut, d: Dialect) {
         let n = self.len().min(usize::from(u16::MAX));
@@ -178,7 +190,10 @@ mod tests {
         0x0102u16.encode(&mut b, D);
         0x0304_0506u32.encode(&mut b, D);
         0x0708_090a_0b0c_0d0eu64.encode(&mut b, D);
-        assert_eq!(&b[..], &[2, 1, 6, 5, 4, 3, 0x0e, 0x0d, 0x0c, 0x0b, 0x0a, 9, 8, 7]);
+        assert_eq!(
+            &b[..],
+            &[2, 1, 6, 5, 4, 3, 0x0e, 0x0d, 0x0c, 0x0b, 0x0a, 9, 8, 7]
+        );
         assert_eq!(dec::<u32>(&[1, 0, 0]), Err(DecodeError::Truncated));
         assert_eq!(dec::<u64>(&[1, 0, 0, 0, 0, 0, 0, 0, 9]), Ok((1, 1)));
     }
@@ -188,10 +203,22 @@ mod tests {
         let mut b = BytesMut::new();
         "héllo".to_owned().encode(&mut b, D);
         assert_eq!(&b[..], b"\x06\x00h\xc3\xa9llo");
-        assert_eq!(dec::<String>(b"\x06\x00h\xc3\xa9llo!"), Ok(("héllo".to_owned(), 1)));
-        assert_eq!(dec::<String>(b"\x06\x00h\xc3\xa9ll"), Err(DecodeError::Truncated));
-        assert_eq!(dec::<String>(b"\x02\x00\xc3\x28"), Err(DecodeError::InvalidUtf8));
-        assert_eq!(dec::<String>(b"\x03\x00a\x00b"), Err(DecodeError::NulInString));
+        assert_eq!(
+            dec::<String>(b"\x06\x00h\xc3\xa9llo!"),
+            Ok(("héllo".to_owned(), 1))
+        );
+        assert_eq!(
+            dec::<String>(b"\x06\x00h\xc3\xa9ll"),
+            Err(DecodeError::Truncated)
+        );
+        assert_eq!(
+            dec::<String>(b"\x02\x00\xc3\x28"),
+            Err(DecodeError::InvalidUtf8)
+        );
+        assert_eq!(
+            dec::<String>(b"\x03\x00a\x00b"),
+            Err(DecodeError::NulInString)
+        );
         assert_eq!(dec::<String>(b"\x00"), Err(DecodeError::Truncated));
     }
 
@@ -211,16 +238,37 @@ mod tests {
     fn data_count_must_match() {
         let (d, rest) = dec::<Bytes>(&[3, 0, 0, 0, 1, 2, 3]).unwrap();
         assert_eq!((&d[..], rest), (&[1u8, 2, 3][..], 0));
-        assert_eq!(dec::<Bytes>(&[4, 0, 0, 0, 1, 2, 3]), Err(DecodeError::BadCount { declared: 4, actual: 3 }));
-        assert_eq!(dec::<Bytes>(&[2, 0, 0, 0, 1, 2, 3]), Err(DecodeError::BadCount { declared: 2, actual: 3 }));
+        assert_eq!(
+            dec::<Bytes>(&[4, 0, 0, 0, 1, 2, 3]),
+            Err(DecodeError::BadCount {
+                declared: 4,
+                actual: 3
+            })
+        );
+        assert_eq!(
+            dec::<Bytes>(&[2, 0, 0, 0, 1, 2, 3]),
+            Err(DecodeError::BadCount {
+                declared: 2,
+                actual: 3
+            })
+        );
         assert_eq!(dec::<Bytes>(&[2, 0, 0]), Err(DecodeError::Truncated));
     }
 
     #[test]
     fn walk_lists_are_bounded_before_allocation() {
-        assert_eq!(dec::<Vec<Qid>>(&[17, 0]), Err(DecodeError::TooManyWalkElements(17)));
-        assert_eq!(dec::<Vec<String>>(&[0xff, 0xff]), Err(DecodeError::TooManyWalkElements(0xffff)));
-        assert_eq!(dec::<Vec<String>>(&[2, 0, 1, 0, b'a']), Err(DecodeError::Truncated));
+        assert_eq!(
+            dec::<Vec<Qid>>(&[17, 0]),
+            Err(DecodeError::TooManyWalkElements(17))
+        );
+        assert_eq!(
+            dec::<Vec<String>>(&[0xff, 0xff]),
+            Err(DecodeError::TooManyWalkElements(0xffff))
+        );
+        assert_eq!(
+            dec::<Vec<String>>(&[2, 0, 1, 0, b'a']),
+            Err(DecodeError::Truncated)
+        );
         assert_eq!(dec::<Vec<String>>(&[0, 0]), Ok((vec![], 0)));
     }
 }

@@ -46,6 +46,9 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let export = dir.path().join("export");
         std::fs::create_dir(&export).unwrap();
+        // ExportFs sets the process umask to 0, so state the modes the tests rely on.
+        std::fs::set_permissions(&export, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         std::fs::create_dir(dir.path().join("outside")).unwrap();
         let fs = ExportFs::new(&export, opts.read_only).expect("export");
         let server = Server::new(Arc::new(fs), opts.config.unwrap_or_default());
@@ -60,7 +63,12 @@ impl TestServer {
         let task = tokio::spawn(async move {
             let _ = envoy::serve_listener(server, listener, stop_rx).await;
         });
-        TestServer { dir, endpoint, stop, task: Some(task) }
+        TestServer {
+            dir,
+            endpoint,
+            stop,
+            task: Some(task),
+        }
     }
 
     /// The exported directory on the host.
@@ -81,8 +89,12 @@ impl TestServer {
     /// A connected client with `dialect` and `msize`.
     pub async fn client(&self, dialect: Dialect, msize: u32) -> Client {
         match &self.endpoint {
-            Endpoint::Tcp(addr) => Client::connect_tcp(*addr, dialect, msize).await.expect("connect"),
-            Endpoint::Unix(path) => Client::connect_unix(path, dialect, msize).await.expect("connect"),
+            Endpoint::Tcp(addr) => Client::connect_tcp(*addr, dialect, msize)
+                .await
+                .expect("connect"),
+            Endpoint::Unix(path) => Client::connect_unix(path, dialect, msize)
+                .await
+                .expect("connect"),
             other => panic!("unexpected endpoint {other}"),
         }
     }
@@ -117,7 +129,10 @@ impl Drop for TestServer {
 /// Every (relative path, content or link target) under `root`, for before/after comparisons.
 pub fn snapshot_tree(root: &Path) -> Vec<(String, String)> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
-        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         entries.sort();
         for p in entries {
             let rel = p.strip_prefix(root).unwrap().display().to_string();
@@ -126,7 +141,10 @@ pub fn snapshot_tree(root: &Path) -> Vec<(String, String)> {
                 format!("link -> {}", std::fs::read_link(&p).unwrap().display())
             } else if meta.is_dir() {
                 walk(root, &p, out);
-                format!("dir mode {:o}", std::os::unix::fs::PermissionsExt::mode(&meta.permissions()))
+                format!(
+                    "dir mode {:o}",
+                    std::os::unix::fs::PermissionsExt::mode(&meta.permissions())
+                )
             } else {
                 let bytes = std::fs::read(&p).unwrap();
                 format!(
@@ -156,7 +174,11 @@ pub struct RawConn {
 impl RawConn {
     /// Wrap a connected stream.
     pub fn new(stream: tokio::net::TcpStream, dialect: Dialect) -> RawConn {
-        RawConn { stream, buf: Vec::new(), dialect }
+        RawConn {
+            stream,
+            buf: Vec::new(),
+            dialect,
+        }
     }
 
     /// Send one message.
@@ -175,11 +197,20 @@ impl RawConn {
     /// Negotiate `version`/`msize` and attach fid 1 as root (n_uname 0).
     pub async fn handshake(&mut self, msize: u32) {
         use envoy_protocol::*;
-        let v = Fcall::Tversion(Tversion { msize, version: self.dialect.as_str().into() });
+        let v = Fcall::Tversion(Tversion {
+            msize,
+            version: self.dialect.as_str().into(),
+        });
         self.send(consts::NOTAG, &v).await.unwrap();
         let (_, r) = self.recv().await.expect("Rversion");
         assert!(matches!(r, Fcall::Rversion(_)), "{r:?}");
-        let a = Tattach { fid: 1, afid: consts::NOFID, uname: "root".into(), aname: String::new(), n_uname: 0 };
+        let a = Tattach {
+            fid: 1,
+            afid: consts::NOFID,
+            uname: "root".into(),
+            aname: String::new(),
+            n_uname: 0,
+        };
         self.send(1, &Fcall::Tattach(a)).await.unwrap();
         let (_, r) = self.recv().await.expect("Rattach");
         assert!(matches!(r, Fcall::Rattach(_)), "{r:?}");
@@ -187,7 +218,8 @@ impl RawConn {
 
     /// The next whole frame's bytes, or None on EOF / after 10 s of silence.
     pub async fn recv_frame(&mut self) -> Option<Vec<u8>> {
-        self.recv_frame_within(std::time::Duration::from_secs(10)).await
+        self.recv_frame_within(std::time::Duration::from_secs(10))
+            .await
     }
 
     /// The next whole frame, or None on EOF or when `wait` passes.
@@ -213,7 +245,10 @@ impl RawConn {
     /// The next decoded reply (tag, message).
     pub async fn recv(&mut self) -> Option<(u16, envoy_protocol::Fcall)> {
         let frame = self.recv_frame().await?;
-        Some(envoy_protocol::decode(bytes::Bytes::from(frame), self.dialect).expect("server sent a valid frame"))
+        Some(
+            envoy_protocol::decode(bytes::Bytes::from(frame), self.dialect)
+                .expect("server sent a valid frame"),
+        )
     }
 
     /// True when the server has closed the connection (EOF within `wait`).

@@ -12,9 +12,15 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 async fn setup(dialect: Dialect) -> (TestServer, Client) {
     let srv = TestServer::start().await;
     let c = srv.client(dialect, 65536).await;
-    c.rpc(Fcall::Tattach(Tattach { fid: 1, afid: NOFID, uname: "root".into(), aname: String::new(), n_uname: NONUNAME }))
-        .await
-        .unwrap();
+    c.rpc(Fcall::Tattach(Tattach {
+        fid: 1,
+        afid: NOFID,
+        uname: "root".into(),
+        aname: String::new(),
+        n_uname: NONUNAME,
+    }))
+    .await
+    .unwrap();
     (srv, c)
 }
 
@@ -32,11 +38,21 @@ async fn err(c: &Client, m: Fcall) -> (u32, String) {
 }
 
 fn walk(fid: u32, newfid: u32, names: &[&str]) -> Fcall {
-    Fcall::Twalk(Twalk { fid, newfid, wnames: names.iter().map(|s| s.to_string()).collect() })
+    Fcall::Twalk(Twalk {
+        fid,
+        newfid,
+        wnames: names.iter().map(|s| s.to_string()).collect(),
+    })
 }
 
 fn create(fid: u32, name: &str, perm: u32, mode: u8, extension: &str) -> Fcall {
-    Fcall::Tcreate(Tcreate { fid, name: name.into(), perm, mode, extension: extension.into() })
+    Fcall::Tcreate(Tcreate {
+        fid,
+        name: name.into(),
+        perm,
+        mode,
+        extension: extension.into(),
+    })
 }
 
 async fn stat(c: &Client, fid: u32) -> Stat {
@@ -51,20 +67,42 @@ async fn create_every_kind() {
     let (srv, c) = setup(Dialect::P9P2000U).await;
     // Regular file: created open, written, read back.
     ok(&c, walk(1, 2, &[])).await;
-    let Fcall::Rcreate(r) = ok(&c, create(2, "file", 0o640, ORDWR, "")).await else { panic!() };
+    let Fcall::Rcreate(r) = ok(&c, create(2, "file", 0o640, ORDWR, "")).await else {
+        panic!()
+    };
     assert_eq!(r.qid.ty, QTFILE);
-    ok(&c, Fcall::Twrite(Twrite { fid: 2, offset: 0, data: Bytes::from_static(b"hello") })).await;
+    ok(
+        &c,
+        Fcall::Twrite(Twrite {
+            fid: 2,
+            offset: 0,
+            data: Bytes::from_static(b"hello"),
+        }),
+    )
+    .await;
     assert_eq!(std::fs::read(srv.path("file")).unwrap(), b"hello");
-    assert_eq!(std::fs::metadata(srv.path("file")).unwrap().permissions().mode() & 0o777, 0o640);
+    assert_eq!(
+        std::fs::metadata(srv.path("file"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o640
+    );
     // Directory.
     ok(&c, walk(1, 3, &[])).await;
-    let Fcall::Rcreate(r) = ok(&c, create(3, "dir", DMDIR | 0o750, OREAD, "")).await else { panic!() };
+    let Fcall::Rcreate(r) = ok(&c, create(3, "dir", DMDIR | 0o750, OREAD, "")).await else {
+        panic!()
+    };
     assert_eq!(r.qid.ty, QTDIR);
     assert!(srv.path("dir").is_dir());
     // Symlink.
     ok(&c, walk(1, 4, &[])).await;
     ok(&c, create(4, "sym", DMSYMLINK | 0o777, OREAD, "file")).await;
-    assert_eq!(std::fs::read_link(srv.path("sym")).unwrap().to_str(), Some("file"));
+    assert_eq!(
+        std::fs::read_link(srv.path("sym")).unwrap().to_str(),
+        Some("file")
+    );
     // Hard link by fid number (Linux's .u convention).
     ok(&c, walk(1, 5, &["file"])).await;
     ok(&c, walk(1, 6, &[])).await;
@@ -78,27 +116,53 @@ async fn create_every_kind() {
     assert_eq!(m.rdev(), rustix::fs::makedev(1, 3));
     ok(&c, walk(1, 8, &[])).await;
     ok(&c, create(8, "blk", DMDEVICE | 0o600, OREAD, "b 7 0")).await;
-    assert!(std::fs::symlink_metadata(srv.path("blk")).unwrap().file_type().is_block_device());
+    assert!(
+        std::fs::symlink_metadata(srv.path("blk"))
+            .unwrap()
+            .file_type()
+            .is_block_device()
+    );
     ok(&c, walk(1, 9, &[])).await;
     ok(&c, create(9, "pipe", DMNAMEDPIPE | 0o600, OREAD, "")).await;
-    assert!(std::fs::symlink_metadata(srv.path("pipe")).unwrap().file_type().is_fifo());
+    assert!(
+        std::fs::symlink_metadata(srv.path("pipe"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
     ok(&c, walk(1, 10, &[])).await;
     ok(&c, create(10, "sock", DMSOCKET | 0o600, OREAD, "")).await;
-    assert!(std::fs::symlink_metadata(srv.path("sock")).unwrap().file_type().is_socket());
+    assert!(
+        std::fs::symlink_metadata(srv.path("sock"))
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
     // Stat carries the .u extension and numeric ids.
     ok(&c, walk(1, 11, &["sym"])).await;
     let s = stat(&c, 11).await;
-    assert_eq!((s.mode & DMSYMLINK, s.extension.as_str()), (DMSYMLINK, "file"));
+    assert_eq!(
+        (s.mode & DMSYMLINK, s.extension.as_str()),
+        (DMSYMLINK, "file")
+    );
     ok(&c, walk(1, 12, &["null"])).await;
     let s = stat(&c, 12).await;
-    assert_eq!((s.mode & DMDEVICE, s.extension.as_str(), s.n_uid, s.n_gid), (DMDEVICE, "c 1 3", 0, 0));
+    assert_eq!(
+        (s.mode & DMDEVICE, s.extension.as_str(), s.n_uid, s.n_gid),
+        (DMDEVICE, "c 1 3", 0, 0)
+    );
     // Errors carry errno and text.
     ok(&c, walk(1, 13, &[])).await;
     let (e, text) = err(&c, create(13, "file", 0o644, OWRITE, "")).await;
     assert_eq!(e, libc::EEXIST as u32);
     assert!(!text.is_empty());
     ok(&c, walk(1, 14, &[])).await;
-    assert_eq!(err(&c, create(14, "bad", DMDEVICE | 0o600, OREAD, "q 1 2")).await.0, libc::EINVAL as u32);
+    assert_eq!(
+        err(&c, create(14, "bad", DMDEVICE | 0o600, OREAD, "q 1 2"))
+            .await
+            .0,
+        libc::EINVAL as u32
+    );
 }
 
 #[tokio::test]
@@ -115,7 +179,10 @@ async fn wstat_changes_and_dont_touch() {
     ok(&c, Fcall::Twstat(Twstat { fid: 2, stat: s })).await;
     let m = std::fs::metadata(srv.path("f")).unwrap();
     assert_eq!(m.permissions().mode() & 0o7777, 0o600);
-    assert_eq!((m.mtime(), m.len(), m.uid(), m.gid()), (1_234_567_890, 4, 4321, 8765));
+    assert_eq!(
+        (m.mtime(), m.len(), m.uid(), m.gid()),
+        (1_234_567_890, 4, 4321, 8765)
+    );
     // Rename through wstat's name; the fid follows.
     let mut s = Stat::dont_touch();
     s.name = "g".into();
@@ -124,14 +191,34 @@ async fn wstat_changes_and_dont_touch() {
     let st = stat(&c, 2).await;
     assert_eq!((st.name.as_str(), st.length), ("g", 4));
     // All "don't touch" on an open file: a sync, nothing changes.
-    ok(&c, Fcall::Topen(Topen { fid: 2, mode: ORDWR })).await;
-    ok(&c, Fcall::Twstat(Twstat { fid: 2, stat: Stat::dont_touch() })).await;
+    ok(
+        &c,
+        Fcall::Topen(Topen {
+            fid: 2,
+            mode: ORDWR,
+        }),
+    )
+    .await;
+    ok(
+        &c,
+        Fcall::Twstat(Twstat {
+            fid: 2,
+            stat: Stat::dont_touch(),
+        }),
+    )
+    .await;
     let m2 = std::fs::metadata(srv.path("g")).unwrap();
-    assert_eq!((m2.mtime(), m2.len(), m2.permissions().mode() & 0o7777), (1_234_567_890, 4, 0o600));
+    assert_eq!(
+        (m2.mtime(), m2.len(), m2.permissions().mode() & 0o7777),
+        (1_234_567_890, 4, 0o600)
+    );
     // Changing the directory bit is refused.
     let mut s = Stat::dont_touch();
     s.mode = DMDIR | 0o755;
-    assert_eq!(err(&c, Fcall::Twstat(Twstat { fid: 2, stat: s })).await.0, libc::EINVAL as u32);
+    assert_eq!(
+        err(&c, Fcall::Twstat(Twstat { fid: 2, stat: s })).await.0,
+        libc::EINVAL as u32
+    );
 }
 
 #[tokio::test]
@@ -143,11 +230,29 @@ async fn directory_reads_are_whole_stat_records() {
     }
     std::os::unix::fs::symlink("file-0001", srv.path("d/zz-link")).unwrap();
     ok(&c, walk(1, 2, &["d"])).await;
-    ok(&c, Fcall::Topen(Topen { fid: 2, mode: OREAD })).await;
+    ok(
+        &c,
+        Fcall::Topen(Topen {
+            fid: 2,
+            mode: OREAD,
+        }),
+    )
+    .await;
     let mut offset = 0u64;
     let mut stats = Vec::new();
     loop {
-        let Fcall::Rread(r) = ok(&c, Fcall::Tread(Tread { fid: 2, offset, count: 4000 })).await else { panic!() };
+        let Fcall::Rread(r) = ok(
+            &c,
+            Fcall::Tread(Tread {
+                fid: 2,
+                offset,
+                count: 4000,
+            }),
+        )
+        .await
+        else {
+            panic!()
+        };
         if r.data.is_empty() {
             break;
         }
@@ -159,10 +264,36 @@ async fn directory_reads_are_whole_stat_records() {
     let f = stats.iter().find(|s| s.name == "file-0123").unwrap();
     assert_eq!(f.length, 123);
     let l = stats.iter().find(|s| s.name == "zz-link").unwrap();
-    assert_eq!((l.mode & DMSYMLINK, l.extension.as_str()), (DMSYMLINK, "file-0001"));
+    assert_eq!(
+        (l.mode & DMSYMLINK, l.extension.as_str()),
+        (DMSYMLINK, "file-0001")
+    );
     // A read at an offset that is neither 0 nor the end of the previous one is refused; 0 restarts.
-    assert_eq!(err(&c, Fcall::Tread(Tread { fid: 2, offset: 17, count: 4000 })).await.0, libc::EINVAL as u32);
-    let Fcall::Rread(r) = ok(&c, Fcall::Tread(Tread { fid: 2, offset: 0, count: 4000 })).await else { panic!() };
+    assert_eq!(
+        err(
+            &c,
+            Fcall::Tread(Tread {
+                fid: 2,
+                offset: 17,
+                count: 4000
+            })
+        )
+        .await
+        .0,
+        libc::EINVAL as u32
+    );
+    let Fcall::Rread(r) = ok(
+        &c,
+        Fcall::Tread(Tread {
+            fid: 2,
+            offset: 0,
+            count: 4000,
+        }),
+    )
+    .await
+    else {
+        panic!()
+    };
     assert!(!r.data.is_empty());
 }
 
@@ -176,21 +307,69 @@ async fn orclose_remove_and_open_modes() {
     assert!(!srv.path("tmp").exists(), "ORCLOSE removed it");
     std::fs::write(srv.path("t"), b"abcdef").unwrap();
     ok(&c, walk(1, 3, &["t"])).await;
-    ok(&c, Fcall::Topen(Topen { fid: 3, mode: OWRITE | OTRUNC })).await;
+    ok(
+        &c,
+        Fcall::Topen(Topen {
+            fid: 3,
+            mode: OWRITE | OTRUNC,
+        }),
+    )
+    .await;
     assert_eq!(std::fs::metadata(srv.path("t")).unwrap().len(), 0);
-    assert_eq!(err(&c, Fcall::Tread(Tread { fid: 3, offset: 0, count: 1 })).await.0, libc::EBADF as u32);
-    assert_eq!(err(&c, Fcall::Topen(Topen { fid: 3, mode: OREAD })).await.0, libc::EBADF as u32, "already open");
+    assert_eq!(
+        err(
+            &c,
+            Fcall::Tread(Tread {
+                fid: 3,
+                offset: 0,
+                count: 1
+            })
+        )
+        .await
+        .0,
+        libc::EBADF as u32
+    );
+    assert_eq!(
+        err(
+            &c,
+            Fcall::Topen(Topen {
+                fid: 3,
+                mode: OREAD
+            })
+        )
+        .await
+        .0,
+        libc::EBADF as u32,
+        "already open"
+    );
     // Remove clunks the fid, even when the removal fails.
     std::fs::create_dir(srv.path("full")).unwrap();
     std::fs::write(srv.path("full/x"), b"").unwrap();
     ok(&c, walk(1, 4, &["full"])).await;
-    assert_eq!(err(&c, Fcall::Tremove(Tremove { fid: 4 })).await.0, libc::ENOTEMPTY as u32);
-    assert_eq!(err(&c, Fcall::Tclunk(Tclunk { fid: 4 })).await.0, libc::EBADF as u32);
+    assert_eq!(
+        err(&c, Fcall::Tremove(Tremove { fid: 4 })).await.0,
+        libc::ENOTEMPTY as u32
+    );
+    assert_eq!(
+        err(&c, Fcall::Tclunk(Tclunk { fid: 4 })).await.0,
+        libc::EBADF as u32
+    );
     ok(&c, walk(1, 5, &["t"])).await;
     ok(&c, Fcall::Tremove(Tremove { fid: 5 })).await;
     assert!(!srv.path("t").exists());
     // .L-only messages are not part of .u.
-    assert_eq!(err(&c, Fcall::Tgetattr(Tgetattr { fid: 1, request_mask: GETATTR_ALL })).await.0, libc::EOPNOTSUPP as u32);
+    assert_eq!(
+        err(
+            &c,
+            Fcall::Tgetattr(Tgetattr {
+                fid: 1,
+                request_mask: GETATTR_ALL
+            })
+        )
+        .await
+        .0,
+        libc::EOPNOTSUPP as u32
+    );
 }
 
 #[tokio::test]
@@ -198,15 +377,41 @@ async fn plain_9p2000() {
     let (srv, c) = setup(Dialect::P9P2000).await;
     ok(&c, walk(1, 2, &[])).await;
     ok(&c, create(2, "plain", 0o644, ORDWR, "")).await;
-    ok(&c, Fcall::Twrite(Twrite { fid: 2, offset: 0, data: Bytes::from_static(b"nine") })).await;
-    let Fcall::Rread(r) = ok(&c, Fcall::Tread(Tread { fid: 2, offset: 0, count: 10 })).await else { panic!() };
+    ok(
+        &c,
+        Fcall::Twrite(Twrite {
+            fid: 2,
+            offset: 0,
+            data: Bytes::from_static(b"nine"),
+        }),
+    )
+    .await;
+    let Fcall::Rread(r) = ok(
+        &c,
+        Fcall::Tread(Tread {
+            fid: 2,
+            offset: 0,
+            count: 10,
+        }),
+    )
+    .await
+    else {
+        panic!()
+    };
     assert_eq!(&r.data[..], b"nine");
     let s = stat(&c, 2).await;
-    assert_eq!((s.name.as_str(), s.length, s.mode & 0o777, s.uid.as_str()), ("plain", 4, 0o644, "0"));
+    assert_eq!(
+        (s.name.as_str(), s.length, s.mode & 0o777, s.uid.as_str()),
+        ("plain", 4, 0o644, "0")
+    );
     // Special files need .u: DMSYMLINK is ignored and a regular file results.
     ok(&c, walk(1, 3, &[])).await;
     ok(&c, create(3, "notalink", DMSYMLINK | 0o644, OWRITE, "")).await;
-    assert!(std::fs::symlink_metadata(srv.path("notalink")).unwrap().is_file());
+    assert!(
+        std::fs::symlink_metadata(srv.path("notalink"))
+            .unwrap()
+            .is_file()
+    );
     // Errors are text only in 9P2000.
     ok(&c, walk(1, 4, &[])).await;
     let (_, text) = err(&c, create(4, "plain", 0o644, OWRITE, "")).await;

@@ -21,9 +21,15 @@ async fn fixture(dialect: Dialect) -> (TestServer, Client) {
     std::fs::create_dir(srv.path("inside")).unwrap();
     std::fs::write(srv.path("inside/file"), b"inside").unwrap();
     let c = srv.client(dialect, 65536).await;
-    c.rpc(Fcall::Tattach(Tattach { fid: 1, afid: NOFID, uname: "root".into(), aname: String::new(), n_uname: 0 }))
-        .await
-        .unwrap();
+    c.rpc(Fcall::Tattach(Tattach {
+        fid: 1,
+        afid: NOFID,
+        uname: "root".into(),
+        aname: String::new(),
+        n_uname: 0,
+    }))
+    .await
+    .unwrap();
     (srv, c)
 }
 
@@ -32,9 +38,15 @@ async fn try_rpc(c: &Client, m: Fcall) -> Result<Fcall, u32> {
     match c.rpc(m).await {
         Ok(r) => {
             let text = format!("{r:?}");
-            assert!(!text.contains("TOP-SECRET"), "a reply leaked outside data: {text}");
+            assert!(
+                !text.contains("TOP-SECRET"),
+                "a reply leaked outside data: {text}"
+            );
             if let Fcall::Rread(rr) = &r {
-                assert!(!rr.data.windows(SECRET.len()).any(|w| w == SECRET), "read leaked outside data");
+                assert!(
+                    !rr.data.windows(SECRET.len()).any(|w| w == SECRET),
+                    "read leaked outside data"
+                );
             }
             Ok(r)
         }
@@ -44,7 +56,11 @@ async fn try_rpc(c: &Client, m: Fcall) -> Result<Fcall, u32> {
 }
 
 fn walk(fid: u32, newfid: u32, names: &[&str]) -> Fcall {
-    Fcall::Twalk(Twalk { fid, newfid, wnames: names.iter().map(|s| s.to_string()).collect() })
+    Fcall::Twalk(Twalk {
+        fid,
+        newfid,
+        wnames: names.iter().map(|s| s.to_string()).collect(),
+    })
 }
 
 #[tokio::test]
@@ -53,7 +69,14 @@ async fn dotdot_stays_at_the_root() {
     let before = snapshot_tree(&srv.outside());
     let root_qid = match try_rpc(&c, walk(1, 2, &[])).await {
         Ok(Fcall::Rwalk(_)) => {
-            let Ok(Fcall::Rgetattr(a)) = try_rpc(&c, Fcall::Tgetattr(Tgetattr { fid: 2, request_mask: GETATTR_ALL })).await
+            let Ok(Fcall::Rgetattr(a)) = try_rpc(
+                &c,
+                Fcall::Tgetattr(Tgetattr {
+                    fid: 2,
+                    request_mask: GETATTR_ALL,
+                }),
+            )
+            .await
             else {
                 panic!()
             };
@@ -61,15 +84,28 @@ async fn dotdot_stays_at_the_root() {
         }
         other => panic!("{other:?}"),
     };
-    let Ok(Fcall::Rwalk(w)) = try_rpc(&c, walk(1, 3, &["..", "..", ".."])).await else { panic!() };
+    let Ok(Fcall::Rwalk(w)) = try_rpc(&c, walk(1, 3, &["..", "..", ".."])).await else {
+        panic!()
+    };
     assert_eq!(w.wqids, vec![root_qid; 3], ".. at the root is the root");
     // Past the root and back down names the export's own entries, never the host's.
     let r = try_rpc(&c, walk(1, 4, &["..", "outside", "secret"])).await;
-    assert!(matches!(r, Ok(Fcall::Rwalk(ref w)) if w.wqids.len() == 1), "stopped after '..': {r:?}");
-    assert!(matches!(try_rpc(&c, walk(1, 5, &["inside", "..", "..", "inside", "file"])).await, Ok(Fcall::Rwalk(ref w)) if w.wqids.len() == 5));
+    assert!(
+        matches!(r, Ok(Fcall::Rwalk(ref w)) if w.wqids.len() == 1),
+        "stopped after '..': {r:?}"
+    );
+    assert!(
+        matches!(try_rpc(&c, walk(1, 5, &["inside", "..", "..", "inside", "file"])).await, Ok(Fcall::Rwalk(ref w)) if w.wqids.len() == 5)
+    );
     // Names with slashes are not names.
-    assert_eq!(try_rpc(&c, walk(1, 6, &["../outside"])).await, Err(libc::EINVAL as u32));
-    assert_eq!(try_rpc(&c, walk(1, 6, &["inside/file"])).await, Err(libc::EINVAL as u32));
+    assert_eq!(
+        try_rpc(&c, walk(1, 6, &["../outside"])).await,
+        Err(libc::EINVAL as u32)
+    );
+    assert_eq!(
+        try_rpc(&c, walk(1, 6, &["inside/file"])).await,
+        Err(libc::EINVAL as u32)
+    );
     assert_eq!(before, snapshot_tree(&srv.outside()));
 }
 
@@ -81,33 +117,130 @@ async fn symlinks_do_not_lead_out() {
     // Walking through a symlink is refused, absolute or relative.
     for link in ["abs", "rel"] {
         let r = try_rpc(&c, walk(1, 2, &[link, "secret"])).await;
-        assert!(matches!(r, Ok(Fcall::Rwalk(ref w)) if w.wqids.len() == 1), "{link}: {r:?}");
+        assert!(
+            matches!(r, Ok(Fcall::Rwalk(ref w)) if w.wqids.len() == 1),
+            "{link}: {r:?}"
+        );
     }
-    assert!(matches!(try_rpc(&c, walk(1, 2, &["abs", "passwd"])).await, Ok(Fcall::Rwalk(ref w)) if w.wqids.len() == 1));
+    assert!(
+        matches!(try_rpc(&c, walk(1, 2, &["abs", "passwd"])).await, Ok(Fcall::Rwalk(ref w)) if w.wqids.len() == 1)
+    );
     // The link itself is what a fid names: opening it is ELOOP, its attributes are the link's.
     try_rpc(&c, walk(1, 3, &["abs-secret"])).await.unwrap();
-    assert_eq!(try_rpc(&c, Fcall::Tlopen(Tlopen { fid: 3, flags: P9_DOTL_RDONLY })).await, Err(libc::ELOOP as u32));
-    let Ok(Fcall::Rgetattr(a)) = try_rpc(&c, Fcall::Tgetattr(Tgetattr { fid: 3, request_mask: GETATTR_ALL })).await
+    assert_eq!(
+        try_rpc(
+            &c,
+            Fcall::Tlopen(Tlopen {
+                fid: 3,
+                flags: P9_DOTL_RDONLY
+            })
+        )
+        .await,
+        Err(libc::ELOOP as u32)
+    );
+    let Ok(Fcall::Rgetattr(a)) = try_rpc(
+        &c,
+        Fcall::Tgetattr(Tgetattr {
+            fid: 3,
+            request_mask: GETATTR_ALL,
+        }),
+    )
+    .await
     else {
         panic!()
     };
     assert_eq!(a.mode & libc::S_IFMT, libc::S_IFLNK);
     // Creating, linking or renaming *into* a symlinked directory fails.
     try_rpc(&c, walk(1, 4, &["rel"])).await.unwrap();
-    let create = Tlcreate { fid: 4, name: "planted".into(), flags: P9_DOTL_RDWR, mode: 0o644, gid: 0 };
+    let create = Tlcreate {
+        fid: 4,
+        name: "planted".into(),
+        flags: P9_DOTL_RDWR,
+        mode: 0o644,
+        gid: 0,
+    };
     assert!(try_rpc(&c, Fcall::Tlcreate(create)).await.is_err());
-    assert!(try_rpc(&c, Fcall::Tmkdir(Tmkdir { dfid: 4, name: "d".into(), mode: 0o755, gid: 0 })).await.is_err());
-    let sym = Tsymlink { fid: 4, name: "s".into(), symtgt: "/".into(), gid: 0 };
+    assert!(
+        try_rpc(
+            &c,
+            Fcall::Tmkdir(Tmkdir {
+                dfid: 4,
+                name: "d".into(),
+                mode: 0o755,
+                gid: 0
+            })
+        )
+        .await
+        .is_err()
+    );
+    let sym = Tsymlink {
+        fid: 4,
+        name: "s".into(),
+        symtgt: "/".into(),
+        gid: 0,
+    };
     assert!(try_rpc(&c, Fcall::Tsymlink(sym)).await.is_err());
     try_rpc(&c, walk(1, 5, &["inside", "file"])).await.unwrap();
-    assert!(try_rpc(&c, Fcall::Tlink(Tlink { dfid: 4, fid: 5, name: "hl".into() })).await.is_err());
-    assert!(try_rpc(&c, Fcall::Trename(Trename { fid: 5, dfid: 4, name: "moved".into() })).await.is_err());
-    let ra = Trenameat { olddirfid: 1, oldname: "inside".into(), newdirfid: 4, newname: "x".into() };
+    assert!(
+        try_rpc(
+            &c,
+            Fcall::Tlink(Tlink {
+                dfid: 4,
+                fid: 5,
+                name: "hl".into()
+            })
+        )
+        .await
+        .is_err()
+    );
+    assert!(
+        try_rpc(
+            &c,
+            Fcall::Trename(Trename {
+                fid: 5,
+                dfid: 4,
+                name: "moved".into()
+            })
+        )
+        .await
+        .is_err()
+    );
+    let ra = Trenameat {
+        olddirfid: 1,
+        oldname: "inside".into(),
+        newdirfid: 4,
+        newname: "x".into(),
+    };
     assert!(try_rpc(&c, Fcall::Trenameat(ra)).await.is_err());
-    assert!(try_rpc(&c, Fcall::Tunlinkat(Tunlinkat { dirfd: 4, name: "secret".into(), flags: 0 })).await.is_err());
+    assert!(
+        try_rpc(
+            &c,
+            Fcall::Tunlinkat(Tunlinkat {
+                dirfd: 4,
+                name: "secret".into(),
+                flags: 0
+            })
+        )
+        .await
+        .is_err()
+    );
     // Attributes and xattrs through a symlinked directory fail too.
-    assert!(try_rpc(&c, Fcall::Txattrwalk(Txattrwalk { fid: 4, newfid: 9, name: "user.x".into() })).await.is_err());
-    assert!(srv.path("inside/file").exists(), "the file was not moved out");
+    assert!(
+        try_rpc(
+            &c,
+            Fcall::Txattrwalk(Txattrwalk {
+                fid: 4,
+                newfid: 9,
+                name: "user.x".into()
+            })
+        )
+        .await
+        .is_err()
+    );
+    assert!(
+        srv.path("inside/file").exists(),
+        "the file was not moved out"
+    );
     assert_eq!(before, snapshot_tree(&srv.outside()));
     assert_eq!(etc_before, std::fs::read_dir("/etc").unwrap().count());
 }
@@ -123,8 +256,28 @@ async fn directory_swapped_for_a_symlink_under_a_live_fid() {
     std::fs::rename(srv.path("d"), srv.path("d-old")).unwrap();
     std::os::unix::fs::symlink("../outside", srv.path("d")).unwrap();
     let before = snapshot_tree(&srv.outside());
-    assert!(try_rpc(&c, Fcall::Tlopen(Tlopen { fid: 2, flags: P9_DOTL_RDONLY })).await.is_err());
-    assert!(try_rpc(&c, Fcall::Tgetattr(Tgetattr { fid: 2, request_mask: GETATTR_ALL })).await.is_err());
+    assert!(
+        try_rpc(
+            &c,
+            Fcall::Tlopen(Tlopen {
+                fid: 2,
+                flags: P9_DOTL_RDONLY
+            })
+        )
+        .await
+        .is_err()
+    );
+    assert!(
+        try_rpc(
+            &c,
+            Fcall::Tgetattr(Tgetattr {
+                fid: 2,
+                request_mask: GETATTR_ALL
+            })
+        )
+        .await
+        .is_err()
+    );
     let set = Tsetattr {
         fid: 2,
         valid: SETATTR_SIZE | SETATTR_MODE,
@@ -138,9 +291,26 @@ async fn directory_swapped_for_a_symlink_under_a_live_fid() {
         mtime_nsec: 0,
     };
     assert!(try_rpc(&c, Fcall::Tsetattr(set)).await.is_err());
-    let create = Tlcreate { fid: 3, name: "planted".into(), flags: P9_DOTL_RDWR, mode: 0o644, gid: 0 };
+    let create = Tlcreate {
+        fid: 3,
+        name: "planted".into(),
+        flags: P9_DOTL_RDWR,
+        mode: 0o644,
+        gid: 0,
+    };
     assert!(try_rpc(&c, Fcall::Tlcreate(create)).await.is_err());
-    assert!(try_rpc(&c, Fcall::Tunlinkat(Tunlinkat { dirfd: 3, name: "secret".into(), flags: 0 })).await.is_err());
+    assert!(
+        try_rpc(
+            &c,
+            Fcall::Tunlinkat(Tunlinkat {
+                dirfd: 3,
+                name: "secret".into(),
+                flags: 0
+            })
+        )
+        .await
+        .is_err()
+    );
     assert_eq!(before, snapshot_tree(&srv.outside()));
 }
 
@@ -148,34 +318,79 @@ async fn directory_swapped_for_a_symlink_under_a_live_fid() {
 async fn dmlink_only_resolves_this_sessions_fids() {
     let (srv, a) = fixture(Dialect::P9P2000U).await;
     let b = srv.client(Dialect::P9P2000U, 65536).await;
-    b.rpc(Fcall::Tattach(Tattach { fid: 1, afid: NOFID, uname: "root".into(), aname: String::new(), n_uname: 0 }))
-        .await
-        .unwrap();
+    b.rpc(Fcall::Tattach(Tattach {
+        fid: 1,
+        afid: NOFID,
+        uname: "root".into(),
+        aname: String::new(),
+        n_uname: 0,
+    }))
+    .await
+    .unwrap();
     // Session A holds fid 40 on a file; session B has no fid 40.
     try_rpc(&a, walk(1, 40, &["inside", "file"])).await.unwrap();
     try_rpc(&b, walk(1, 2, &[])).await.unwrap();
     let link = |fid: u32, target: &str| {
-        Fcall::Tcreate(Tcreate { fid, name: "hardlink".into(), perm: DMLINK | 0o644, mode: OREAD, extension: target.into() })
+        Fcall::Tcreate(Tcreate {
+            fid,
+            name: "hardlink".into(),
+            perm: DMLINK | 0o644,
+            mode: OREAD,
+            extension: target.into(),
+        })
     };
-    assert_eq!(try_rpc(&b, link(2, "40\n")).await, Err(libc::EBADF as u32), "another session's fid");
-    assert_eq!(try_rpc(&b, link(2, "4294967295")).await, Err(libc::EBADF as u32));
-    assert_eq!(try_rpc(&b, link(2, "not-a-number")).await, Err(libc::EINVAL as u32));
+    assert_eq!(
+        try_rpc(&b, link(2, "40\n")).await,
+        Err(libc::EBADF as u32),
+        "another session's fid"
+    );
+    assert_eq!(
+        try_rpc(&b, link(2, "4294967295")).await,
+        Err(libc::EBADF as u32)
+    );
+    assert_eq!(
+        try_rpc(&b, link(2, "not-a-number")).await,
+        Err(libc::EINVAL as u32)
+    );
     assert!(!srv.path("hardlink").exists());
     // A target fid naming a symlink to the outside links the symlink, never the outside file.
     try_rpc(&b, walk(1, 41, &["abs-secret"])).await.unwrap();
     try_rpc(&b, walk(1, 3, &[])).await.unwrap();
     try_rpc(&b, link(3, "41")).await.unwrap();
     let meta = std::fs::symlink_metadata(srv.path("hardlink")).unwrap();
-    assert!(meta.file_type().is_symlink(), "the link is to the symlink itself");
-    assert_eq!(std::fs::metadata(srv.outside().join("secret")).unwrap().len(), SECRET.len() as u64);
+    assert!(
+        meta.file_type().is_symlink(),
+        "the link is to the symlink itself"
+    );
+    assert_eq!(
+        std::fs::metadata(srv.outside().join("secret"))
+            .unwrap()
+            .len(),
+        SECRET.len() as u64
+    );
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(std::fs::metadata(srv.outside().join("secret")).unwrap().nlink(), 1, "outside file gained no link");
+    assert_eq!(
+        std::fs::metadata(srv.outside().join("secret"))
+            .unwrap()
+            .nlink(),
+        1,
+        "outside file gained no link"
+    );
     // Within the session, DMLINK works.
     try_rpc(&a, walk(1, 4, &[])).await.unwrap();
-    let ok = Tcreate { fid: 4, name: "hl2".into(), perm: DMLINK | 0o644, mode: OREAD, extension: "40\n".into() };
+    let ok = Tcreate {
+        fid: 4,
+        name: "hl2".into(),
+        perm: DMLINK | 0o644,
+        mode: OREAD,
+        extension: "40\n".into(),
+    };
     try_rpc(&a, Fcall::Tcreate(ok)).await.unwrap();
     assert_eq!(std::fs::read(srv.path("hl2")).unwrap(), b"inside");
-    assert_eq!(std::fs::metadata(srv.path("inside/file")).unwrap().nlink(), 2);
+    assert_eq!(
+        std::fs::metadata(srv.path("inside/file")).unwrap().nlink(),
+        2
+    );
 }
 
 #[tokio::test]
@@ -198,16 +413,50 @@ async fn device_nodes_cannot_be_opened() {
     let (srv, c) = fixture(Dialect::P9P2000L).await;
     // The guest (as root) makes /dev/null's twin and /dev/mem's twin; neither opens.
     for (name, major, minor) in [("null", 1, 3), ("mem", 1, 1)] {
-        let m = Tmknod { dfid: 1, name: name.into(), mode: libc::S_IFCHR | 0o666, major, minor, gid: 0 };
+        let m = Tmknod {
+            dfid: 1,
+            name: name.into(),
+            mode: libc::S_IFCHR | 0o666,
+            major,
+            minor,
+            gid: 0,
+        };
         try_rpc(&c, Fcall::Tmknod(m)).await.unwrap();
         try_rpc(&c, walk(1, 2, &[name])).await.unwrap();
-        assert_eq!(try_rpc(&c, Fcall::Tlopen(Tlopen { fid: 2, flags: P9_DOTL_RDWR })).await, Err(libc::ENXIO as u32));
+        assert_eq!(
+            try_rpc(
+                &c,
+                Fcall::Tlopen(Tlopen {
+                    fid: 2,
+                    flags: P9_DOTL_RDWR
+                })
+            )
+            .await,
+            Err(libc::ENXIO as u32)
+        );
         try_rpc(&c, Fcall::Tclunk(Tclunk { fid: 2 })).await.unwrap();
     }
     // A fifo neither (it would block a server thread).
-    let m = Tmknod { dfid: 1, name: "fifo".into(), mode: libc::S_IFIFO | 0o666, major: 0, minor: 0, gid: 0 };
+    let m = Tmknod {
+        dfid: 1,
+        name: "fifo".into(),
+        mode: libc::S_IFIFO | 0o666,
+        major: 0,
+        minor: 0,
+        gid: 0,
+    };
     try_rpc(&c, Fcall::Tmknod(m)).await.unwrap();
     try_rpc(&c, walk(1, 3, &["fifo"])).await.unwrap();
-    assert_eq!(try_rpc(&c, Fcall::Tlopen(Tlopen { fid: 3, flags: P9_DOTL_RDONLY })).await, Err(libc::ENXIO as u32));
+    assert_eq!(
+        try_rpc(
+            &c,
+            Fcall::Tlopen(Tlopen {
+                fid: 3,
+                flags: P9_DOTL_RDONLY
+            })
+        )
+        .await,
+        Err(libc::ENXIO as u32)
+    );
     drop(srv);
 }

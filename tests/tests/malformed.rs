@@ -47,15 +47,16 @@ fn malformed(kind: u64, tag: u16, rng: &mut Rng) -> Vec<u8> {
         // Truncated body: a well-formed walk cut short, with a size field that matches the cut.
         0 => {
             let mut full = BytesMut::new();
-            Fcall::Twalk(Twalk { fid: 1, newfid: 50, wnames: vec!["abc".into(), "def".into()] }).encode(
-                tag,
-                Dialect::P9P2000L,
-                &mut full,
-            );
+            Fcall::Twalk(Twalk {
+                fid: 1,
+                newfid: 50,
+                wnames: vec!["abc".into(), "def".into()],
+            })
+            .encode(tag, Dialect::P9P2000L, &mut full);
             let cut = 7 + rng.below(full.len() as u64 - 8) as usize;
             let mut f = full[..cut].to_vec();
             f[..4].copy_from_slice(&(cut as u32).to_le_bytes());
-            return f;
+            f
         }
         // A string length running past the end of the frame.
         1 => {
@@ -64,7 +65,7 @@ fn malformed(kind: u64, tag: u16, rng: &mut Rng) -> Vec<u8> {
             b.put_u16_le(1);
             b.put_u16_le(60000);
             b.put_slice(b"x");
-            return frame(TWALK, tag, &b);
+            frame(TWALK, tag, &b)
         }
         // Invalid UTF-8 in a name.
         2 => {
@@ -72,7 +73,7 @@ fn malformed(kind: u64, tag: u16, rng: &mut Rng) -> Vec<u8> {
             b.put_u32_le(52);
             b.put_u16_le(1);
             string(&mut b, &[0xff, 0xfe, b'a']);
-            return frame(TWALK, tag, &b);
+            frame(TWALK, tag, &b)
         }
         // NUL inside a name.
         3 => {
@@ -81,12 +82,15 @@ fn malformed(kind: u64, tag: u16, rng: &mut Rng) -> Vec<u8> {
             b.put_u32_le(0);
             b.put_u32_le(0o755);
             b.put_u32_le(0);
-            return frame(TMKDIR, tag, &b);
+            frame(TMKDIR, tag, &b)
         }
         // Unknown or out-of-dialect message types.
         4 => {
-            let ty = [0u8, 1, 2, 99, 106, 113, 150, 200, 255, TOPEN, TCREATE, TSTAT, TWSTAT][rng.below(13) as usize];
-            return frame(ty, tag, &rng.bytes(rng.below(40) as usize));
+            let ty = [
+                0u8, 1, 2, 99, 106, 113, 150, 200, 255, TOPEN, TCREATE, TSTAT, TWSTAT,
+            ][rng.below(13) as usize];
+            let n = rng.below(40) as usize;
+            frame(ty, tag, &rng.bytes(n))
         }
         // A walk of 17 or more names.
         5 => {
@@ -97,14 +101,14 @@ fn malformed(kind: u64, tag: u16, rng: &mut Rng) -> Vec<u8> {
             for _ in 0..n {
                 string(&mut b, b"a");
             }
-            return frame(TWALK, tag, &b);
+            frame(TWALK, tag, &b)
         }
         // Reads and writes on unopened or unknown fids.
         6 => {
             b.put_u32_le(if rng.below(2) == 0 { 1 } else { 77_777 });
             b.put_u64_le(0);
             b.put_u32_le(4096);
-            return frame(TREAD, tag, &b);
+            frame(TREAD, tag, &b)
         }
         // Fid reuse: attach on a fid already in use.
         7 => {
@@ -113,7 +117,7 @@ fn malformed(kind: u64, tag: u16, rng: &mut Rng) -> Vec<u8> {
             string(&mut b, b"root");
             string(&mut b, b"");
             b.put_u32_le(0);
-            return frame(TATTACH, tag, &b);
+            frame(TATTACH, tag, &b)
         }
         // Inconsistent counts: a write whose count disagrees with its data.
         8 => {
@@ -121,30 +125,55 @@ fn malformed(kind: u64, tag: u16, rng: &mut Rng) -> Vec<u8> {
             b.put_u64_le(0);
             b.put_u32_le(1000);
             b.put_slice(&rng.bytes(10));
-            return frame(TWRITE, tag, &b);
+            frame(TWRITE, tag, &b)
         }
         // Trailing garbage after a valid body.
         9 => {
             b.put_u32_le(1);
             b.put_u64_le(GETATTR_ALL);
-            b.put_slice(&rng.bytes(1 + rng.below(20) as usize));
-            return frame(TGETATTR, tag, &b);
+            let n = 1 + rng.below(20) as usize;
+            b.put_slice(&rng.bytes(n));
+            frame(TGETATTR, tag, &b)
         }
         // Random bodies for the .L request types, except version (it resets the session) and
         // flush (a random old tag could name a request of this window, which then has no reply).
         _ => {
             let types = [
-                TSTATFS, TLOPEN, TLCREATE, TSYMLINK, TMKNOD, TRENAME, TREADLINK, TGETATTR, TSETATTR, TXATTRWALK,
-                TXATTRCREATE, TREADDIR, TFSYNC, TLOCK, TGETLOCK, TLINK, TMKDIR, TRENAMEAT, TUNLINKAT, TAUTH, TATTACH,
-                TWALK, TREAD, TWRITE, TCLUNK, TREMOVE,
+                TSTATFS,
+                TLOPEN,
+                TLCREATE,
+                TSYMLINK,
+                TMKNOD,
+                TRENAME,
+                TREADLINK,
+                TGETATTR,
+                TSETATTR,
+                TXATTRWALK,
+                TXATTRCREATE,
+                TREADDIR,
+                TFSYNC,
+                TLOCK,
+                TGETLOCK,
+                TLINK,
+                TMKDIR,
+                TRENAMEAT,
+                TUNLINKAT,
+                TAUTH,
+                TATTACH,
+                TWALK,
+                TREAD,
+                TWRITE,
+                TCLUNK,
+                TREMOVE,
             ];
             let ty = types[rng.below(types.len() as u64) as usize];
-            let mut body = rng.bytes(rng.below(64) as usize);
+            let n = rng.below(64) as usize;
+            let mut body = rng.bytes(n);
             // Keep fids away from the attached root so the tree stays usable.
             if body.len() >= 4 {
                 body[0] |= 0x80;
             }
-            return frame(ty, tag, &body);
+            frame(ty, tag, &body)
         }
     }
 }
@@ -177,10 +206,42 @@ async fn ten_thousand_malformed_frames_then_a_good_client() {
         }
         rd.send_bytes(&bytes).await.unwrap();
         for _ in 0..window {
-            let f = rd.recv_frame().await.unwrap_or_else(|| panic!("no reply after {replies} replies"));
+            let f = rd
+                .recv_frame()
+                .await
+                .unwrap_or_else(|| panic!("no reply after {replies} replies"));
             let h = peek_header(&f).unwrap();
             assert!(
-                matches!(h.ty, RLERROR | RWALK | RFLUSH | RCLUNK | RREMOVE | RREAD | RWRITE | RGETATTR | RLOPEN | RREADDIR | RSTATFS | RREADLINK | RSETATTR | RXATTRWALK | RXATTRCREATE | RFSYNC | RLOCK | RGETLOCK | RLINK | RMKDIR | RRENAMEAT | RUNLINKAT | RRENAME | RSYMLINK | RMKNOD | RLCREATE | RATTACH),
+                matches!(
+                    h.ty,
+                    RLERROR
+                        | RWALK
+                        | RFLUSH
+                        | RCLUNK
+                        | RREMOVE
+                        | RREAD
+                        | RWRITE
+                        | RGETATTR
+                        | RLOPEN
+                        | RREADDIR
+                        | RSTATFS
+                        | RREADLINK
+                        | RSETATTR
+                        | RXATTRWALK
+                        | RXATTRCREATE
+                        | RFSYNC
+                        | RLOCK
+                        | RGETLOCK
+                        | RLINK
+                        | RMKDIR
+                        | RRENAMEAT
+                        | RUNLINKAT
+                        | RRENAME
+                        | RSYMLINK
+                        | RMKNOD
+                        | RLCREATE
+                        | RATTACH
+                ),
                 "unexpected reply type {}",
                 h.ty
             );
@@ -192,16 +253,56 @@ async fn ten_thousand_malformed_frames_then_a_good_client() {
     let grown = rss_kib().saturating_sub(before);
     assert!(grown < 200 * 1024, "RSS grew by {grown} KiB");
     // The same connection still works.
-    rd.send(7, &Fcall::Twalk(Twalk { fid: 1, newfid: 3, wnames: vec!["keep".into()] })).await.unwrap();
+    rd.send(
+        7,
+        &Fcall::Twalk(Twalk {
+            fid: 1,
+            newfid: 3,
+            wnames: vec!["keep".into()],
+        }),
+    )
+    .await
+    .unwrap();
     assert!(matches!(rd.recv().await, Some((7, Fcall::Rwalk(w))) if w.wqids.len() == 1));
-    rd.send(8, &Fcall::Tlopen(Tlopen { fid: 3, flags: P9_DOTL_RDONLY })).await.unwrap();
+    rd.send(
+        8,
+        &Fcall::Tlopen(Tlopen {
+            fid: 3,
+            flags: P9_DOTL_RDONLY,
+        }),
+    )
+    .await
+    .unwrap();
     assert!(matches!(rd.recv().await, Some((8, Fcall::Rlopen(_)))));
-    rd.send(9, &Fcall::Tread(Tread { fid: 3, offset: 0, count: 100 })).await.unwrap();
-    assert_eq!(rd.recv().await, Some((9, Fcall::Rread(Rread { data: bytes::Bytes::from_static(b"intact") }))));
+    rd.send(
+        9,
+        &Fcall::Tread(Tread {
+            fid: 3,
+            offset: 0,
+            count: 100,
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        rd.recv().await,
+        Some((
+            9,
+            Fcall::Rread(Rread {
+                data: bytes::Bytes::from_static(b"intact")
+            })
+        ))
+    );
     // And a new, well-formed client too.
     let good = srv.client(Dialect::P9P2000U, 65536).await;
     let r = good
-        .rpc(Fcall::Tattach(Tattach { fid: 1, afid: NOFID, uname: "root".into(), aname: String::new(), n_uname: 0 }))
+        .rpc(Fcall::Tattach(Tattach {
+            fid: 1,
+            afid: NOFID,
+            uname: "root".into(),
+            aname: String::new(),
+            n_uname: 0,
+        }))
         .await
         .unwrap();
     assert!(matches!(r, Fcall::Rattach(_)));
@@ -220,18 +321,33 @@ async fn oversized_frames_close_only_their_connection() {
         let mut f = frame(TWRITE, 5, &[0u8; 64]);
         f[..4].copy_from_slice(&claimed.to_le_bytes());
         bad.send_bytes(&f).await.unwrap();
-        assert!(bad.closed_within(Duration::from_secs(10)).await, "size {claimed} did not close the connection");
+        assert!(
+            bad.closed_within(Duration::from_secs(10)).await,
+            "size {claimed} did not close the connection"
+        );
     }
     // Before Tversion, the limit is small too.
     let mut early = RawConn::new(srv.raw().await, Dialect::P9P2000L);
-    early.send_bytes(&(100u32 << 20).to_le_bytes()).await.unwrap();
+    early
+        .send_bytes(&(100u32 << 20).to_le_bytes())
+        .await
+        .unwrap();
     assert!(early.closed_within(Duration::from_secs(10)).await);
     // Framing errors: a size below the header, and EOF in the middle of a frame.
     let mut tiny = RawConn::new(srv.raw().await, Dialect::P9P2000L);
     tiny.send_bytes(&[3, 0, 0, 0, 0, 0, 0]).await.unwrap();
     assert!(tiny.closed_within(Duration::from_secs(10)).await);
     // The well-behaved connection was not disturbed.
-    good.send(2, &Fcall::Twalk(Twalk { fid: 1, newfid: 2, wnames: vec!["f".into()] })).await.unwrap();
+    good.send(
+        2,
+        &Fcall::Twalk(Twalk {
+            fid: 1,
+            newfid: 2,
+            wnames: vec!["f".into()],
+        }),
+    )
+    .await
+    .unwrap();
     assert!(matches!(good.recv().await, Some((2, Fcall::Rwalk(_)))));
 }
 
@@ -239,7 +355,13 @@ async fn oversized_frames_close_only_their_connection() {
 async fn requests_before_version_are_refused() {
     let srv = TestServer::start().await;
     let mut c = RawConn::new(srv.raw().await, Dialect::P9P2000);
-    let a = Tattach { fid: 1, afid: NOFID, uname: "root".into(), aname: String::new(), n_uname: 0 };
+    let a = Tattach {
+        fid: 1,
+        afid: NOFID,
+        uname: "root".into(),
+        aname: String::new(),
+        n_uname: 0,
+    };
     c.send(1, &Fcall::Tattach(a)).await.unwrap();
     let (tag, r) = c.recv().await.unwrap();
     assert_eq!(tag, 1);
@@ -265,7 +387,13 @@ async fn many_bad_connections_do_not_leak() {
     assert!(grown < 100 * 1024, "RSS grew by {grown} KiB");
     let good = srv.client(Dialect::P9P2000L, 65536).await;
     let r = good
-        .rpc(Fcall::Tattach(Tattach { fid: 1, afid: NOFID, uname: String::new(), aname: String::new(), n_uname: 0 }))
+        .rpc(Fcall::Tattach(Tattach {
+            fid: 1,
+            afid: NOFID,
+            uname: String::new(),
+            aname: String::new(),
+            n_uname: 0,
+        }))
         .await
         .unwrap();
     assert!(matches!(r, Fcall::Rattach(_)));

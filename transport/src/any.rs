@@ -84,19 +84,31 @@ impl FrameTx for AnyTx {
 
 impl From<Channel<TcpRx, TcpTx>> for Channel<AnyRx, AnyTx> {
     fn from(c: Channel<TcpRx, TcpTx>) -> Self {
-        Channel { rx: AnyRx::Tcp(c.rx), tx: AnyTx::Tcp(c.tx), peer: c.peer }
+        Channel {
+            rx: AnyRx::Tcp(c.rx),
+            tx: AnyTx::Tcp(c.tx),
+            peer: c.peer,
+        }
     }
 }
 
 impl From<Channel<UnixRx, UnixTx>> for Channel<AnyRx, AnyTx> {
     fn from(c: Channel<UnixRx, UnixTx>) -> Self {
-        Channel { rx: AnyRx::Unix(c.rx), tx: AnyTx::Unix(c.tx), peer: c.peer }
+        Channel {
+            rx: AnyRx::Unix(c.rx),
+            tx: AnyTx::Unix(c.tx),
+            peer: c.peer,
+        }
     }
 }
 
 impl From<Channel<FdRx, FdTx>> for Channel<AnyRx, AnyTx> {
     fn from(c: Channel<FdRx, FdTx>) -> Self {
-        Channel { rx: AnyRx::Fd(c.rx), tx: AnyTx::Fd(c.tx), peer: c.peer }
+        Channel {
+            rx: AnyRx::Fd(c.rx),
+            tx: AnyTx::Fd(c.tx),
+            peer: c.peer,
+        }
     }
 }
 

@@ -34,7 +34,9 @@ pub enum TransportError {
     #[error("bad endpoint: {0}")]
     BadEndpoint(String),
     /// A descriptor handed to the fd transport is of a kind it cannot drive.
-    #[error("descriptor {fd} is {kind}; expected a stream socket, a pipe, a FIFO or a character device")]
+    #[error(
+        "descriptor {fd} is {kind}; expected a stream socket, a pipe, a FIFO or a character device"
+    )]
     UnsupportedFd {
         /// The descriptor number.
         fd: i32,

@@ -18,7 +18,9 @@ use std::sync::Mutex;
 use std::task::{Context, Poll};
 
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
-use nix::sys::socket::{AddressFamily, SockType, SockaddrLike, SockaddrStorage, getsockname, getsockopt, sockopt};
+use nix::sys::socket::{
+    AddressFamily, SockType, SockaddrLike, SockaddrStorage, getsockname, getsockopt, sockopt,
+};
 use nix::sys::stat::{SFlag, fstat};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::unix::pipe;
@@ -43,7 +45,10 @@ enum Kind {
 }
 
 fn classify(fd: &OwnedFd) -> Result<Kind> {
-    let unsupported = |kind| TransportError::UnsupportedFd { fd: fd.as_raw_fd(), kind };
+    let unsupported = |kind| TransportError::UnsupportedFd {
+        fd: fd.as_raw_fd(),
+        kind,
+    };
     let st = fstat(fd).map_err(io::Error::from)?;
     let format = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
     if format == SFlag::S_IFSOCK {
@@ -132,7 +137,11 @@ impl FdWriter {
 }
 
 impl AsyncRead for FdReader {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match &mut self.0 {
             ReadEnd::Unix(s) => Pin::new(s).poll_read(cx, buf),
             ReadEnd::Tcp(s) => Pin::new(s).poll_read(cx, buf),
@@ -142,11 +151,18 @@ impl AsyncRead for FdReader {
 }
 
 fn closed() -> io::Error {
-    io::Error::new(io::ErrorKind::BrokenPipe, "descriptor channel already closed for sending")
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "descriptor channel already closed for sending",
+    )
 }
 
 impl AsyncWrite for FdWriter {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match &mut self.0 {
             WriteEnd::Unix(s) => Pin::new(s).poll_write(cx, buf),
             WriteEnd::Tcp(s) => Pin::new(s).poll_write(cx, buf),
@@ -211,7 +227,10 @@ fn fd_channel_with_peer(read: OwnedFd, write: OwnedFd, peer: Peer) -> Result<Cha
 /// Must be called inside a tokio runtime. Fails with [`TransportError::UnsupportedFd`] for a
 /// descriptor that is not a stream socket, pipe, FIFO or character device.
 pub fn fd_channel(read: OwnedFd, write: OwnedFd) -> Result<Channel<FdRx, FdTx>> {
-    let peer = Peer::Fd { read: read.as_raw_fd(), write: write.as_raw_fd() };
+    let peer = Peer::Fd {
+        read: read.as_raw_fd(),
+        write: write.as_raw_fd(),
+    };
     fd_channel_with_peer(read, write, peer)
 }
 
@@ -234,15 +253,21 @@ fn claim_raw_fds(numbers: &[RawFd]) -> Result<Vec<OwnedFd>> {
     let mut claimed = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
     for &n in numbers {
         if n < 0 {
-            return Err(TransportError::BadEndpoint(format!("descriptor {n} is negative")));
+            return Err(TransportError::BadEndpoint(format!(
+                "descriptor {n} is negative"
+            )));
         }
         if claimed.contains(&n) {
-            return Err(TransportError::BadEndpoint(format!("descriptor {n} is already in use by this transport")));
+            return Err(TransportError::BadEndpoint(format!(
+                "descriptor {n} is already in use by this transport"
+            )));
         }
         // SAFETY: F_GETFD only reads the descriptor flags; on a number that is not an open
         // descriptor it fails with EBADF and touches nothing.
         if unsafe { libc::fcntl(n, libc::F_GETFD) } < 0 {
-            return Err(TransportError::BadEndpoint(format!("descriptor {n} is not open")));
+            return Err(TransportError::BadEndpoint(format!(
+                "descriptor {n} is not open"
+            )));
         }
     }
     let mut owned = Vec::with_capacity(numbers.len());
@@ -283,21 +308,27 @@ pub struct FdListener {
 }
 
 impl FdListener {
-    /// A listener yielding `channel` once. Its endpoint is taken from the channel's
-    /// [`Peer::Fd`] (as [`fd_channel`] sets it).
-    pub fn new(channel: Channel<FdRx, FdTx>) -> FdListener {
-        let endpoint = match channel.peer {
-            Peer::Fd { read, write } => Endpoint::Fd { read, write },
-            _ => Endpoint::Fd { read: -1, write: -1 },
+    /// A listener yielding the channel over `read` and `write` once (see [`fd_channel`]).
+    pub fn new(read: OwnedFd, write: OwnedFd) -> Result<FdListener> {
+        let endpoint = Endpoint::Fd {
+            read: read.as_raw_fd(),
+            write: write.as_raw_fd(),
         };
-        FdListener { channel: Some(channel), endpoint }
+        Ok(FdListener {
+            channel: Some(fd_channel(read, write)?),
+            endpoint,
+        })
     }
 
     /// Take ownership of the inherited descriptors `read` and `write` (equal: one descriptor
     /// both ways). Each number can be claimed once per process; it must be open, and nothing
     /// else in the process may use it afterwards.
     pub fn from_raw(read: RawFd, write: RawFd) -> Result<FdListener> {
-        Ok(FdListener::new(fd_endpoint_channel(read, write)?))
+        let channel = fd_endpoint_channel(read, write)?;
+        Ok(FdListener {
+            channel: Some(channel),
+            endpoint: Endpoint::Fd { read, write },
+        })
     }
 
     /// Whether the one channel has been handed out.

@@ -38,7 +38,11 @@ pub struct StreamRx<R> {
 impl<R: AsyncRead + Unpin + Send + 'static> StreamRx<R> {
     /// Frames read from `io`, with the maximum frame size at [`DEFAULT_MAX_FRAME`].
     pub fn new(io: R) -> Self {
-        StreamRx { io, buf: BytesMut::new(), max: DEFAULT_MAX_FRAME }
+        StreamRx {
+            io,
+            buf: BytesMut::new(),
+            max: DEFAULT_MAX_FRAME,
+        }
     }
 }
 
@@ -60,10 +64,15 @@ impl<R> StreamRx<R> {
 
     /// The size of the frame at the front of the buffer, validated, if its size field is in.
     fn front_size(&self) -> Result<Option<usize>> {
-        let Some(head) = self.buf.get(..4) else { return Ok(None) };
+        let Some(head) = self.buf.get(..4) else {
+            return Ok(None);
+        };
         let size = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
         if size > self.max {
-            return Err(TransportError::FrameTooLarge { size, max: self.max });
+            return Err(TransportError::FrameTooLarge {
+                size,
+                max: self.max,
+            });
         }
         if size < MIN_FRAME {
             return Err(TransportError::FrameTooShort { size });
@@ -94,7 +103,9 @@ impl<R: AsyncRead + Unpin + Send + 'static> FrameRx for StreamRx<R> {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {
-                    Err(TransportError::UnexpectedEof { buffered: self.buf.len() })
+                    Err(TransportError::UnexpectedEof {
+                        buffered: self.buf.len(),
+                    })
                 };
             }
         }

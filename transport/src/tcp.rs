@@ -45,7 +45,11 @@ impl TcpListener {
 pub(crate) fn tcp_channel(stream: TcpStream, peer: SocketAddr) -> Result<Channel<TcpRx, TcpTx>> {
     stream.set_nodelay(true)?;
     let (r, w) = stream.into_split();
-    Ok(Channel { rx: StreamRx::new(r), tx: StreamTx::new(w), peer: Peer::Tcp(peer) })
+    Ok(Channel {
+        rx: StreamRx::new(r),
+        tx: StreamTx::new(w),
+        peer: Peer::Tcp(peer),
+    })
 }
 
 /// Connect to a TCP server.
@@ -82,5 +86,8 @@ impl Listener for TcpListener {
 
 /// Errors `accept` reports for a connection that went away while queued.
 pub(crate) fn is_abandoned(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset)
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    )
 }

@@ -33,7 +33,9 @@ pub struct UnixListener {
 }
 
 fn file_id(path: &Path) -> Option<(u64, u64)> {
-    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 /// Remove `path` if it is a socket nobody listens on; fail if it is anything else in use.
@@ -53,7 +55,10 @@ async fn clear_stale(path: &Path) -> Result<()> {
     match UnixStream::connect(path).await {
         Ok(_) => Err(TransportError::Io(io::Error::new(
             io::ErrorKind::AddrInUse,
-            format!("{} is a live socket: another server is listening on it", path.display()),
+            format!(
+                "{} is a live socket: another server is listening on it",
+                path.display()
+            ),
         ))),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
             debug!(path = %path.display(), "removing stale socket");
@@ -64,7 +69,10 @@ async fn clear_stale(path: &Path) -> Result<()> {
         }
         Err(e) => Err(TransportError::Io(io::Error::new(
             e.kind(),
-            format!("cannot tell whether socket {} is in use: {e}", path.display()),
+            format!(
+                "cannot tell whether socket {} is in use: {e}",
+                path.display()
+            ),
         ))),
     }
 }
@@ -76,7 +84,11 @@ impl UnixListener {
         clear_stale(&path).await?;
         let inner = tokio::net::UnixListener::bind(&path)?;
         debug!(path = %path.display(), "unix listening");
-        Ok(UnixListener { inner, file_id: file_id(&path), path })
+        Ok(UnixListener {
+            inner,
+            file_id: file_id(&path),
+            path,
+        })
     }
 
     /// The socket's path.
@@ -98,10 +110,18 @@ impl Drop for UnixListener {
 /// The peer's credentials as the kernel reports them (all unknown if it will not say).
 fn peer_of(stream: &UnixStream) -> Peer {
     match stream.peer_cred() {
-        Ok(c) => Peer::Unix { pid: c.pid(), uid: Some(c.uid()), gid: Some(c.gid()) },
+        Ok(c) => Peer::Unix {
+            pid: c.pid(),
+            uid: Some(c.uid()),
+            gid: Some(c.gid()),
+        },
         Err(e) => {
             debug!(%e, "no peer credentials");
-            Peer::Unix { pid: None, uid: None, gid: None }
+            Peer::Unix {
+                pid: None,
+                uid: None,
+                gid: None,
+            }
         }
     }
 }
@@ -109,7 +129,11 @@ fn peer_of(stream: &UnixStream) -> Peer {
 fn unix_channel(stream: UnixStream) -> Channel<UnixRx, UnixTx> {
     let peer = peer_of(&stream);
     let (r, w) = stream.into_split();
-    Channel { rx: StreamRx::new(r), tx: StreamTx::new(w), peer }
+    Channel {
+        rx: StreamRx::new(r),
+        tx: StreamTx::new(w),
+        peer,
+    }
 }
 
 /// Connect to a unix-socket server; the peer is the server process.

@@ -21,7 +21,8 @@ pub struct CredSwitch;
 impl CredSwitch {
     /// Whether credential switching is possible (envoyd runs as root).
     pub fn enabled() -> bool {
-        rustix::process::geteuid().is_root()
+        static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ROOT.get_or_init(|| rustix::process::geteuid().is_root())
     }
 
     /// Act as `creds` until the guard drops. `gid_override` replaces the fsgid (for creating

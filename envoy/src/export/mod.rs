@@ -20,15 +20,15 @@ pub use creds::CredSwitch;
 pub use node::Node;
 
 use crate::vfs::{
-    Attr, Creds, DirEntry, Errno, FileSystem, Lock, LockKind, LockStatus, NodeKind, Result, SetAttr, SetTime,
-    StatFs, XATTR_SIZE_MAX,
+    Attr, Creds, DirEntry, Errno, FileSystem, Lock, LockKind, LockStatus, NodeKind, Result,
+    SetAttr, SetTime, StatFs, XATTR_SIZE_MAX,
 };
 use envoy_protocol::Qid;
 use node::Location;
 use qid::{QidMap, qid_type_of_dt};
 use rustix::fs::{
-    AtFlags, FileType, Mode, OFlags, ResolveFlags, StatxFlags, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT,
-    XattrFlags,
+    AtFlags, FileType, Mode, OFlags, ResolveFlags, StatxFlags, Timespec, Timestamps, UTIME_NOW,
+    UTIME_OMIT, XattrFlags,
 };
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -61,9 +61,15 @@ pub struct ExportFile {
 
 impl ExportFile {
     fn new(fd: OwnedFd, root: bool) -> Result<ExportFile> {
-        let st = rustix::fs::statx(&fd, "", AtFlags::EMPTY_PATH, StatxFlags::empty()).map_err(errno)?;
+        let st =
+            rustix::fs::statx(&fd, "", AtFlags::EMPTY_PATH, StatxFlags::empty()).map_err(errno)?;
         let dev = rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor);
-        Ok(ExportFile { fd, dev, root, cursor: Mutex::new(()) })
+        Ok(ExportFile {
+            fd,
+            dev,
+            root,
+            cursor: Mutex::new(()),
+        })
     }
 
     /// The host descriptor (for tests and diagnostics).
@@ -96,7 +102,9 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 fn xattr_allowed(name: &str) -> bool {
-    name.starts_with("user.") || name == "system.posix_acl_access" || name == "system.posix_acl_default"
+    name.starts_with("user.")
+        || name == "system.posix_acl_access"
+        || name == "system.posix_acl_default"
 }
 
 impl ExportFs {
@@ -104,7 +112,11 @@ impl ExportFs {
     ///
     /// Sets the process umask to 0: clients send the mode they want, already masked.
     pub fn new(root: &Path, read_only: bool) -> std::io::Result<ExportFs> {
-        let root_fd = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let root_fd = rustix::fs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         let st = rustix::fs::statx(&root_fd, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)?;
         rustix::process::umask(Mode::empty());
         Ok(ExportFs {
@@ -124,15 +136,25 @@ impl ExportFs {
     }
 
     fn writable(&self) -> Result<()> {
-        if self.read_only { Err(Errno::EROFS) } else { Ok(()) }
+        if self.read_only {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
     }
 
     /// Open `path` (relative to the root, "" for the root) confined, with `flags` added to
     /// `O_NOFOLLOW | O_CLOEXEC`.
     fn open_beneath(&self, path: &str, flags: OFlags) -> Result<OwnedFd> {
         let path = if path.is_empty() { "." } else { path };
-        rustix::fs::openat2(&self.root_fd, path, flags | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
-            .map_err(errno)
+        rustix::fs::openat2(
+            &self.root_fd,
+            path,
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE,
+        )
+        .map_err(errno)
     }
 
     /// An `O_PATH` descriptor of the node itself (of the link, for a symlink).
@@ -206,9 +228,17 @@ impl ExportFs {
     }
 
     /// Rename with the namespace lock held (so the tree mirrors the file system exactly).
-    fn rename_locked(&self, creds: &Creds, from_dir: &Node, from_name: &str, to_dir: &Node, to_name: &str) -> Result<()> {
+    fn rename_locked(
+        &self,
+        creds: &Creds,
+        from_dir: &Node,
+        from_name: &str,
+        to_dir: &Node,
+        to_name: &str,
+    ) -> Result<()> {
         self.writable()?;
-        if from_name == "." || from_name == ".." || from_name.is_empty() || from_name.contains('/') {
+        if from_name == "." || from_name == ".." || from_name.is_empty() || from_name.contains('/')
+        {
             return Err(Errno::EINVAL);
         }
         check_name(to_name).map_err(|_| Errno::EINVAL)?;
@@ -228,7 +258,11 @@ impl ExportFs {
         }
         let _as = CredSwitch::enter(creds, None);
         let dirfd = self.dir_fd(dir)?;
-        let flags = if dir_only { AtFlags::REMOVEDIR } else { AtFlags::empty() };
+        let flags = if dir_only {
+            AtFlags::REMOVEDIR
+        } else {
+            AtFlags::empty()
+        };
         rustix::fs::unlinkat(&dirfd, name, flags).map_err(errno)?;
         dir.forget_child(name);
         Ok(())
@@ -241,9 +275,18 @@ impl ExportFs {
 
 fn timespec(t: Option<SetTime>) -> Timespec {
     match t {
-        None => Timespec { tv_sec: 0, tv_nsec: UTIME_OMIT },
-        Some(SetTime::Now) => Timespec { tv_sec: 0, tv_nsec: UTIME_NOW },
-        Some(SetTime::At(s, ns)) => Timespec { tv_sec: s as i64, tv_nsec: ns as _ },
+        None => Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        Some(SetTime::Now) => Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_NOW,
+        },
+        Some(SetTime::At(s, ns)) => Timespec {
+            tv_sec: s as i64,
+            tv_nsec: ns as _,
+        },
     }
 }
 
@@ -265,7 +308,12 @@ impl FileSystem for ExportFs {
         Ok((self.tree.clone(), attr.qid))
     }
 
-    fn walk(&self, creds: &Creds, from: &Node, names: &[String]) -> (Vec<(Node, Qid)>, Option<Errno>) {
+    fn walk(
+        &self,
+        creds: &Creds,
+        from: &Node,
+        names: &[String],
+    ) -> (Vec<(Node, Qid)>, Option<Errno>) {
         let _as = CredSwitch::enter(creds, None);
         let mut out = Vec::with_capacity(names.len());
         let mut cur = from.clone();
@@ -274,7 +322,11 @@ impl FileSystem for ExportFs {
         for name in names {
             let step = (|| -> Result<(Node, Qid, OwnedFd)> {
                 if name == ".." || name == "." {
-                    let next = if name == ".." { cur.parent() } else { cur.clone() };
+                    let next = if name == ".." {
+                        cur.parent()
+                    } else {
+                        cur.clone()
+                    };
                     let fd = self.node_fd(&next)?;
                     let attr = self.fd_attr(&fd)?;
                     return Ok((next, attr.qid, fd));
@@ -286,8 +338,14 @@ impl FileSystem for ExportFs {
                     Some(fd) => fd,
                     None => self.node_fd(&cur)?,
                 };
-                let fd = rustix::fs::openat2(&dir, name.as_str(), OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
-                    .map_err(errno)?;
+                let fd = rustix::fs::openat2(
+                    &dir,
+                    name.as_str(),
+                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    RESOLVE,
+                )
+                .map_err(errno)?;
                 let attr = self.fd_attr(&fd)?;
                 Ok((cur.child(name), attr.qid, fd))
             })();
@@ -304,7 +362,11 @@ impl FileSystem for ExportFs {
     }
 
     fn name(&self, node: &Node) -> String {
-        if node.is_root() { "/".to_owned() } else { node.name() }
+        if node.is_root() {
+            "/".to_owned()
+        } else {
+            node.name()
+        }
     }
 
     fn getattr(&self, creds: &Creds, node: &Node, file: Option<&ExportFile>) -> Result<Attr> {
@@ -315,7 +377,13 @@ impl FileSystem for ExportFs {
         }
     }
 
-    fn setattr(&self, creds: &Creds, node: &Node, file: Option<&ExportFile>, set: &SetAttr) -> Result<()> {
+    fn setattr(
+        &self,
+        creds: &Creds,
+        node: &Node,
+        file: Option<&ExportFile>,
+        set: &SetAttr,
+    ) -> Result<()> {
         self.writable()?;
         let _as = CredSwitch::enter(creds, None);
         // The exact inode: the open file when there is one (open-then-unlink), else the node.
@@ -329,16 +397,8 @@ impl FileSystem for ExportFs {
         };
         let attr = self.fd_attr(fd)?;
         let is_link = attr.file_type() == libc::S_IFLNK;
-        if let Some(mode) = set.mode {
-            if is_link {
-                return Err(Errno::EOPNOTSUPP);
-            }
-            rustix::fs::chmod(proc_path(&fd), Mode::from_raw_mode(mode & 0o7777)).map_err(errno)?;
-        }
-        if set.atime.is_some() || set.mtime.is_some() {
-            let ts = Timestamps { last_access: timespec(set.atime), last_modification: timespec(set.mtime) };
-            rustix::fs::utimensat(fd, "", &ts, AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
-        }
+        // Order: owner first (chown clears set-id bits, so chmod after it), then mode, then
+        // size, and explicit times last (truncation would otherwise overwrite them).
         if set.uid.is_some() || set.gid.is_some() {
             rustix::fs::chownat(
                 fd,
@@ -349,6 +409,12 @@ impl FileSystem for ExportFs {
             )
             .map_err(errno)?;
         }
+        if let Some(mode) = set.mode {
+            if is_link {
+                return Err(Errno::EOPNOTSUPP);
+            }
+            rustix::fs::chmod(proc_path(&fd), Mode::from_raw_mode(mode & 0o7777)).map_err(errno)?;
+        }
         if let Some(size) = set.size {
             match attr.file_type() {
                 libc::S_IFREG => {}
@@ -356,8 +422,21 @@ impl FileSystem for ExportFs {
                 _ => return Err(Errno::EINVAL),
             }
             // Re-open the exact inode for writing: checks write permission like truncate(2).
-            let w = rustix::fs::open(proc_path(&fd), OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty()).map_err(errno)?;
+            let w = rustix::fs::open(
+                proc_path(&fd),
+                OFlags::WRONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(errno)?;
             rustix::fs::ftruncate(&w, size).map_err(errno)?;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let ts = Timestamps {
+                last_access: timespec(set.atime),
+                last_modification: timespec(set.mtime),
+            };
+            rustix::fs::utimensat(fd, "", &ts, AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(errno)?;
         }
         Ok(())
     }
@@ -365,9 +444,18 @@ impl FileSystem for ExportFs {
     fn open(&self, creds: &Creds, node: &Node, flags: i32) -> Result<(ExportFile, Qid)> {
         let _as = CredSwitch::enter(creds, None);
         let flags = OFlags::from_bits_retain(flags as u32)
-            & !(OFlags::CREATE | OFlags::EXCL | OFlags::NOCTTY | OFlags::PATH | OFlags::DIRECT | OFlags::NOATIME);
+            & !(OFlags::CREATE
+                | OFlags::EXCL
+                | OFlags::NOCTTY
+                | OFlags::PATH
+                | OFlags::DIRECT
+                | OFlags::NOATIME);
         let acc = flags & OFlags::RWMODE;
-        if self.read_only && (acc != OFlags::RDONLY || flags.contains(OFlags::TRUNC) || flags.contains(OFlags::APPEND)) {
+        if self.read_only
+            && (acc != OFlags::RDONLY
+                || flags.contains(OFlags::TRUNC)
+                || flags.contains(OFlags::APPEND))
+        {
             return Err(Errno::EROFS);
         }
         let path_fd = self.node_fd(node)?;
@@ -379,7 +467,8 @@ impl FileSystem for ExportFs {
             _ => return Err(Errno::ENXIO),
         }
         // The magic link reaches exactly the inode checked above.
-        let fd = rustix::fs::open(proc_path(&path_fd), flags | OFlags::CLOEXEC, Mode::empty()).map_err(errno)?;
+        let fd = rustix::fs::open(proc_path(&path_fd), flags | OFlags::CLOEXEC, Mode::empty())
+            .map_err(errno)?;
         let file = ExportFile::new(fd, node.is_root())?;
         Ok((file, attr.qid))
     }
@@ -397,18 +486,33 @@ impl FileSystem for ExportFs {
         check_name(name)?;
         let _as = CredSwitch::enter(creds, gid);
         let dirfd = self.dir_fd(dir)?;
-        let flags = (OFlags::from_bits_retain(flags as u32) & !(OFlags::PATH | OFlags::DIRECTORY | OFlags::DIRECT))
+        let flags = (OFlags::from_bits_retain(flags as u32)
+            & !(OFlags::PATH | OFlags::DIRECTORY | OFlags::DIRECT))
             | OFlags::CREATE
             | OFlags::EXCL
             | OFlags::NOFOLLOW
             | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat2(&dirfd, name, flags, Mode::from_raw_mode(mode & 0o7777), RESOLVE).map_err(errno)?;
+        let fd = rustix::fs::openat2(
+            &dirfd,
+            name,
+            flags,
+            Mode::from_raw_mode(mode & 0o7777),
+            RESOLVE,
+        )
+        .map_err(errno)?;
         let attr = self.fd_attr(&fd)?;
         let file = ExportFile::new(fd, false)?;
         Ok((dir.child(name), file, attr.qid))
     }
 
-    fn mkdir(&self, creds: &Creds, dir: &Node, name: &str, mode: u32, gid: Option<u32>) -> Result<Qid> {
+    fn mkdir(
+        &self,
+        creds: &Creds,
+        dir: &Node,
+        name: &str,
+        mode: u32,
+        gid: Option<u32>,
+    ) -> Result<Qid> {
         self.writable()?;
         check_name(name)?;
         let _as = CredSwitch::enter(creds, gid);
@@ -417,7 +521,14 @@ impl FileSystem for ExportFs {
         self.created_qid(&dirfd, name)
     }
 
-    fn symlink(&self, creds: &Creds, dir: &Node, name: &str, target: &str, gid: Option<u32>) -> Result<Qid> {
+    fn symlink(
+        &self,
+        creds: &Creds,
+        dir: &Node,
+        name: &str,
+        target: &str,
+        gid: Option<u32>,
+    ) -> Result<Qid> {
         self.writable()?;
         check_name(name)?;
         let _as = CredSwitch::enter(creds, gid);
@@ -426,7 +537,15 @@ impl FileSystem for ExportFs {
         self.created_qid(&dirfd, name)
     }
 
-    fn mknod(&self, creds: &Creds, dir: &Node, name: &str, kind: NodeKind, mode: u32, gid: Option<u32>) -> Result<Qid> {
+    fn mknod(
+        &self,
+        creds: &Creds,
+        dir: &Node,
+        name: &str,
+        kind: NodeKind,
+        mode: u32,
+        gid: Option<u32>,
+    ) -> Result<Qid> {
         self.writable()?;
         check_name(name)?;
         let _as = CredSwitch::enter(creds, gid);
@@ -438,7 +557,8 @@ impl FileSystem for ExportFs {
             NodeKind::CharDevice(d) => (FileType::CharacterDevice, d),
             NodeKind::BlockDevice(d) => (FileType::BlockDevice, d),
         };
-        rustix::fs::mknodat(&dirfd, name, ft, Mode::from_raw_mode(mode & 0o7777), dev).map_err(errno)?;
+        rustix::fs::mknodat(&dirfd, name, ft, Mode::from_raw_mode(mode & 0o7777), dev)
+            .map_err(errno)?;
         self.created_qid(&dirfd, name)
     }
 
@@ -447,7 +567,9 @@ impl FileSystem for ExportFs {
         check_name(name)?;
         let _as = CredSwitch::enter(creds, None);
         let dirfd = self.dir_fd(dir)?;
-        let (tdir, tname) = self.parent_of(target).map_err(|e| if e == Errno::EBUSY { Errno::EPERM } else { e })?;
+        let (tdir, tname) = self
+            .parent_of(target)
+            .map_err(|e| if e == Errno::EBUSY { Errno::EPERM } else { e })?;
         rustix::fs::linkat(&tdir, tname.as_str(), &dirfd, name, AtFlags::empty()).map_err(errno)
     }
 
@@ -458,12 +580,25 @@ impl FileSystem for ExportFs {
         target.into_string().map_err(|_| Errno::EILSEQ)
     }
 
-    fn rename(&self, creds: &Creds, from_dir: &Node, from_name: &str, to_dir: &Node, to_name: &str) -> Result<()> {
+    fn rename(
+        &self,
+        creds: &Creds,
+        from_dir: &Node,
+        from_name: &str,
+        to_dir: &Node,
+        to_name: &str,
+    ) -> Result<()> {
         let _ns = self.namespace.lock().unwrap();
         self.rename_locked(creds, from_dir, from_name, to_dir, to_name)
     }
 
-    fn rename_node(&self, creds: &Creds, node: &Node, to_dir: Option<&Node>, to_name: &str) -> Result<()> {
+    fn rename_node(
+        &self,
+        creds: &Creds,
+        node: &Node,
+        to_dir: Option<&Node>,
+        to_name: &str,
+    ) -> Result<()> {
         if node.is_root() {
             return Err(Errno::EBUSY);
         }
@@ -490,7 +625,13 @@ impl FileSystem for ExportFs {
         self.unlink_locked(creds, &dir, &name, is_dir)
     }
 
-    fn read(&self, _creds: &Creds, file: &ExportFile, offset: u64, buf: &mut [u8]) -> Result<usize> {
+    fn read(
+        &self,
+        _creds: &Creds,
+        file: &ExportFile,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize> {
         // The descriptor carries the access rights checked at open: no identity switch needed.
         rustix::io::pread(&file.fd, buf, offset).map_err(errno)
     }
@@ -518,9 +659,22 @@ impl FileSystem for ExportFs {
                 continue;
             };
             let dt = file_type_to_dt(entry.file_type());
-            let ino = if dir.root && name == ".." { self.root_ino } else { entry.ino() };
-            let qid = Qid { ty: qid_type_of_dt(dt), version: 0, path: self.qids.path(dir.dev, ino) };
-            let e = DirEntry { qid, next: entry.next_entry_cookie(), kind: dt, name: name.to_owned() };
+            let ino = if dir.root && name == ".." {
+                self.root_ino
+            } else {
+                entry.ino()
+            };
+            let qid = Qid {
+                ty: qid_type_of_dt(dt),
+                version: 0,
+                path: self.qids.path(dir.dev, ino),
+            };
+            let e = DirEntry {
+                qid,
+                next: entry.next_entry_cookie(),
+                kind: dt,
+                name: name.to_owned(),
+            };
             if !sink(e) {
                 break;
             }
@@ -581,14 +735,27 @@ impl FileSystem for ExportFs {
         Ok(out)
     }
 
-    fn setxattr(&self, creds: &Creds, node: &Node, name: &str, value: &[u8], flags: u32) -> Result<()> {
+    fn setxattr(
+        &self,
+        creds: &Creds,
+        node: &Node,
+        name: &str,
+        value: &[u8],
+        flags: u32,
+    ) -> Result<()> {
         self.writable()?;
         if !xattr_allowed(name) {
             return Err(Errno::EOPNOTSUPP);
         }
         let _as = CredSwitch::enter(creds, None);
         let (_keep, path) = self.xattr_path(node)?;
-        rustix::fs::lsetxattr(path.as_str(), name, value, XattrFlags::from_bits_retain(flags)).map_err(errno)
+        rustix::fs::lsetxattr(
+            path.as_str(),
+            name,
+            value,
+            XattrFlags::from_bits_retain(flags),
+        )
+        .map_err(errno)
     }
 
     fn removexattr(&self, creds: &Creds, node: &Node, name: &str) -> Result<()> {
@@ -616,12 +783,20 @@ impl FileSystem for ExportFs {
         let kind = match i32::from(fl.l_type) {
             libc::F_RDLCK => LockKind::Read,
             libc::F_WRLCK => LockKind::Write,
-            _ => return Ok(Lock { kind: LockKind::Unlock, ..*lock }),
+            _ => {
+                return Ok(Lock {
+                    kind: LockKind::Unlock,
+                    ..*lock
+                });
+            }
         };
-        Ok(Lock { kind, start: fl.l_start as u64, length: fl.l_len as u64 })
+        Ok(Lock {
+            kind,
+            start: fl.l_start as u64,
+            length: fl.l_len as u64,
+        })
     }
 }
-
 
 fn to_flock(lock: &Lock) -> Result<libc::flock> {
     let l_type = match lock.kind {
@@ -631,7 +806,13 @@ fn to_flock(lock: &Lock) -> Result<libc::flock> {
     };
     let start = i64::try_from(lock.start).map_err(|_| Errno::EINVAL)?;
     let len = i64::try_from(lock.length).map_err(|_| Errno::EINVAL)?;
-    Ok(libc::flock { l_type: l_type as i16, l_whence: libc::SEEK_SET as i16, l_start: start, l_len: len, l_pid: 0 })
+    Ok(libc::flock {
+        l_type: l_type as i16,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: start,
+        l_len: len,
+        l_pid: 0,
+    })
 }
 
 fn file_type_to_dt(ft: FileType) -> u8 {

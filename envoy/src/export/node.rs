@@ -45,7 +45,11 @@ impl Node {
     /// A new tree: its root.
     pub fn new_root() -> Node {
         Node(Arc::new(NodeInner {
-            place: RwLock::new(Place { parent: None, name: String::new(), gone: false }),
+            place: RwLock::new(Place {
+                parent: None,
+                name: String::new(),
+                gone: false,
+            }),
             children: Mutex::new(HashMap::new()),
         }))
     }
@@ -63,7 +67,13 @@ impl Node {
 
     /// The parent (the root is its own parent).
     pub fn parent(&self) -> Node {
-        self.0.place.read().unwrap().parent.clone().unwrap_or_else(|| self.clone())
+        self.0
+            .place
+            .read()
+            .unwrap()
+            .parent
+            .clone()
+            .unwrap_or_else(|| self.clone())
     }
 
     /// The final name ("" for the root).
@@ -78,7 +88,11 @@ impl Node {
             return Node(existing);
         }
         let node = Node(Arc::new(NodeInner {
-            place: RwLock::new(Place { parent: Some(self.clone()), name: name.to_owned(), gone: false }),
+            place: RwLock::new(Place {
+                parent: Some(self.clone()),
+                name: name.to_owned(),
+                gone: false,
+            }),
             children: Mutex::new(HashMap::new()),
         }));
         children.insert(name.to_owned(), Arc::downgrade(&node.0));
@@ -116,12 +130,21 @@ impl Node {
         }
         let parent = self.parent();
         let dir_path = parent.path()?;
-        Ok(Location::Entry { dir_path, name: self.name() })
+        Ok(Location::Entry {
+            dir_path,
+            name: self.name(),
+        })
     }
 
     /// Record that `dir/name` was removed: a node still naming it now fails with ENOENT.
     pub fn forget_child(&self, name: &str) {
-        let removed = self.0.children.lock().unwrap().remove(name).and_then(|w| w.upgrade());
+        let removed = self
+            .0
+            .children
+            .lock()
+            .unwrap()
+            .remove(name)
+            .and_then(|w| w.upgrade());
         if let Some(inner) = removed {
             let mut p = inner.place.write().unwrap();
             p.parent = None;
@@ -132,7 +155,13 @@ impl Node {
     /// Record that `self/from` moved to `to_dir/to`: the moved node follows; a node naming the
     /// replaced target (if any) is forgotten.
     pub fn move_child(&self, from: &str, to_dir: &Node, to: &str) {
-        let moving = self.0.children.lock().unwrap().remove(from).and_then(|w| w.upgrade());
+        let moving = self
+            .0
+            .children
+            .lock()
+            .unwrap()
+            .remove(from)
+            .and_then(|w| w.upgrade());
         to_dir.forget_child(to);
         if let Some(inner) = moving {
             {
@@ -140,7 +169,12 @@ impl Node {
                 p.parent = Some(to_dir.clone());
                 p.name = to.to_owned();
             }
-            to_dir.0.children.lock().unwrap().insert(to.to_owned(), Arc::downgrade(&inner));
+            to_dir
+                .0
+                .children
+                .lock()
+                .unwrap()
+                .insert(to.to_owned(), Arc::downgrade(&inner));
         }
     }
 }
@@ -154,7 +188,10 @@ impl Drop for NodeInner {
         };
         if let Some(parent) = place.parent.take() {
             let mut children = parent.0.children.lock().unwrap_or_else(|e| e.into_inner());
-            if children.get(&place.name).is_some_and(|w| w.strong_count() == 0) {
+            if children
+                .get(&place.name)
+                .is_some_and(|w| w.strong_count() == 0)
+            {
                 children.remove(&place.name);
             }
         }

@@ -32,7 +32,10 @@ struct MapState {
 impl QidMap {
     /// A map whose index 0 is `root_dev`.
     pub fn new(root_dev: u64) -> QidMap {
-        QidMap { root_dev, state: Mutex::new(MapState::default()) }
+        QidMap {
+            root_dev,
+            state: Mutex::new(MapState::default()),
+        }
     }
 
     /// The qid path of (dev, ino).
@@ -55,7 +58,11 @@ impl QidMap {
 
     /// A whole qid for a file of type `mode` (`st_mode`) with the given identity and mtime.
     pub fn qid(&self, mode: u32, dev: u64, ino: u64, mtime: (u64, u64)) -> Qid {
-        Qid { ty: qid_type(mode), version: version(mtime), path: self.path(dev, ino) }
+        Qid {
+            ty: qid_type(mode),
+            version: version(mtime),
+            path: self.path(dev, ino),
+        }
     }
 }
 

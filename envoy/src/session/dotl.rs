@@ -2,7 +2,10 @@
 
 use super::fid::{DirStream, Fid, Open, Xattr, XattrWrite};
 use super::{Protocol, Reply, Session, finish_data_reply};
-use crate::vfs::{Attr, Errno, FileSystem, Lock, LockKind, LockStatus, NodeKind, Result, SetAttr, SetTime, XATTR_SIZE_MAX};
+use crate::vfs::{
+    Attr, Errno, FileSystem, Lock, LockKind, LockStatus, NodeKind, Result, SetAttr, SetTime,
+    XATTR_SIZE_MAX,
+};
 use bytes::{BufMut, Bytes};
 use envoy_protocol::consts::*;
 use envoy_protocol::*;
@@ -46,7 +49,12 @@ pub(super) fn host_flags(dotl: u32) -> i32 {
 }
 
 /// The open state for a freshly opened file.
-pub(super) fn open_state<F: FileSystem>(file: F::File, flags: i32, qid: Qid, remove_on_clunk: bool) -> Open<F> {
+pub(super) fn open_state<F: FileSystem>(
+    file: F::File,
+    flags: i32,
+    qid: Qid,
+    remove_on_clunk: bool,
+) -> Open<F> {
     Open {
         file,
         access: flags & libc::O_ACCMODE,
@@ -81,15 +89,22 @@ impl<F: FileSystem> Session<F> {
         }
         let flags = host_flags(m.flags);
         let (file, qid) = self.fs.open(&fid.creds, &fid.node, flags)?;
-        fid.open.set(open_state(file, flags, qid, false)).map_err(|_| Errno::EBADF)?;
+        fid.open
+            .set(open_state(file, flags, qid, false))
+            .map_err(|_| Errno::EBADF)?;
         Ok(Fcall::Rlopen(Rlopen { qid, iounit: 0 }))
     }
 
     pub(super) fn lcreate(&self, m: Tlcreate) -> Result<Fcall> {
         let dir = self.unopened_dir(m.fid)?;
         let flags = host_flags(m.flags);
-        let (node, file, qid) = self.fs.create(&dir.creds, &dir.node, &m.name, flags, m.mode, Some(m.gid))?;
-        self.fids.replace(m.fid, Fid::opened(node, dir.creds.clone(), open_state(file, flags, qid, false)));
+        let (node, file, qid) =
+            self.fs
+                .create(&dir.creds, &dir.node, &m.name, flags, m.mode, Some(m.gid))?;
+        self.fids.replace(
+            m.fid,
+            Fid::opened(node, dir.creds.clone(), open_state(file, flags, qid, false)),
+        );
         Ok(Fcall::Rlcreate(Rlcreate { qid, iounit: 0 }))
     }
 
@@ -106,7 +121,9 @@ impl<F: FileSystem> Session<F> {
     pub(super) fn symlink(&self, m: Tsymlink) -> Result<Fcall> {
         let dir = self.fids.get(m.fid)?;
         dir.plain()?;
-        let qid = self.fs.symlink(&dir.creds, &dir.node, &m.name, &m.symtgt, Some(m.gid))?;
+        let qid = self
+            .fs
+            .symlink(&dir.creds, &dir.node, &m.name, &m.symtgt, Some(m.gid))?;
         Ok(Fcall::Rsymlink(Rsymlink { qid }))
     }
 
@@ -122,7 +139,14 @@ impl<F: FileSystem> Session<F> {
             libc::S_IFBLK => NodeKind::BlockDevice(dev),
             _ => return Err(Errno::EINVAL),
         };
-        let qid = self.fs.mknod(&dir.creds, &dir.node, &m.name, kind, m.mode & 0o7777, Some(m.gid))?;
+        let qid = self.fs.mknod(
+            &dir.creds,
+            &dir.node,
+            &m.name,
+            kind,
+            m.mode & 0o7777,
+            Some(m.gid),
+        )?;
         Ok(Fcall::Rmknod(Rmknod { qid }))
     }
 
@@ -131,7 +155,8 @@ impl<F: FileSystem> Session<F> {
         let dir = self.fids.get(m.dfid)?;
         fid.plain()?;
         dir.plain()?;
-        self.fs.rename_node(&fid.creds, &fid.node, Some(&dir.node), &m.name)?;
+        self.fs
+            .rename_node(&fid.creds, &fid.node, Some(&dir.node), &m.name)?;
         Ok(Fcall::Rrename(Rrename {}))
     }
 
@@ -154,15 +179,21 @@ impl<F: FileSystem> Session<F> {
         fid.plain()?;
         let v = m.valid;
         let time = |set: u32, sec: u64, nsec: u64| {
-            if v & set != 0 { SetTime::At(sec, nsec) } else { SetTime::Now }
+            if v & set != 0 {
+                SetTime::At(sec, nsec)
+            } else {
+                SetTime::Now
+            }
         };
         let set = SetAttr {
             mode: (v & SETATTR_MODE != 0).then_some(m.mode),
             uid: (v & SETATTR_UID != 0).then_some(m.uid),
             gid: (v & SETATTR_GID != 0).then_some(m.gid),
             size: (v & SETATTR_SIZE != 0).then_some(m.size),
-            atime: (v & SETATTR_ATIME != 0).then(|| time(SETATTR_ATIME_SET, m.atime_sec, m.atime_nsec)),
-            mtime: (v & SETATTR_MTIME != 0).then(|| time(SETATTR_MTIME_SET, m.mtime_sec, m.mtime_nsec)),
+            atime: (v & SETATTR_ATIME != 0)
+                .then(|| time(SETATTR_ATIME_SET, m.atime_sec, m.atime_nsec)),
+            mtime: (v & SETATTR_MTIME != 0)
+                .then(|| time(SETATTR_MTIME_SET, m.mtime_sec, m.mtime_nsec)),
         };
         if !set.is_empty() {
             self.fs.setattr(&fid.creds, &fid.node, fid.file(), &set)?;
@@ -195,7 +226,10 @@ impl<F: FileSystem> Session<F> {
         if self.fs.read_only() {
             return Err(Errno::EROFS);
         }
-        let size = usize::try_from(m.attr_size).ok().filter(|s| *s <= XATTR_SIZE_MAX).ok_or(Errno::E2BIG)?;
+        let size = usize::try_from(m.attr_size)
+            .ok()
+            .filter(|s| *s <= XATTR_SIZE_MAX)
+            .ok_or(Errno::E2BIG)?;
         let mut x = Fid::new(fid.node.clone(), fid.creds.clone());
         x.xattr = Some(Xattr::Write(Mutex::new(XattrWrite {
             name: m.name,
@@ -217,14 +251,20 @@ impl<F: FileSystem> Session<F> {
         let head = DATA_REPLY_HEADER_LEN;
         let mut buf = self.pool.take(head + room);
         buf.put_bytes(0, head);
-        self.fs.readdir(&fid.creds, &open.file, m.offset, &mut |e| {
-            let d = Dirent { qid: e.qid, offset: e.next, ty: e.kind, name: e.name };
-            if buf.len() - head + d.encoded_len() > room {
-                return false;
-            }
-            d.encode(&mut buf);
-            true
-        })?;
+        self.fs
+            .readdir(&fid.creds, &open.file, m.offset, &mut |e| {
+                let d = Dirent {
+                    qid: e.qid,
+                    offset: e.next,
+                    ty: e.kind,
+                    name: e.name,
+                };
+                if buf.len() - head + d.encoded_len() > room {
+                    return false;
+                }
+                d.encode(&mut buf);
+                true
+            })?;
         let n = buf.len() - head;
         Ok(Reply::Encoded(finish_data_reply(buf, RREADDIR, tag, n)))
     }
@@ -239,7 +279,11 @@ impl<F: FileSystem> Session<F> {
     pub(super) fn lock(&self, m: Tlock) -> Result<Fcall> {
         let fid = self.fids.get(m.fid)?;
         let open = fid.opened_state()?;
-        let lock = Lock { kind: lock_kind(m.ty)?, start: m.start, length: m.length };
+        let lock = Lock {
+            kind: lock_kind(m.ty)?,
+            start: m.start,
+            length: m.length,
+        };
         let status = match self.fs.lock(&fid.creds, &open.file, &lock)? {
             LockStatus::Granted => LOCK_SUCCESS,
             LockStatus::Blocked => LOCK_BLOCKED,
@@ -250,7 +294,11 @@ impl<F: FileSystem> Session<F> {
     pub(super) fn getlock(&self, m: Tgetlock) -> Result<Fcall> {
         let fid = self.fids.get(m.fid)?;
         let open = fid.opened_state()?;
-        let want = Lock { kind: lock_kind(m.ty)?, start: m.start, length: m.length };
+        let want = Lock {
+            kind: lock_kind(m.ty)?,
+            start: m.start,
+            length: m.length,
+        };
         let held = self.fs.getlock(&fid.creds, &open.file, &want)?;
         let ty = match held.kind {
             LockKind::Read => LOCK_TYPE_RDLCK,
@@ -278,7 +326,9 @@ impl<F: FileSystem> Session<F> {
     pub(super) fn mkdir(&self, m: Tmkdir) -> Result<Fcall> {
         let dir = self.fids.get(m.dfid)?;
         dir.plain()?;
-        let qid = self.fs.mkdir(&dir.creds, &dir.node, &m.name, m.mode, Some(m.gid))?;
+        let qid = self
+            .fs
+            .mkdir(&dir.creds, &dir.node, &m.name, m.mode, Some(m.gid))?;
         Ok(Fcall::Rmkdir(Rmkdir { qid }))
     }
 
@@ -287,14 +337,16 @@ impl<F: FileSystem> Session<F> {
         let to = self.fids.get(m.newdirfid)?;
         from.plain()?;
         to.plain()?;
-        self.fs.rename(&from.creds, &from.node, &m.oldname, &to.node, &m.newname)?;
+        self.fs
+            .rename(&from.creds, &from.node, &m.oldname, &to.node, &m.newname)?;
         Ok(Fcall::Rrenameat(Rrenameat {}))
     }
 
     pub(super) fn unlinkat(&self, m: Tunlinkat) -> Result<Fcall> {
         let dir = self.fids.get(m.dirfd)?;
         dir.plain()?;
-        self.fs.unlink(&dir.creds, &dir.node, &m.name, m.flags & AT_REMOVEDIR != 0)?;
+        self.fs
+            .unlink(&dir.creds, &dir.node, &m.name, m.flags & AT_REMOVEDIR != 0)?;
         Ok(Fcall::Runlinkat(Runlinkat {}))
     }
 }

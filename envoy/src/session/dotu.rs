@@ -97,7 +97,11 @@ impl<F: FileSystem> Session<F> {
         let dir = self.unopened_dir(m.fid)?;
         let (creds, dnode) = (&dir.creds, &dir.node);
         let dotu = p.dialect == Dialect::P9P2000U;
-        let perm = if dotu { host_perm(m.perm) } else { m.perm & 0o777 };
+        let perm = if dotu {
+            host_perm(m.perm)
+        } else {
+            m.perm & 0o777
+        };
         let special = |kind: NodeKind| self.fs.mknod(creds, dnode, &m.name, kind, perm, None);
         let made_qid = if m.perm & DMDIR != 0 {
             Some(self.fs.mkdir(creds, dnode, &m.name, perm, None)?)
@@ -127,7 +131,11 @@ impl<F: FileSystem> Session<F> {
                 let node = steps.pop().ok_or(err.unwrap_or(Errno::ENOENT))?.0;
                 let fid = if qid.ty & QTDIR != 0 {
                     let (file, qid) = self.fs.open(creds, &node, libc::O_RDONLY)?;
-                    Fid::opened(node, creds.clone(), open_state(file, libc::O_RDONLY, qid, false))
+                    Fid::opened(
+                        node,
+                        creds.clone(),
+                        open_state(file, libc::O_RDONLY, qid, false),
+                    )
                 } else {
                     Fid::new(node, creds.clone())
                 };
@@ -138,7 +146,8 @@ impl<F: FileSystem> Session<F> {
                 let flags = host_flags(m.mode);
                 let (node, file, qid) = self.fs.create(creds, dnode, &m.name, flags, perm, None)?;
                 let open = open_state(file, flags, qid, m.mode & ORCLOSE != 0);
-                self.fids.replace(m.fid, Fid::opened(node, creds.clone(), open));
+                self.fids
+                    .replace(m.fid, Fid::opened(node, creds.clone(), open));
                 qid
             }
         };
@@ -154,7 +163,14 @@ impl<F: FileSystem> Session<F> {
     }
 
     /// A stat record for `node` (named `name`) with attributes `attr`.
-    fn stat_record(&self, fid: &Fid<F>, node: &F::Node, name: String, a: &Attr, d: Dialect) -> Result<Stat> {
+    fn stat_record(
+        &self,
+        fid: &Fid<F>,
+        node: &F::Node,
+        name: String,
+        a: &Attr,
+        d: Dialect,
+    ) -> Result<Stat> {
         let dotu = d == Dialect::P9P2000U;
         let extension = if !dotu {
             String::new()
@@ -163,7 +179,11 @@ impl<F: FileSystem> Session<F> {
                 libc::S_IFLNK => self.fs.readlink(&fid.creds, node)?,
                 t @ (libc::S_IFBLK | libc::S_IFCHR) => {
                     let kind = if t == libc::S_IFBLK { 'b' } else { 'c' };
-                    format!("{kind} {} {}", rustix::fs::major(a.rdev), rustix::fs::minor(a.rdev))
+                    format!(
+                        "{kind} {} {}",
+                        rustix::fs::major(a.rdev),
+                        rustix::fs::minor(a.rdev)
+                    )
                 }
                 _ => String::new(),
             }
@@ -198,7 +218,11 @@ impl<F: FileSystem> Session<F> {
             if (s.mode & DMDIR != 0) != attr.is_dir() {
                 return Err(Errno::EINVAL);
             }
-            set.mode = Some(if dotu { host_perm(s.mode) } else { s.mode & 0o777 });
+            set.mode = Some(if dotu {
+                host_perm(s.mode)
+            } else {
+                s.mode & 0o777
+            });
         }
         if s.mtime != u32::MAX {
             set.mtime = Some(SetTime::At(u64::from(s.mtime), 0));
@@ -269,10 +293,11 @@ impl<F: FileSystem> Session<F> {
         'fill: loop {
             // Names first (the backend's directory cursor is held while listing), stats after.
             let mut batch = Vec::with_capacity(64);
-            self.fs.readdir(&fid.creds, &open.file, stream.cookie, &mut |e| {
-                batch.push(e);
-                batch.len() < 64
-            })?;
+            self.fs
+                .readdir(&fid.creds, &open.file, stream.cookie, &mut |e| {
+                    batch.push(e);
+                    batch.len() < 64
+                })?;
             if batch.is_empty() {
                 break;
             }
@@ -319,14 +344,26 @@ mod tests {
         assert_eq!(dm_mode(libc::S_IFDIR | 0o755, true), DMDIR | 0o755);
         assert_eq!(dm_mode(libc::S_IFLNK | 0o777, true), DMSYMLINK | 0o777);
         assert_eq!(dm_mode(libc::S_IFLNK | 0o777, false), 0o777);
-        assert_eq!(dm_mode(libc::S_IFREG | libc::S_ISUID | 0o755, true), DMSETUID | 0o755);
-        assert_eq!(host_perm(DMSETGID | DMSETVTX | 0o644), libc::S_ISGID | libc::S_ISVTX | 0o644);
+        assert_eq!(
+            dm_mode(libc::S_IFREG | libc::S_ISUID | 0o755, true),
+            DMSETUID | 0o755
+        );
+        assert_eq!(
+            host_perm(DMSETGID | DMSETVTX | 0o644),
+            libc::S_ISGID | libc::S_ISVTX | 0o644
+        );
     }
 
     #[test]
     fn devices_parse() {
-        assert_eq!(parse_device("c 1 3"), Ok(NodeKind::CharDevice(rustix::fs::makedev(1, 3))));
-        assert_eq!(parse_device("b 8 0"), Ok(NodeKind::BlockDevice(rustix::fs::makedev(8, 0))));
+        assert_eq!(
+            parse_device("c 1 3"),
+            Ok(NodeKind::CharDevice(rustix::fs::makedev(1, 3)))
+        );
+        assert_eq!(
+            parse_device("b 8 0"),
+            Ok(NodeKind::BlockDevice(rustix::fs::makedev(8, 0)))
+        );
         assert_eq!(parse_device("x 1 2"), Err(Errno::EINVAL));
         assert_eq!(parse_device("c 1"), Err(Errno::EINVAL));
     }

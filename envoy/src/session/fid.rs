@@ -20,7 +20,12 @@ pub(crate) struct Fid<F: FileSystem> {
 
 impl<F: FileSystem> Fid<F> {
     pub fn new(node: F::Node, creds: Creds) -> Fid<F> {
-        Fid { node, creds, open: OnceLock::new(), xattr: None }
+        Fid {
+            node,
+            creds,
+            open: OnceLock::new(),
+            xattr: None,
+        }
     }
 
     /// A fid that is already open on `file`.
@@ -42,7 +47,11 @@ impl<F: FileSystem> Fid<F> {
 
     /// EBADF unless this is a plain (non-xattr) fid.
     pub fn plain(&self) -> Result<()> {
-        if self.xattr.is_some() { Err(Errno::EBADF) } else { Ok(()) }
+        if self.xattr.is_some() {
+            Err(Errno::EBADF)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -93,12 +102,20 @@ pub(crate) struct FidTable<F: FileSystem> {
 
 impl<F: FileSystem> FidTable<F> {
     pub fn new(max: usize) -> Self {
-        FidTable { fids: Mutex::new(HashMap::new()), max }
+        FidTable {
+            fids: Mutex::new(HashMap::new()),
+            max,
+        }
     }
 
     /// The fid, or EBADF.
     pub fn get(&self, fid: u32) -> Result<Arc<Fid<F>>> {
-        self.fids.lock().unwrap().get(&fid).cloned().ok_or(Errno::EBADF)
+        self.fids
+            .lock()
+            .unwrap()
+            .get(&fid)
+            .cloned()
+            .ok_or(Errno::EBADF)
     }
 
     /// Add a new fid; EBADF if the number is taken, EMFILE past the per-session limit.

@@ -31,7 +31,10 @@ pub struct SessionLimits {
 
 impl Default for SessionLimits {
     fn default() -> Self {
-        SessionLimits { max_msize: 1 << 20, max_fids: 65536 }
+        SessionLimits {
+            max_msize: 1 << 20,
+            max_fids: 65536,
+        }
     }
 }
 
@@ -65,27 +68,50 @@ pub struct Session<F: FileSystem> {
 impl<F: FileSystem> Session<F> {
     /// A session serving `fs`.
     pub fn new(fs: Arc<F>, limits: SessionLimits, pool: Arc<BufPool>) -> Session<F> {
-        Session { fids: FidTable::new(limits.max_fids), fs, limits, pool }
+        Session {
+            fids: FidTable::new(limits.max_fids),
+            fs,
+            limits,
+            pool,
+        }
     }
 
-    /// Answer Tversion: the protocol to use from now on (None: "unknown" dialect) and the reply.
+    /// Answer Tversion (tag `tag`, normally NOTAG): the protocol to use from now on (None: "unknown" dialect) and the reply.
     /// The caller must have stopped every request in flight; all fids are dropped.
-    pub fn version(&self, msize: u32, version: &str) -> (Option<Protocol>, Bytes) {
+    pub fn version(&self, tag: u16, msize: u32, version: &str) -> (Option<Protocol>, Bytes) {
         self.fids.clear();
         let dialect = Dialect::from_version(version);
         let msize = msize.min(self.limits.max_msize);
         let (proto, reply) = match dialect {
             Some(d) if msize >= MIN_MSIZE => {
                 let p = Protocol { dialect: d, msize };
-                (Some(p), Fcall::Rversion(envoy_protocol::Rversion { msize, version: d.as_str().to_owned() }))
+                (
+                    Some(p),
+                    Fcall::Rversion(envoy_protocol::Rversion {
+                        msize,
+                        version: d.as_str().to_owned(),
+                    }),
+                )
             }
             Some(_) => {
                 let text = format!("msize {msize} is below the minimum of {MIN_MSIZE}");
-                (None, Fcall::Rerror(envoy_protocol::Rerror { ename: text, errno: Errno::EINVAL as u32 }))
+                (
+                    None,
+                    Fcall::Rerror(envoy_protocol::Rerror {
+                        ename: text,
+                        errno: Errno::EINVAL as u32,
+                    }),
+                )
             }
-            None => (None, Fcall::Rversion(envoy_protocol::Rversion { msize, version: "unknown".to_owned() })),
+            None => (
+                None,
+                Fcall::Rversion(envoy_protocol::Rversion {
+                    msize,
+                    version: "unknown".to_owned(),
+                }),
+            ),
         };
-        (proto, encode(consts::NOTAG, Dialect::P9P2000U, &reply))
+        (proto, encode(tag, Dialect::P9P2000U, &reply))
     }
 
     /// Fids in use (for limits and tests).
@@ -164,7 +190,11 @@ impl<F: FileSystem> Session<F> {
         if m.afid != NOFID {
             return Err(Errno::EBADF);
         }
-        let n_uname = if p.dialect.extended() { m.n_uname } else { consts::NONUNAME };
+        let n_uname = if p.dialect.extended() {
+            m.n_uname
+        } else {
+            consts::NONUNAME
+        };
         let creds = user::resolve(&m.uname, n_uname)?;
         let (node, qid) = self.fs.attach(&creds, &m.aname)?;
         self.fids.insert(m.fid, Fid::new(node, creds))?;
@@ -185,10 +215,16 @@ impl<F: FileSystem> Session<F> {
             if steps.is_empty() {
                 return Err(err.unwrap_or(Errno::ENOENT));
             }
-            return Ok(Fcall::Rwalk(envoy_protocol::Rwalk { wqids: steps.into_iter().map(|(_, q)| q).collect() }));
+            return Ok(Fcall::Rwalk(envoy_protocol::Rwalk {
+                wqids: steps.into_iter().map(|(_, q)| q).collect(),
+            }));
         }
         let wqids = steps.iter().map(|(_, q)| *q).collect();
-        let node = steps.into_iter().last().map(|(n, _)| n).unwrap_or_else(|| from.node.clone());
+        let node = steps
+            .into_iter()
+            .last()
+            .map(|(n, _)| n)
+            .unwrap_or_else(|| from.node.clone());
         let fid = Fid::new(node, from.creds.clone());
         if m.newfid == m.fid {
             self.fids.replace(m.fid, fid);
@@ -204,9 +240,13 @@ impl<F: FileSystem> Session<F> {
         if let Some(x) = &fid.xattr {
             return match x {
                 Xattr::Read(value) => {
-                    let start = usize::try_from(m.offset).unwrap_or(usize::MAX).min(value.len());
+                    let start = usize::try_from(m.offset)
+                        .unwrap_or(usize::MAX)
+                        .min(value.len());
                     let end = start.saturating_add(count).min(value.len());
-                    Ok(Reply::Msg(Fcall::Rread(envoy_protocol::Rread { data: value.slice(start..end) })))
+                    Ok(Reply::Msg(Fcall::Rread(envoy_protocol::Rread {
+                        data: value.slice(start..end),
+                    })))
                 }
                 Xattr::Write(_) => Err(Errno::EBADF),
             };
@@ -222,19 +262,32 @@ impl<F: FileSystem> Session<F> {
             return Err(Errno::EBADF);
         }
         let mut buf = self.data_reply(count);
-        let n = self.fs.read(&fid.creds, &open.file, m.offset, &mut buf[envoy_protocol::DATA_REPLY_HEADER_LEN..])?;
-        Ok(Reply::Encoded(finish_data_reply(buf, consts::RREAD, tag, n)))
+        let n = self.fs.read(
+            &fid.creds,
+            &open.file,
+            m.offset,
+            &mut buf[envoy_protocol::DATA_REPLY_HEADER_LEN..],
+        )?;
+        Ok(Reply::Encoded(finish_data_reply(
+            buf,
+            consts::RREAD,
+            tag,
+            n,
+        )))
     }
 
     /// A pooled reply buffer sized for a header plus `count` data bytes (contents unspecified).
     fn data_reply(&self, count: usize) -> BytesMut {
-        self.pool.take_filled(envoy_protocol::DATA_REPLY_HEADER_LEN + count)
+        self.pool
+            .take_filled(envoy_protocol::DATA_REPLY_HEADER_LEN + count)
     }
 
     fn write(&self, m: envoy_protocol::Twrite) -> Result<Fcall> {
         let fid = self.fids.get(m.fid)?;
         if let Some(x) = &fid.xattr {
-            let Xattr::Write(w) = x else { return Err(Errno::EBADF) };
+            let Xattr::Write(w) = x else {
+                return Err(Errno::EBADF);
+            };
             let mut w = w.lock().unwrap();
             if m.offset != w.value.len() as u64 {
                 return Err(Errno::EINVAL);
@@ -243,7 +296,9 @@ impl<F: FileSystem> Session<F> {
                 return Err(Errno::ENOSPC);
             }
             w.value.extend_from_slice(&m.data);
-            return Ok(Fcall::Rwrite(envoy_protocol::Rwrite { count: m.data.len() as u32 }));
+            return Ok(Fcall::Rwrite(envoy_protocol::Rwrite {
+                count: m.data.len() as u32,
+            }));
         }
         let open = fid.opened_state()?;
         if open.is_dir {
@@ -267,7 +322,8 @@ impl<F: FileSystem> Session<F> {
             if w.size == 0 {
                 self.fs.removexattr(&fid.creds, &fid.node, &w.name)?;
             } else {
-                self.fs.setxattr(&fid.creds, &fid.node, &w.name, &w.value, w.flags)?;
+                self.fs
+                    .setxattr(&fid.creds, &fid.node, &w.name, &w.value, w.flags)?;
             }
         }
         if fid.open.get().is_some_and(|o| o.remove_on_clunk) {

@@ -41,21 +41,36 @@ pub fn resolve(uname: &str, n_uname: u32) -> Result<Creds> {
     if !groups.contains(&user.gid.as_raw()) {
         groups.push(user.gid.as_raw());
     }
-    Ok(Creds { uid: user.uid.as_raw(), gid: user.gid.as_raw(), groups: Arc::from(groups) })
+    Ok(Creds {
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+        groups: Arc::from(groups),
+    })
 }
 
 fn unknown(uid: u32) -> Creds {
-    Creds { uid, gid: NOGROUP, groups: Arc::from(vec![NOGROUP]) }
+    Creds {
+        uid,
+        gid: NOGROUP,
+        groups: Arc::from(vec![NOGROUP]),
+    }
 }
 
 /// A group id from a 9P2000 group name (numeric or from the host's database).
 pub fn group_id(name: &str) -> Option<u32> {
-    name.parse().ok().or_else(|| Group::from_name(name).ok().flatten().map(|g| g.gid.as_raw()))
+    name.parse().ok().or_else(|| {
+        Group::from_name(name)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw())
+    })
 }
 
 /// A user id from a 9P2000 user name (numeric or from the host's database).
 pub fn user_id(name: &str) -> Option<u32> {
-    name.parse().ok().or_else(|| User::from_name(name).ok().flatten().map(|u| u.uid.as_raw()))
+    name.parse()
+        .ok()
+        .or_else(|| User::from_name(name).ok().flatten().map(|u| u.uid.as_raw()))
 }
 
 #[cfg(test)]
