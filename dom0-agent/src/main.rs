@@ -1,7 +1,7 @@
 //! `envoyd`: the Envoy agent of one host's admin VM.
 //!
 //! Today it serves host directories (the `export` backend) over TCP, unix sockets and
-//! descriptor pairs. With no arguments it serves `<data dir>/export` on 127.0.0.1:5640 and
+//! descriptor pairs. With no arguments it serves `DATA_DIR/export` on 127.0.0.1:5640 and
 //! prints the Linux mount command.
 
 use anyhow::{Context, Result, bail};
@@ -23,7 +23,7 @@ const DEFAULT_LISTEN: &str = "tcp:127.0.0.1:5640";
     about = "Envoy agent: serves file systems to guests over 9P"
 )]
 struct Args {
-    /// Host directory to serve (default: <data dir>/export, created if missing).
+    /// Host directory to serve (default: DATA_DIR/export, created if missing).
     #[arg(long, value_name = "DIR")]
     export: Option<PathBuf>,
     /// Where to listen: tcp:HOST:PORT, unix:PATH or fd:R,W (repeatable).

@@ -9,8 +9,8 @@
 //! cannot reach host devices through a node it made. Only `user.*` and POSIX ACL extended
 //! attributes pass, so a guest cannot set file capabilities or `trusted.*` on host files.
 //!
-//! Descriptors: nodes are names (see [`node`]); only open files hold a descriptor.
-//! Identity: each call runs as the fid's user (see [`creds`]).
+//! Descriptors: nodes are names (module `node`); only open files hold a descriptor.
+//! Identity: each call runs as the fid's user (module `creds`).
 
 mod creds;
 mod node;
