@@ -265,3 +265,32 @@ impl RawConn {
         }
     }
 }
+
+/// Run `m`, which must succeed; its reply.
+pub async fn ok(c: &Client, m: envoy_protocol::Fcall) -> envoy_protocol::Fcall {
+    let desc = format!("{m:?}");
+    c.rpc(m).await.unwrap_or_else(|e| panic!("{desc}: {e}"))
+}
+
+/// Run `m`, which must fail with an error reply; its errno and text.
+pub async fn err(c: &Client, m: envoy_protocol::Fcall) -> (u32, String) {
+    let desc = format!("{m:?}");
+    match c.rpc(m).await {
+        Err(envoy_tools::client::ClientError::Remote { errno, ename }) => (errno, ename),
+        other => panic!("{desc}: expected an error, got {other:?}"),
+    }
+}
+
+/// Run `m`, which must fail; its errno.
+pub async fn errno(c: &Client, m: envoy_protocol::Fcall) -> u32 {
+    err(c, m).await.0
+}
+
+/// A Twalk message.
+pub fn twalk(fid: u32, newfid: u32, names: &[&str]) -> envoy_protocol::Fcall {
+    envoy_protocol::Fcall::Twalk(envoy_protocol::Twalk {
+        fid,
+        newfid,
+        wnames: names.iter().map(|s| s.to_string()).collect(),
+    })
+}

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use envoy_protocol::consts::*;
 use envoy_protocol::*;
-use envoy_tests::{Options, TestServer};
+use envoy_tests::{Options, TestServer, errno, ok};
 use envoy_tools::client::{Client, ClientError};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
@@ -38,19 +38,6 @@ async fn walk(c: &Client, fid: u32, newfid: u32, names: &[&str]) -> Result<Vec<Q
     {
         Fcall::Rwalk(r) => Ok(r.wqids),
         other => panic!("unexpected {other:?}"),
-    }
-}
-
-async fn ok(c: &Client, m: Fcall) -> Fcall {
-    let desc = format!("{m:?}");
-    c.rpc(m).await.unwrap_or_else(|e| panic!("{desc}: {e}"))
-}
-
-async fn errno(c: &Client, m: Fcall) -> u32 {
-    let desc = format!("{m:?}");
-    match c.rpc(m).await {
-        Err(ClientError::Remote { errno, .. }) => errno,
-        other => panic!("{desc}: expected an error, got {other:?}"),
     }
 }
 
@@ -1255,4 +1242,26 @@ async fn qids_are_unique_across_file_systems_and_track_changes() {
     for fid in [2, 3, 12, 13, 20] {
         clunk(&c, fid).await;
     }
+}
+
+#[tokio::test]
+async fn remove_and_flush_in_dotl() {
+    let (srv, c) = setup().await;
+    std::fs::create_dir(srv.path("emptydir")).unwrap();
+    std::fs::write(srv.path("file"), b"x").unwrap();
+    for name in ["emptydir", "file"] {
+        walk(&c, ROOT, 2, &[name]).await.unwrap();
+        ok(&c, Fcall::Tremove(Tremove { fid: 2 })).await;
+        assert!(!srv.path(name).exists(), "{name} removed");
+    }
+    assert_eq!(
+        ok(&c, Fcall::Tflush(Tflush { oldtag: 77 })).await,
+        Fcall::Rflush(Rflush {})
+    );
+    walk(&c, ROOT, 3, &[]).await.unwrap();
+    assert_eq!(
+        errno(&c, Fcall::Tremove(Tremove { fid: 3 })).await,
+        libc::EBUSY as u32,
+        "the root stays"
+    );
 }

@@ -5,8 +5,8 @@
 use bytes::Bytes;
 use envoy_protocol::consts::*;
 use envoy_protocol::*;
-use envoy_tests::TestServer;
-use envoy_tools::client::{Client, ClientError};
+use envoy_tests::{TestServer, err, ok, twalk as walk};
+use envoy_tools::client::Client;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
 async fn setup(dialect: Dialect) -> (TestServer, Client) {
@@ -22,27 +22,6 @@ async fn setup(dialect: Dialect) -> (TestServer, Client) {
     .await
     .unwrap();
     (srv, c)
-}
-
-async fn ok(c: &Client, m: Fcall) -> Fcall {
-    let desc = format!("{m:?}");
-    c.rpc(m).await.unwrap_or_else(|e| panic!("{desc}: {e}"))
-}
-
-async fn err(c: &Client, m: Fcall) -> (u32, String) {
-    let desc = format!("{m:?}");
-    match c.rpc(m).await {
-        Err(ClientError::Remote { errno, ename }) => (errno, ename),
-        other => panic!("{desc}: expected an error, got {other:?}"),
-    }
-}
-
-fn walk(fid: u32, newfid: u32, names: &[&str]) -> Fcall {
-    Fcall::Twalk(Twalk {
-        fid,
-        newfid,
-        wnames: names.iter().map(|s| s.to_string()).collect(),
-    })
 }
 
 fn create(fid: u32, name: &str, perm: u32, mode: u8, extension: &str) -> Fcall {
@@ -416,4 +395,30 @@ async fn plain_9p2000() {
     ok(&c, walk(1, 4, &[])).await;
     let (_, text) = err(&c, create(4, "plain", 0o644, OWRITE, "")).await;
     assert!(text.to_lowercase().contains("exist"), "{text}");
+}
+
+#[tokio::test]
+async fn auth_flush_and_remove_in_dotu() {
+    let (srv, c) = setup(Dialect::P9P2000U).await;
+    let (e, text) = err(
+        &c,
+        Fcall::Tauth(Tauth {
+            afid: 5,
+            uname: "root".into(),
+            aname: String::new(),
+            n_uname: 0,
+        }),
+    )
+    .await;
+    assert_eq!(e, libc::EOPNOTSUPP as u32);
+    assert!(text.contains("authentication not required"), "{text}");
+    // A flush of a tag not in flight is answered with Rflush, never Rerror.
+    assert_eq!(
+        ok(&c, Fcall::Tflush(Tflush { oldtag: 4242 })).await,
+        Fcall::Rflush(Rflush {})
+    );
+    std::fs::write(srv.path("gone"), b"x").unwrap();
+    ok(&c, walk(1, 2, &["gone"])).await;
+    ok(&c, Fcall::Tremove(Tremove { fid: 2 })).await;
+    assert!(!srv.path("gone").exists());
 }

@@ -6,7 +6,7 @@
 
 use envoy_protocol::consts::*;
 use envoy_protocol::*;
-use envoy_tests::{TestServer, snapshot_tree};
+use envoy_tests::{TestServer, snapshot_tree, twalk as walk};
 use envoy_tools::client::{Client, ClientError};
 
 const SECRET: &[u8] = b"TOP-SECRET-OUTSIDE-THE-EXPORT";
@@ -53,14 +53,6 @@ async fn try_rpc(c: &Client, m: Fcall) -> Result<Fcall, u32> {
         Err(ClientError::Remote { errno, .. }) => Err(errno),
         Err(e) => panic!("transport failure: {e}"),
     }
-}
-
-fn walk(fid: u32, newfid: u32, names: &[&str]) -> Fcall {
-    Fcall::Twalk(Twalk {
-        fid,
-        newfid,
-        wnames: names.iter().map(|s| s.to_string()).collect(),
-    })
 }
 
 #[tokio::test]

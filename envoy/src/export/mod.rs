@@ -101,6 +101,14 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Refuse names that cannot name an existing entry of a directory.
+fn check_entry(name: &str) -> Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
 fn xattr_allowed(name: &str) -> bool {
     name.starts_with("user.")
         || name == "system.posix_acl_access"
@@ -237,10 +245,7 @@ impl ExportFs {
         to_name: &str,
     ) -> Result<()> {
         self.writable()?;
-        if from_name == "." || from_name == ".." || from_name.is_empty() || from_name.contains('/')
-        {
-            return Err(Errno::EINVAL);
-        }
+        check_entry(from_name)?;
         check_name(to_name).map_err(|_| Errno::EINVAL)?;
         let _as = CredSwitch::enter(creds, None);
         let from = self.dir_fd(from_dir)?;
@@ -253,9 +258,7 @@ impl ExportFs {
     /// Unlink with the namespace lock held.
     fn unlink_locked(&self, creds: &Creds, dir: &Node, name: &str, dir_only: bool) -> Result<()> {
         self.writable()?;
-        if name == "." || name == ".." || name.is_empty() || name.contains('/') {
-            return Err(Errno::EINVAL);
-        }
+        check_entry(name)?;
         let _as = CredSwitch::enter(creds, None);
         let dirfd = self.dir_fd(dir)?;
         let flags = if dir_only {
