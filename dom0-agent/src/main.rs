@@ -44,6 +44,9 @@ struct Args {
     /// Requests one connection may have in flight.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65535))]
     max_in_flight: u32,
+    /// Test harnesses only: corrupt one byte of every read reply (proves suites detect it).
+    #[arg(long, hide = true)]
+    debug_corrupt_reads: bool,
     /// Log more (-v: debug, -vv: trace; RUST_LOG overrides).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -133,9 +136,13 @@ async fn run(args: Args) -> Result<()> {
         session: SessionLimits {
             max_msize: args.max_msize,
             max_fids: args.max_fids,
+            debug_corrupt_reads: args.debug_corrupt_reads,
         },
         max_in_flight: args.max_in_flight as usize,
     };
+    if args.debug_corrupt_reads {
+        tracing::warn!("--debug-corrupt-reads: every read reply is corrupted on purpose");
+    }
     let server = Server::new(Arc::new(fs), config);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();

@@ -1166,6 +1166,7 @@ async fn fid_limits() {
         session: envoy::SessionLimits {
             max_msize: 65536,
             max_fids: 8,
+            ..Default::default()
         },
         max_in_flight: 4,
     };

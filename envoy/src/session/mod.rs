@@ -27,6 +27,9 @@ pub struct SessionLimits {
     pub max_msize: u32,
     /// Most fids a client may hold at once (EMFILE beyond).
     pub max_fids: usize,
+    /// Fault injection for test harnesses: flip one byte of every non-empty read reply, so a
+    /// suite can prove it notices corrupted data. Never set in production.
+    pub debug_corrupt_reads: bool,
 }
 
 impl Default for SessionLimits {
@@ -34,6 +37,7 @@ impl Default for SessionLimits {
         SessionLimits {
             max_msize: 1 << 20,
             max_fids: 65536,
+            debug_corrupt_reads: false,
         }
     }
 }
