@@ -185,6 +185,8 @@ impl<F: FileSystem> Session<F> {
                         rustix::fs::minor(a.rdev)
                     )
                 }
+                // 9P2000.u stats have no link count; Linux's v9fs reads it from here.
+                libc::S_IFREG | libc::S_IFDIR => format!("HARDLINKCOUNT {}", a.nlink),
                 _ => String::new(),
             }
         };
@@ -285,8 +287,11 @@ impl<F: FileSystem> Session<F> {
         buf.put_bytes(0, head);
         if let Some(pending) = stream.pending.take() {
             if pending.len() > room {
+                // Too small for the next record: an empty reply, the record stays pending. Linux
+                // fills its buffer with several reads and then asks again with a full buffer at
+                // this same offset (QEMU answers the same way).
                 stream.pending = Some(pending);
-                return Err(Errno::EINVAL);
+                return Ok(Reply::Encoded(finish_data_reply(buf, RREAD, tag, 0)));
             }
             buf.extend_from_slice(&pending);
         }
