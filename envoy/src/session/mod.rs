@@ -266,12 +266,13 @@ impl<F: FileSystem> Session<F> {
             return Err(Errno::EBADF);
         }
         let mut buf = self.data_reply(count);
-        let n = self.fs.read(
-            &fid.creds,
-            &open.file,
-            m.offset,
-            &mut buf[envoy_protocol::DATA_REPLY_HEADER_LEN..],
-        )?;
+        let head = envoy_protocol::DATA_REPLY_HEADER_LEN;
+        let n = self
+            .fs
+            .read(&fid.creds, &open.file, m.offset, &mut buf[head..])?;
+        if self.limits.debug_corrupt_reads && n > 0 {
+            buf[head + n / 2] ^= 0x5a;
+        }
         Ok(Reply::Encoded(finish_data_reply(
             buf,
             consts::RREAD,
