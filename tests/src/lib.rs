@@ -99,6 +99,24 @@ impl TestServer {
         }
     }
 
+    /// A connected client whose fid 1 is attached to the export root as root.
+    pub async fn attached(&self, dialect: Dialect, msize: u32) -> Client {
+        let c = self.client(dialect, msize).await;
+        let attach = envoy_protocol::Tattach {
+            fid: 1,
+            afid: envoy_protocol::consts::NOFID,
+            uname: "root".into(),
+            aname: String::new(),
+            n_uname: 0,
+        };
+        let r = c
+            .rpc(envoy_protocol::Fcall::Tattach(attach))
+            .await
+            .expect("attach");
+        assert!(matches!(r, envoy_protocol::Fcall::Rattach(_)), "{r:?}");
+        c
+    }
+
     /// A raw TCP connection (for hand-made frames).
     pub async fn raw(&self) -> tokio::net::TcpStream {
         match &self.endpoint {

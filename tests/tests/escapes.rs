@@ -20,16 +20,7 @@ async fn fixture(dialect: Dialect) -> (TestServer, Client) {
     std::os::unix::fs::symlink(srv.outside().join("secret"), srv.path("abs-secret")).unwrap();
     std::fs::create_dir(srv.path("inside")).unwrap();
     std::fs::write(srv.path("inside/file"), b"inside").unwrap();
-    let c = srv.client(dialect, 65536).await;
-    c.rpc(Fcall::Tattach(Tattach {
-        fid: 1,
-        afid: NOFID,
-        uname: "root".into(),
-        aname: String::new(),
-        n_uname: 0,
-    }))
-    .await
-    .unwrap();
+    let c = srv.attached(dialect, 65536).await;
     (srv, c)
 }
 
@@ -309,16 +300,7 @@ async fn directory_swapped_for_a_symlink_under_a_live_fid() {
 #[tokio::test]
 async fn dmlink_only_resolves_this_sessions_fids() {
     let (srv, a) = fixture(Dialect::P9P2000U).await;
-    let b = srv.client(Dialect::P9P2000U, 65536).await;
-    b.rpc(Fcall::Tattach(Tattach {
-        fid: 1,
-        afid: NOFID,
-        uname: "root".into(),
-        aname: String::new(),
-        n_uname: 0,
-    }))
-    .await
-    .unwrap();
+    let b = srv.attached(Dialect::P9P2000U, 65536).await;
     // Session A holds fid 40 on a file; session B has no fid 40.
     try_rpc(&a, walk(1, 40, &["inside", "file"])).await.unwrap();
     try_rpc(&b, walk(1, 2, &[])).await.unwrap();
