@@ -19,12 +19,15 @@ mod qid;
 pub use creds::CredSwitch;
 pub use node::Node;
 
+/// Directory descriptors an export keeps open at most (see [`node::DirCache`]).
+pub const DIR_CACHE_CAPACITY: usize = 1024;
+
 use crate::vfs::{
     Attr, Creds, DirEntry, Errno, FileSystem, Lock, LockKind, LockStatus, NodeKind, Result,
     SetAttr, SetTime, StatFs, XATTR_SIZE_MAX,
 };
 use envoy_protocol::Qid;
-use node::Location;
+use node::DirCache;
 use qid::{QidMap, qid_type_of_dt};
 use rustix::fs::{
     AtFlags, FileType, Mode, OFlags, ResolveFlags, StatxFlags, Timespec, Timestamps, UTIME_NOW,
@@ -33,11 +36,13 @@ use rustix::fs::{
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// A host directory served over 9P.
 pub struct ExportFs {
-    root_fd: OwnedFd,
+    root_fd: Arc<OwnedFd>,
+    /// Directory descriptors kept on their nodes (bounded).
+    dirs: DirCache,
     root_path: PathBuf,
     tree: Node,
     qids: QidMap,
@@ -128,7 +133,8 @@ impl ExportFs {
         let st = rustix::fs::statx(&root_fd, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)?;
         rustix::process::umask(Mode::empty());
         Ok(ExportFs {
-            root_fd,
+            root_fd: Arc::new(root_fd),
+            dirs: DirCache::new(DIR_CACHE_CAPACITY),
             root_path: root.canonicalize()?,
             tree: Node::new_root(),
             qids: QidMap::new(rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor)),
@@ -151,38 +157,61 @@ impl ExportFs {
         }
     }
 
-    /// Open `path` (relative to the root, "" for the root) confined, with `flags` added to
-    /// `O_NOFOLLOW | O_CLOEXEC`.
-    fn open_beneath(&self, path: &str, flags: OFlags) -> Result<OwnedFd> {
-        let path = if path.is_empty() { "." } else { path };
-        rustix::fs::openat2(
-            &self.root_fd,
-            path,
-            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+    /// An `O_PATH` descriptor of the node itself (of the link, for a symlink): one confined
+    /// lookup of its name in its (cached) parent directory.
+    fn node_fd(&self, node: &Node) -> Result<OwnedFd> {
+        match self.parent_of(node) {
+            Err(Errno::EBUSY) => rustix::io::fcntl_dupfd_cloexec(&self.root_fd, 0).map_err(errno),
+            Err(e) => Err(e),
+            Ok((dir, name)) => rustix::fs::openat2(
+                &*dir,
+                name.as_str(),
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                RESOLVE,
+            )
+            .map_err(errno),
+        }
+    }
+
+    /// An `O_PATH` descriptor of a directory node (ENOTDIR otherwise), from the cache when
+    /// possible; a miss resolves the node's parent the same way, then its name.
+    fn dir_fd(&self, node: &Node) -> Result<Arc<OwnedFd>> {
+        if node.is_root() {
+            return Ok(self.root_fd.clone());
+        }
+        if let Some(fd) = self.dirs.get(node) {
+            return Ok(fd);
+        }
+        let (parent, name) = self.parent_of(node)?;
+        let fd = rustix::fs::openat2(
+            &*parent,
+            name.as_str(),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
             RESOLVE,
         )
-        .map_err(errno)
-    }
-
-    /// An `O_PATH` descriptor of the node itself (of the link, for a symlink).
-    fn node_fd(&self, node: &Node) -> Result<OwnedFd> {
-        self.open_beneath(&node.path()?, OFlags::PATH)
-    }
-
-    /// An `O_PATH` descriptor of a directory node (ENOTDIR otherwise).
-    fn dir_fd(&self, node: &Node) -> Result<OwnedFd> {
-        self.open_beneath(&node.path()?, OFlags::PATH | OFlags::DIRECTORY)
+        .map_err(errno)?;
+        Ok(self.dirs.insert(node, fd))
     }
 
     /// The node's parent directory descriptor and final name; EBUSY for the root.
-    fn parent_of(&self, node: &Node) -> Result<(OwnedFd, String)> {
-        match node.location()? {
-            Location::Root => Err(Errno::EBUSY),
-            Location::Entry { dir_path, name } => {
-                let dir = self.open_beneath(&dir_path, OFlags::PATH | OFlags::DIRECTORY)?;
-                Ok((dir, name))
-            }
+    fn parent_of(&self, node: &Node) -> Result<(Arc<OwnedFd>, String)> {
+        if node.is_gone() {
+            return Err(Errno::ENOENT);
+        }
+        if node.is_root() {
+            return Err(Errno::EBUSY);
+        }
+        Ok((self.dir_fd(&node.parent())?, node.name()))
+    }
+
+    /// Attributes of a node without opening it: one `statx` of its name in its parent.
+    fn node_attr(&self, node: &Node) -> Result<Attr> {
+        match self.parent_of(node) {
+            Err(Errno::EBUSY) => self.fd_attr(&*self.root_fd),
+            Err(e) => Err(e),
+            Ok((dir, name)) => self.attr_of(&*dir, &name, AtFlags::empty()),
         }
     }
 
@@ -220,16 +249,12 @@ impl ExportFs {
 
     /// The extended-attribute path of a node: the entry inside its parent's magic link (never
     /// followed), or the root's own magic link. The descriptor keeps the path valid.
-    fn xattr_path(&self, node: &Node) -> Result<(OwnedFd, String)> {
-        match node.location()? {
-            Location::Root => {
-                let fd = self.node_fd(node)?;
-                let p = proc_path(&fd);
-                Ok((fd, p))
-            }
-            Location::Entry { .. } => {
-                let (dir, name) = self.parent_of(node)?;
-                let p = format!("{}/{}", proc_path(&dir), name);
+    fn xattr_path(&self, node: &Node) -> Result<(Arc<OwnedFd>, String)> {
+        match self.parent_of(node) {
+            Err(Errno::EBUSY) => Ok((self.root_fd.clone(), proc_path(&*self.root_fd))),
+            Err(e) => Err(e),
+            Ok((dir, name)) => {
+                let p = format!("{}/{}", proc_path(&*dir), name);
                 Ok((dir, p))
             }
         }
@@ -320,43 +345,33 @@ impl FileSystem for ExportFs {
         let _as = CredSwitch::enter(creds, None);
         let mut out = Vec::with_capacity(names.len());
         let mut cur = from.clone();
-        // Descriptor of `cur` when known (saves re-resolving the path at every step).
-        let mut cur_fd: Option<OwnedFd> = None;
+        // Whether the element just reached is a directory (unknown for the starting node, whose
+        // descriptor lookup checks it): a walk never continues through anything else.
+        let mut cur_is_dir = None;
         for name in names {
-            let step = (|| -> Result<(Node, Qid, OwnedFd)> {
-                if name == ".." || name == "." {
-                    let next = if name == ".." {
-                        cur.parent()
-                    } else {
-                        cur.clone()
-                    };
-                    let fd = self.node_fd(&next)?;
-                    let attr = self.fd_attr(&fd)?;
-                    return Ok((next, attr.qid, fd));
+            let step = (|| -> Result<(Node, Qid)> {
+                if cur_is_dir == Some(false) && name != ".." {
+                    return Err(Errno::ENOTDIR);
                 }
-                if name.is_empty() || name.contains('/') {
-                    return Err(Errno::EINVAL);
-                }
-                let dir = match cur_fd.take() {
-                    Some(fd) => fd,
-                    None => self.node_fd(&cur)?,
+                let next = match name.as_str() {
+                    ".." => cur.parent(),
+                    "." => cur.clone(),
+                    n if n.is_empty() || n.contains('/') => return Err(Errno::EINVAL),
+                    n => {
+                        // A single name looked up in a confined directory descriptor, never
+                        // following a symlink: it cannot lead out of the export.
+                        let dir = self.dir_fd(&cur)?;
+                        let attr = self.attr_of(&*dir, n, AtFlags::empty())?;
+                        return Ok((cur.child(n), attr.qid));
+                    }
                 };
-                let fd = rustix::fs::openat2(
-                    &dir,
-                    name.as_str(),
-                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                    RESOLVE,
-                )
-                .map_err(errno)?;
-                let attr = self.fd_attr(&fd)?;
-                Ok((cur.child(name), attr.qid, fd))
+                Ok((next.clone(), self.node_attr(&next)?.qid))
             })();
             match step {
-                Ok((next, qid, fd)) => {
+                Ok((next, qid)) => {
+                    cur_is_dir = Some(qid.ty & envoy_protocol::consts::QTDIR != 0);
                     out.push((next.clone(), qid));
                     cur = next;
-                    cur_fd = Some(fd);
                 }
                 Err(e) => return (out, Some(e)),
             }
@@ -376,7 +391,7 @@ impl FileSystem for ExportFs {
         let _as = CredSwitch::enter(creds, None);
         match file {
             Some(f) => self.fd_attr(&f.fd),
-            None => self.fd_attr(self.node_fd(node)?),
+            None => self.node_attr(node),
         }
     }
 

@@ -1,12 +1,14 @@
 //! The export's tree of walked names: what an unopened fid points at, without a descriptor.
 //!
 //! A node is a (parent, name) pair, resolved to a descriptor only for the duration of an
-//! operation (so a guest that walks a million files costs memory, not descriptors). Every node
+//! operation (so a guest that walks a million files costs memory, not descriptors), except for
+//! a bounded number of directories whose descriptors [`DirCache`] keeps. Every node
 //! that is alive is registered in its parent's child map, so a rename or unlink done through this
 //! export updates every fid naming the object: after `mv a b`, a fid walked to `a` names `b`.
 //! Changes made behind the export's back (on the host) are not seen; paths then fail with ENOENT.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 /// A walked location in the export. Cheap to clone.
@@ -18,6 +20,8 @@ struct NodeInner {
     place: RwLock<Place>,
     /// Live children by name (weak: a child lives as long as some fid holds it).
     children: Mutex<HashMap<String, Weak<NodeInner>>>,
+    /// For directories: a confined `O_PATH` descriptor, while [`DirCache`] keeps one.
+    dir: Mutex<Option<Arc<OwnedFd>>>,
 }
 
 #[derive(Clone)]
@@ -26,19 +30,6 @@ struct Place {
     parent: Option<Node>,
     name: String,
     gone: bool,
-}
-
-/// Where a node is, for resolving it: the parent's path and the final name.
-pub enum Location {
-    /// The export root.
-    Root,
-    /// `dir_path` (relative to the root, "" for the root itself) and the entry `name` in it.
-    Entry {
-        /// Path of the parent directory relative to the export root (no leading slash).
-        dir_path: String,
-        /// The final element.
-        name: String,
-    },
 }
 
 impl Node {
@@ -51,6 +42,7 @@ impl Node {
                 gone: false,
             }),
             children: Mutex::new(HashMap::new()),
+            dir: Mutex::new(None),
         }))
     }
 
@@ -94,6 +86,7 @@ impl Node {
                 gone: false,
             }),
             children: Mutex::new(HashMap::new()),
+            dir: Mutex::new(None),
         }));
         children.insert(name.to_owned(), Arc::downgrade(&node.0));
         node
@@ -120,22 +113,6 @@ impl Node {
         Ok(parts.join("/"))
     }
 
-    /// How to reach the node: its parent's path plus its name.
-    pub fn location(&self) -> Result<Location, nix::errno::Errno> {
-        if self.is_gone() {
-            return Err(nix::errno::Errno::ENOENT);
-        }
-        if self.is_root() {
-            return Ok(Location::Root);
-        }
-        let parent = self.parent();
-        let dir_path = parent.path()?;
-        Ok(Location::Entry {
-            dir_path,
-            name: self.name(),
-        })
-    }
-
     /// Record that `dir/name` was removed: a node still naming it now fails with ENOENT.
     pub fn forget_child(&self, name: &str) {
         let removed = self
@@ -146,6 +123,7 @@ impl Node {
             .remove(name)
             .and_then(|w| w.upgrade());
         if let Some(inner) = removed {
+            inner.dir.lock().unwrap().take();
             let mut p = inner.place.write().unwrap();
             p.parent = None;
             p.gone = true;
@@ -176,6 +154,64 @@ impl Node {
                 .unwrap()
                 .insert(to.to_owned(), Arc::downgrade(&inner));
         }
+    }
+}
+
+/// A bounded set of directory descriptors kept on their nodes, so that resolving an entry is one
+/// system call relative to its directory instead of a walk from the root. Only directories are
+/// cached and at most `capacity` at once (oldest evicted first): descriptor use stays bounded
+/// however many nodes fids hold. An `O_PATH` descriptor carries no access rights; every lookup
+/// through it is checked against the current caller. A directory renamed through the export keeps
+/// its descriptor (it names the same directory); a removed one loses it.
+pub struct DirCache {
+    /// Nodes holding a descriptor, oldest first. Locked only when a descriptor is added.
+    order: Mutex<VecDeque<Weak<NodeInner>>>,
+    capacity: usize,
+}
+
+impl DirCache {
+    /// A cache of at most `capacity` directory descriptors.
+    pub fn new(capacity: usize) -> DirCache {
+        DirCache {
+            order: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The cached descriptor of directory `node`, if any.
+    pub fn get(&self, node: &Node) -> Option<Arc<OwnedFd>> {
+        node.0.dir.lock().unwrap().clone()
+    }
+
+    /// Keep `fd` as `node`'s descriptor (evicting the oldest when full); returns the one kept.
+    pub fn insert(&self, node: &Node, fd: OwnedFd) -> Arc<OwnedFd> {
+        let fd = Arc::new(fd);
+        {
+            let mut slot = node.0.dir.lock().unwrap();
+            if let Some(existing) = slot.as_ref() {
+                return existing.clone();
+            }
+            *slot = Some(fd.clone());
+        }
+        let mut order = self.order.lock().unwrap();
+        order.push_back(Arc::downgrade(&node.0));
+        while order.len() > self.capacity {
+            if let Some(old) = order.pop_front().and_then(|w| w.upgrade()) {
+                old.dir.lock().unwrap().take();
+            }
+        }
+        fd
+    }
+
+    /// Descriptors held now (for tests).
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.order
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|w| w.upgrade().is_some_and(|n| n.dir.lock().unwrap().is_some()))
+            .count()
     }
 }
 
@@ -226,6 +262,29 @@ mod tests {
             assert_eq!(root.0.children.lock().unwrap().len(), 1);
         }
         assert_eq!(root.0.children.lock().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn dir_cache_is_bounded_and_follows_removal() {
+        let cache = DirCache::new(2);
+        let root = Node::new_root();
+        let nodes: Vec<Node> = (0..4).map(|i| root.child(&format!("d{i}"))).collect();
+        for n in &nodes {
+            cache.insert(
+                n,
+                rustix::fs::open("/", rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap(),
+            );
+        }
+        assert_eq!(cache.len(), 2, "bounded");
+        assert!(
+            cache.get(&nodes[0]).is_none() && cache.get(&nodes[3]).is_some(),
+            "oldest evicted"
+        );
+        root.forget_child("d3");
+        assert!(
+            cache.get(&nodes[3]).is_none(),
+            "removed directories drop their descriptor"
+        );
     }
 
     #[test]
