@@ -47,6 +47,9 @@ struct Args {
     /// Test harnesses only: corrupt one byte of every read reply (proves suites detect it).
     #[arg(long, hide = true)]
     debug_corrupt_reads: bool,
+    /// Threads running requests, shared by all connections (0: 4 per core, at least 16).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
     /// Log more (-v: debug, -vv: trace; RUST_LOG overrides).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -139,6 +142,7 @@ async fn run(args: Args) -> Result<()> {
             debug_corrupt_reads: args.debug_corrupt_reads,
         },
         max_in_flight: args.max_in_flight as usize,
+        workers: args.workers,
     };
     if args.debug_corrupt_reads {
         tracing::warn!("--debug-corrupt-reads: every read reply is corrupted on purpose");

@@ -15,6 +15,7 @@ pub mod export;
 pub mod server;
 pub mod session;
 pub mod vfs;
+pub mod workers;
 
 pub use export::ExportFs;
 pub use server::{Ended, Server, ServerConfig, serve_listener};

@@ -1,7 +1,7 @@
 //! Serving one connection: many requests in flight, replies in any order, correct flush.
 //!
 //! The reader task takes whole frames from the transport, decodes them, and starts each request
-//! on the blocking pool (backends block). A semaphore caps requests in flight per connection;
+//! on the server's worker threads (backends block; see `crate::workers`). A semaphore caps requests in flight per connection;
 //! when it is exhausted the reader stops reading, which pushes back on the client and bounds
 //! memory to `max_in_flight × msize`. Replies go through one channel to the writer task, which
 //! gathers them into vectored writes.
@@ -19,6 +19,7 @@
 use crate::bufpool::{BufPool, RECYCLE_MIN};
 use crate::session::{Protocol, Session, SessionLimits, encode, error_reply};
 use crate::vfs::{Errno, FileSystem};
+use crate::workers::Workers;
 use bytes::Bytes;
 use envoy_protocol::consts::{TFLUSH, TVERSION};
 use envoy_protocol::{Dialect, Fcall, Rflush};
@@ -35,6 +36,8 @@ pub struct ServerConfig {
     pub session: SessionLimits,
     /// Requests a connection may have in flight before the server stops reading from it.
     pub max_in_flight: usize,
+    /// Threads running requests (shared by all connections); 0 picks a default.
+    pub workers: usize,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +45,7 @@ impl Default for ServerConfig {
         ServerConfig {
             session: SessionLimits::default(),
             max_in_flight: 64,
+            workers: 0,
         }
     }
 }
@@ -50,6 +54,7 @@ impl Default for ServerConfig {
 pub struct Server<F: FileSystem> {
     fs: Arc<F>,
     config: ServerConfig,
+    workers: Workers,
 }
 
 /// How a connection ended.
@@ -64,9 +69,22 @@ pub enum Ended {
 }
 
 impl<F: FileSystem> Server<F> {
-    /// A server for `fs`.
+    /// A server for `fs`, with its worker threads started.
+    ///
+    /// # Panics
+    /// If the operating system refuses to start threads.
     pub fn new(fs: Arc<F>, config: ServerConfig) -> Arc<Server<F>> {
-        Arc::new(Server { fs, config })
+        let count = if config.workers == 0 {
+            crate::workers::default_count()
+        } else {
+            config.workers
+        };
+        let workers = Workers::new(count).expect("cannot start worker threads");
+        Arc::new(Server {
+            fs,
+            config,
+            workers,
+        })
     }
 
     /// The backend.
@@ -188,7 +206,7 @@ impl<F: FileSystem> Server<F> {
             }
             let conn = conn.clone();
             let span = debug_span!("req", tag, ty = header.ty);
-            tokio::task::spawn_blocking(move || {
+            self.workers.run(Box::new(move || {
                 let _enter = span.enter();
                 let _permit = permit;
                 if conn.cancelled(tag) {
@@ -207,7 +225,7 @@ impl<F: FileSystem> Server<F> {
                     log_reply(&reply, p.dialect);
                 }
                 conn.finish(tag, Some(reply), p.dialect);
-            });
+            }));
         };
         if let Ended::Failed(reason) = &ended {
             warn!(%reason, "closing connection");

@@ -1169,6 +1169,7 @@ async fn fid_limits() {
             ..Default::default()
         },
         max_in_flight: 4,
+        ..Default::default()
     };
     let srv = TestServer::start_with(Options {
         config: Some(cfg),

@@ -116,6 +116,7 @@ impl FileSystem for GateFs {
 async fn start(fs: Arc<GateFs>) -> (RawConn, watch::Sender<bool>) {
     let config = ServerConfig {
         max_in_flight: 32,
+        workers: 16,
         ..Default::default()
     };
     let server = Server::new(fs, config);
