@@ -39,6 +39,9 @@ step "interop: the PyPI p9fs client against envoyd (9P2000.u and 9P2000.L)"
 cargo build --quiet -p envoy-dom0-agent
 ENVOYD="$PWD/target/debug/envoyd" python3 tests/python/test_p9fs.py
 
+step "envoy-bench smoke: every workload once against envoyd (.L over tcp, .u over unix), reads verified"
+tools/bench/compare.sh --smoke
+
 step "Linux guest suite: the kernel's v9fs client (QEMU TCG) against envoyd, tcp and fd, .u and .L"
 tests/vm/run-suite.sh
 step "Linux guest suite self-test: envoyd corrupts reads on purpose, the suite must say FAIL"

@@ -365,6 +365,12 @@ pub trait FileSystem: Send + Sync + 'static {
     /// Read at `offset` into `buf`; returns the byte count (0 at end of file).
     fn read(&self, creds: &Creds, file: &Self::File, offset: u64, buf: &mut [u8]) -> Result<usize>;
 
+    /// At most how many bytes a read of `count` at `offset` can return, to size the reply buffer
+    /// (a regular file's remaining length). Returning `count` is always correct.
+    fn read_size_hint(&self, _file: &Self::File, _offset: u64, count: usize) -> usize {
+        count
+    }
+
     /// Write `data` at `offset`; returns the byte count.
     fn write(
         &self,

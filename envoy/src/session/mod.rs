@@ -265,6 +265,7 @@ impl<F: FileSystem> Session<F> {
         if open.access == libc::O_WRONLY {
             return Err(Errno::EBADF);
         }
+        let count = self.fs.read_size_hint(&open.file, m.offset, count);
         let mut buf = self.data_reply(count);
         let head = envoy_protocol::DATA_REPLY_HEADER_LEN;
         let n = self

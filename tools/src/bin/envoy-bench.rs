@@ -1,0 +1,257 @@
+//! `envoy-bench`: a 9P load generator and the performance baseline tools.
+//!
+//! ```text
+//! envoy-bench --tcp ADDR | --unix PATH  --workload W  [--dialect L|u] [--aname A]
+//!             [--conns N] [--depth M] [--seconds S] [--count C] [--msize B]
+//!             [--file NAME | --tree DIR] [--server-pid PID] [--verify] [--json]
+//! envoy-bench prepare DIR [--meta-files 10000] [--small-files 1000] [--big-mib 1024]
+//! envoy-bench loopback [--seconds S] [--bufsize 1048576] [--json]
+//! ```
+//!
+//! Workloads: `metadata` (walk + getattr/stat + clunk of random files of a tree),
+//! `create` (create + clunk + unlinkat/remove of fresh names), `smallread` (walk + open +
+//! read whole + clunk of small files), `seqread` / `seqwrite` (msize − 24 bytes per
+//! request, sequential), `randread` (random 4 KiB reads of one file opened once per
+//! connection). N connections each keep M requests in flight; a run ends after S seconds
+//! or C operations. Reports ops/s, MB/s (10^6 bytes), p50/p99 latency per operation, and
+//! the server's CPU seconds (from `/proc/PID/stat`) with CPU s/GiB for data workloads.
+//! `tools/bench/compare.sh` drives it against envoyd and diod; see `docs/benchmarks.md`.
+
+#[path = "../bench/mod.rs"]
+mod bench;
+
+use anyhow::{Context, Result, bail};
+use bench::run::{Config, Target, Workload};
+use clap::{Args, Parser, Subcommand};
+use envoy_protocol::Dialect;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "envoy-bench",
+    version,
+    about = "9P load generator: N connections x M requests in flight; the loopback ceiling",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Server TCP address
+    #[arg(
+        long,
+        value_name = "ADDR",
+        conflicts_with = "unix",
+        required_unless_present = "unix"
+    )]
+    tcp: Option<String>,
+    /// Server unix socket
+    #[arg(long, value_name = "PATH")]
+    unix: Option<PathBuf>,
+    /// Protocol dialect: L (9P2000.L) or u (9P2000.u)
+    #[arg(long, default_value = "L", value_parser = parse_dialect)]
+    dialect: Dialect,
+    /// Attach name (diod: its export path; envoyd: empty or its export path)
+    #[arg(long, default_value = "")]
+    aname: String,
+    /// User name to attach as [default: $USER, else root for uid 0]
+    #[arg(long)]
+    uname: Option<String>,
+    /// Numeric uid to attach as [default: the caller's]
+    #[arg(long)]
+    uid: Option<u32>,
+    /// What each operation does
+    #[arg(long, value_enum, required = true)]
+    workload: Option<Workload>,
+    /// Connections
+    #[arg(long, default_value_t = 1)]
+    conns: usize,
+    /// Requests in flight per connection
+    #[arg(long, default_value_t = 1)]
+    depth: usize,
+    /// Run for this long (seconds)
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// ... or until this many operations completed
+    #[arg(long, default_value_t = 100_000_000)]
+    count: u64,
+    /// msize to propose
+    #[arg(long, default_value_t = 1 << 20)]
+    msize: u32,
+    /// Bytes per seqread/seqwrite/smallread request [default: msize - 24]
+    #[arg(long)]
+    io: Option<u32>,
+    /// Bytes per randread request
+    #[arg(long, default_value_t = 4096)]
+    block: u32,
+    /// File read by seqread/randread, relative to the export [default: big]
+    #[arg(long, conflicts_with = "tree")]
+    file: Option<String>,
+    /// Directory for metadata (default meta), smallread (small), create and seqwrite (scratch)
+    #[arg(long)]
+    tree: Option<String>,
+    /// Server process whose CPU time (utime + stime) to report
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
+    /// Check every byte read against the `prepare` pattern (costs client CPU)
+    #[arg(long)]
+    verify: bool,
+    /// Seed for picking files and offsets
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// seqwrite: each connection's file wraps around after this many MiB
+    #[arg(long, default_value_t = 256)]
+    write_mib: u64,
+    /// Client runtime threads [default: one per CPU]
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Label copied into the report (e.g. the server's name)
+    #[arg(long, default_value = "")]
+    label: String,
+    /// Print one JSON object per run instead of a line of text
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create the file tree the workloads use (meta/, small/, big, scratch/)
+    Prepare {
+        /// Directory to fill (the server's export)
+        dir: PathBuf,
+        /// Files under meta/
+        #[arg(long, default_value_t = 10_000)]
+        meta_files: u32,
+        /// Files per meta/dNNN directory
+        #[arg(long, default_value_t = 100)]
+        per_dir: u32,
+        /// Files under small/
+        #[arg(long, default_value_t = 1000)]
+        small_files: u32,
+        /// Size of each small/ file in bytes
+        #[arg(long, default_value_t = 4096)]
+        small_size: u32,
+        /// Size of big in MiB
+        #[arg(long, default_value_t = 1024)]
+        big_mib: u64,
+    },
+    /// Measure raw TCP bandwidth over 127.0.0.1 between two processes (the ceiling)
+    Loopback {
+        /// Measure for this long (seconds)
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Bytes per read/write call
+        #[arg(long, default_value_t = 1 << 20)]
+        bufsize: usize,
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+        /// (internal) be the sender, connecting to ADDR
+        #[arg(long, hide = true, value_name = "ADDR")]
+        send_to: Option<String>,
+    },
+}
+
+fn parse_dialect(s: &str) -> Result<Dialect, String> {
+    match s {
+        "L" | "l" | "9P2000.L" => Ok(Dialect::P9P2000L),
+        "u" | "9P2000.u" => Ok(Dialect::P9P2000U),
+        _ => Err(format!("unknown dialect {s:?} (expected L or u)")),
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Some(Cmd::Prepare {
+            dir,
+            meta_files,
+            per_dir,
+            small_files,
+            small_size,
+            big_mib,
+        }) => bench::prepare::prepare(
+            &dir,
+            &bench::prepare::Layout {
+                meta_files,
+                per_dir,
+                small_files,
+                small_size,
+                big_mib,
+            },
+        ),
+        Some(Cmd::Loopback {
+            seconds,
+            bufsize,
+            json,
+            send_to,
+        }) => {
+            if !(seconds > 0.0 && seconds <= 3600.0) || bufsize == 0 || bufsize > 64 << 20 {
+                bail!("--seconds must be in (0, 3600] and --bufsize in 1..=64 MiB");
+            }
+            match send_to {
+                Some(addr) => bench::loopback::send(&addr, seconds, bufsize),
+                None => bench::loopback::measure(seconds, bufsize, json),
+            }
+        }
+        None => run(cli.run),
+    }
+}
+
+fn run(a: RunArgs) -> Result<()> {
+    let workload = a.workload.context("--workload is required")?;
+    let target = match (a.tcp, a.unix) {
+        (Some(addr), None) => Target::Tcp(addr),
+        (None, Some(path)) => Target::Unix(path),
+        _ => bail!("give exactly one of --tcp ADDR and --unix PATH"),
+    };
+    let uid = a.uid.unwrap_or_else(|| rustix::process::geteuid().as_raw());
+    let uname = a.uname.unwrap_or_else(|| match std::env::var("USER") {
+        Ok(u) if !u.is_empty() => u,
+        _ if uid == 0 => "root".to_owned(),
+        _ => uid.to_string(),
+    });
+    let cfg = Config {
+        target,
+        dialect: a.dialect,
+        aname: a.aname,
+        uname,
+        uid,
+        gid: rustix::process::getegid().as_raw(),
+        workload,
+        conns: a.conns,
+        depth: a.depth,
+        seconds: a.seconds,
+        count: a.count,
+        msize: a.msize,
+        io: a.io,
+        block: a.block,
+        path: a
+            .file
+            .or(a.tree)
+            .unwrap_or_else(|| workload.default_path().to_owned()),
+        server_pid: a.server_pid,
+        verify: a.verify,
+        seed: a.seed,
+        write_bytes: a.write_mib.saturating_mul(1 << 20),
+        label: a.label,
+    };
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = a.threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.enable_all().build().context("starting the runtime")?;
+    let outcome = rt.block_on(bench::run::run(cfg.clone()))?;
+    if a.json {
+        println!("{}", outcome.json(&cfg));
+    } else {
+        println!("{}", outcome.text(&cfg));
+    }
+    Ok(())
+}
