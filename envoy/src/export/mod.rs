@@ -19,7 +19,7 @@ mod qid;
 pub use creds::CredSwitch;
 pub use node::Node;
 
-/// Directory descriptors an export keeps open at most (see [`node::DirCache`]).
+/// Directory descriptors an export keeps open at most (the `node` module's `DirCache`).
 pub const DIR_CACHE_CAPACITY: usize = 1024;
 
 use crate::vfs::{
