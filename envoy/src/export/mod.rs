@@ -638,7 +638,7 @@ impl FileSystem for ExportFs {
         let (dir, name) = (node.parent(), node.name());
         let is_dir = {
             let _as = CredSwitch::enter(creds, None);
-            self.fd_attr(self.node_fd(node)?)?.is_dir()
+            self.node_attr(node)?.is_dir()
         };
         self.unlink_locked(creds, &dir, &name, is_dir)
     }
