@@ -1,0 +1,284 @@
+//! The Xen 9pfs data ring: `struct xen_9pfs_data_intf` and its two byte streams.
+//!
+//! Layout (Xen `xen/include/public/io/9pfs.h` and `io/ring.h`, `DEFINE_XEN_FLEX_RING_AND_INTF`):
+//! one 4 KiB "intf" page holds the free-running `u32` indexes `in_cons` (offset 0), `in_prod` (4),
+//! `out_cons` (64), `out_prod` (68), then `ring_order` (128) and the data pages' grant refs (132).
+//! The `2^ring_order` data pages hold two rings of `1 << (ring_order + 11)` bytes each: `in`
+//! first (responses, backend → frontend), then `out` (requests, frontend → backend); "in" and
+//! "out" are named from the frontend's side. Messages are raw 9P bytes and may wrap.
+//!
+//! Discipline (docs/misc/9pfs.pandoc): a consumer reads `prod` with acquire ordering, copies, then
+//! publishes `cons` with release ordering; a producer copies the **whole** message, then publishes
+//! `prod` with release ordering (the write barrier before the index). Linux reads `h.size` bytes
+//! as soon as it sees a header, so a response is never published in parts.
+
+use bytes::{Bytes, BytesMut};
+use std::sync::atomic::{AtomicU32, Ordering, fence};
+
+/// Size of a Xen page (always 4 KiB, whatever the guest's page size).
+pub const PAGE_SIZE: usize = 4096;
+/// Largest `ring_order`: 512 grant refs must fit in the intf page.
+pub const MAX_RING_ORDER: u32 = 9;
+/// Offset of `in_cons` in the intf page.
+pub const IN_CONS: usize = 0;
+/// Offset of `in_prod`.
+pub const IN_PROD: usize = 4;
+/// Offset of `out_cons`.
+pub const OUT_CONS: usize = 64;
+/// Offset of `out_prod`.
+pub const OUT_PROD: usize = 68;
+/// Offset of `ring_order`.
+pub const RING_ORDER: usize = 128;
+/// Offset of `ref[0]`, the first data page's grant reference.
+pub const REFS: usize = 132;
+/// Smallest 9P message (`size[4] type[1] tag[2]`).
+pub const MIN_MESSAGE: u32 = 7;
+
+// The grant refs of the largest ring (512) fit in the intf page.
+const _: () = assert!(REFS + 4 * (1 << MAX_RING_ORDER) <= PAGE_SIZE);
+
+/// Bytes in each direction for `order` (`XEN_FLEX_RING_SIZE`).
+pub const fn ring_size(order: u32) -> usize {
+    1 << (order as usize + 12 - 1)
+}
+
+/// Memory shared with a frontend: the intf page and the contiguous data pages.
+///
+/// # Safety
+/// Implementors guarantee that `intf()` points to at least [`PAGE_SIZE`] bytes and `data()` to at
+/// least `data_len()` bytes, both valid for reads and writes for the implementor's whole
+/// lifetime, with `intf()` 4-byte aligned. The other side may write the memory at any time; the
+/// ring only ever touches it through atomics (indexes) and byte copies (data) ordered by them.
+pub unsafe trait RingMemory: Send {
+    /// The intf page.
+    fn intf(&self) -> *mut u8;
+    /// The data pages.
+    fn data(&self) -> *mut u8;
+    /// Length of the data area in bytes.
+    fn data_len(&self) -> usize;
+}
+
+/// Errors of a ring.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RingError {
+    /// The intf page announces a ring order the backend does not accept.
+    #[error("ring order {order} is above the maximum of {MAX_RING_ORDER}")]
+    BadOrder {
+        /// The order found.
+        order: u32,
+    },
+    /// The mapped data area is smaller than the ring order requires.
+    #[error("ring order {order} needs {needed} bytes of data pages, {mapped} are mapped")]
+    DataTooSmall {
+        /// The order.
+        order: u32,
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes mapped.
+        mapped: usize,
+    },
+    /// The frontend's indexes claim more queued bytes than the ring holds.
+    #[error("ring indexes are inconsistent: {queued} bytes queued in a {size}-byte ring")]
+    Corrupt {
+        /// Bytes the indexes claim.
+        queued: u32,
+        /// The ring's size.
+        size: usize,
+    },
+    /// A request's size field is below the 9P header or above the negotiated maximum.
+    #[error("request of {size} bytes outside {MIN_MESSAGE}..={max}")]
+    BadMessageSize {
+        /// The size field.
+        size: u32,
+        /// The maximum accepted.
+        max: u32,
+    },
+    /// A response larger than the whole ring can never be sent.
+    #[error("response of {len} bytes cannot fit a {size}-byte ring")]
+    ResponseTooLarge {
+        /// The response's length.
+        len: usize,
+        /// The ring's size.
+        size: usize,
+    },
+}
+
+/// One side's view of a ring pair.
+pub struct Ring<M: RingMemory> {
+    mem: M,
+    size: usize,
+}
+
+impl<M: RingMemory> Ring<M> {
+    /// The backend's view of the ring in `mem`, whose intf page announces the order.
+    pub fn new(mem: M) -> Result<Ring<M>, RingError> {
+        let order = index(&mem, RING_ORDER).load(Ordering::Acquire);
+        if order > MAX_RING_ORDER || order == 0 {
+            return Err(RingError::BadOrder { order });
+        }
+        let size = ring_size(order);
+        if mem.data_len() < 2 * size {
+            return Err(RingError::DataTooSmall {
+                order,
+                needed: 2 * size,
+                mapped: mem.data_len(),
+            });
+        }
+        Ok(Ring { mem, size })
+    }
+
+    /// Bytes per direction.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The shared memory.
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+
+    /// Take the next whole request from the `out` ring, if one is complete. `max` bounds the
+    /// size field (the negotiated msize); a size outside `7..=max` is an error (the caller ends
+    /// the connection). A partly written request stays queued.
+    pub fn read_request(&mut self, max: u32) -> Result<Option<Bytes>, RingError> {
+        let base = self.size;
+        take_message(&self.mem, base, self.size, OUT_CONS, OUT_PROD, max)
+    }
+
+    /// Append one whole response to the `in` ring and publish it; `false` (nothing written) when
+    /// it does not fit yet — retry after the frontend consumes.
+    pub fn write_response(&mut self, msg: &[u8]) -> Result<bool, RingError> {
+        put_message(&self.mem, 0, self.size, IN_CONS, IN_PROD, msg)
+    }
+}
+
+/// The `u32` index at `offset` of the intf page.
+pub(crate) fn index<M: RingMemory>(mem: &M, offset: usize) -> &AtomicU32 {
+    debug_assert!(offset % 4 == 0 && offset + 4 <= PAGE_SIZE);
+    // SAFETY: `RingMemory` guarantees the intf page is valid, 4-byte aligned and PAGE_SIZE long
+    // for the lifetime of `mem`; `offset` is a 4-byte aligned index inside it. AtomicU32 has the
+    // size and alignment of u32, and all accesses to shared indexes go through atomics.
+    unsafe { &*(mem.intf().add(offset) as *const AtomicU32) }
+}
+
+/// Copy `out.len()` bytes starting at free-running index `idx` of the ring at `base`.
+fn copy_from_ring<M: RingMemory>(mem: &M, base: usize, size: usize, idx: u32, out: &mut [u8]) {
+    let start = idx as usize & (size - 1);
+    let first = out.len().min(size - start);
+    // SAFETY: `base + size <= data_len` (checked by the ring's constructor or the simulation);
+    // `start < size` and `first <= size - start`, so both copies stay inside this ring's half of
+    // the data area; `out` is a distinct, writable Rust buffer. The consumer's acquire load of
+    // `prod` orders these reads after the producer's writes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(mem.data().add(base + start), out.as_mut_ptr(), first);
+        std::ptr::copy_nonoverlapping(
+            mem.data().add(base),
+            out.as_mut_ptr().add(first),
+            out.len() - first,
+        );
+    }
+}
+
+/// Copy `bytes` into the ring at `base` from free-running index `idx`.
+fn copy_to_ring<M: RingMemory>(mem: &M, base: usize, size: usize, idx: u32, bytes: &[u8]) {
+    let start = idx as usize & (size - 1);
+    let first = bytes.len().min(size - start);
+    // SAFETY: as in `copy_from_ring`, both destination ranges lie inside this ring's half of the
+    // data area, which the producer owns between `prod` and `cons + size`; the release store of
+    // `prod` afterwards publishes the bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), mem.data().add(base + start), first);
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr().add(first),
+            mem.data().add(base),
+            bytes.len() - first,
+        );
+    }
+}
+
+/// Consumer side: take one whole message from the ring at `base` (indexes at `cons`/`prod`).
+pub(crate) fn take_message<M: RingMemory>(
+    mem: &M,
+    base: usize,
+    size: usize,
+    cons_off: usize,
+    prod_off: usize,
+    max: u32,
+) -> Result<Option<Bytes>, RingError> {
+    let cons = index(mem, cons_off).load(Ordering::Relaxed);
+    // Acquire: the bytes up to `prod` are visible before we read them.
+    let prod = index(mem, prod_off).load(Ordering::Acquire);
+    let queued = prod.wrapping_sub(cons);
+    if queued as usize > size {
+        return Err(RingError::Corrupt { queued, size });
+    }
+    if queued < 4 {
+        return Ok(None);
+    }
+    let mut head = [0u8; 4];
+    copy_from_ring(mem, base, size, cons, &mut head);
+    let len = u32::from_le_bytes(head);
+    if !(MIN_MESSAGE..=max).contains(&len) || len as usize > size {
+        return Err(RingError::BadMessageSize {
+            size: len,
+            max: max.min(size as u32),
+        });
+    }
+    if queued < len {
+        return Ok(None);
+    }
+    let mut msg = BytesMut::zeroed(len as usize);
+    copy_from_ring(mem, base, size, cons, &mut msg);
+    // Release: our reads of the bytes finish before the producer may reuse them.
+    index(mem, cons_off).store(cons.wrapping_add(len), Ordering::Release);
+    Ok(Some(msg.freeze()))
+}
+
+/// Producer side: append `msg` whole to the ring at `base`, or report that it does not fit.
+pub(crate) fn put_message<M: RingMemory>(
+    mem: &M,
+    base: usize,
+    size: usize,
+    cons_off: usize,
+    prod_off: usize,
+    msg: &[u8],
+) -> Result<bool, RingError> {
+    if msg.len() > size {
+        return Err(RingError::ResponseTooLarge {
+            len: msg.len(),
+            size,
+        });
+    }
+    let prod = index(mem, prod_off).load(Ordering::Relaxed);
+    // Acquire: the consumer's reads of the space we are about to reuse are finished.
+    let cons = index(mem, cons_off).load(Ordering::Acquire);
+    let queued = prod.wrapping_sub(cons);
+    if queued as usize > size {
+        return Err(RingError::Corrupt { queued, size });
+    }
+    if size - (queued as usize) < msg.len() {
+        return Ok(false);
+    }
+    copy_to_ring(mem, base, size, prod, msg);
+    // The write barrier before the index (Xen's `virt_wmb()`): the whole message is in place
+    // before the consumer can see the new `prod`.
+    fence(Ordering::Release);
+    index(mem, prod_off).store(prod.wrapping_add(msg.len() as u32), Ordering::Release);
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_matches_the_xen_header() {
+        // Offsets of struct xen_9pfs_data_intf (two 56-byte pads; ring.h, not the pandoc diagram).
+        assert_eq!(
+            (IN_CONS, IN_PROD, OUT_CONS, OUT_PROD, RING_ORDER, REFS),
+            (0, 4, 64, 68, 128, 132)
+        );
+        assert_eq!(ring_size(9), 1 << 20, "order 9: 1 MiB per direction");
+        assert_eq!(ring_size(1), 4096);
+    }
+}
