@@ -25,11 +25,14 @@ impl CredSwitch {
         *ROOT.get_or_init(|| rustix::process::geteuid().is_root())
     }
 
-    /// Act as `creds` until the guard drops. `gid_override` replaces the fsgid (for creating
-    /// files with a group the client asked for, which must be one of the user's groups).
-    pub fn enter(creds: &Creds, gid_override: Option<u32>) -> CredGuard {
+    /// Make this thread act as `creds` (no-op when not running as root). `gid_override`
+    /// replaces the fsgid (for creating files with a group the client asked for, which must be
+    /// one of the user's groups). Nothing is restored afterwards: the next `enter` on this thread
+    /// switches only if the identity differs, which saves six system calls per request when one
+    /// user dominates. Every backend call that depends on identity enters first.
+    pub fn enter(creds: &Creds, gid_override: Option<u32>) {
         if !Self::enabled() {
-            return CredGuard { switched: false };
+            return;
         }
         let mut want = creds.clone();
         if let Some(gid) = gid_override.filter(|g| creds.uid == 0 || creds.in_group(*g)) {
@@ -44,20 +47,6 @@ impl CredSwitch {
             apply(&want);
             *cur = Some(want);
         });
-        CredGuard { switched: true }
-    }
-}
-
-/// Restores nothing eagerly: the next `enter` on this thread switches only if needed, which saves
-/// six system calls per request when one user dominates. Dropping keeps the thread's identity.
-pub struct CredGuard {
-    switched: bool,
-}
-
-impl CredGuard {
-    /// Whether this guard actually changed identity (false when not running as root).
-    pub fn switched(&self) -> bool {
-        self.switched
     }
 }
 

@@ -65,21 +65,13 @@ pub struct ExportFile {
 }
 
 impl ExportFile {
-    fn new(fd: OwnedFd, root: bool) -> Result<ExportFile> {
-        let st =
-            rustix::fs::statx(&fd, "", AtFlags::EMPTY_PATH, StatxFlags::empty()).map_err(errno)?;
-        let dev = rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor);
-        Ok(ExportFile {
+    fn new(fd: OwnedFd, dev: u64, root: bool) -> ExportFile {
+        ExportFile {
             fd,
             dev,
             root,
             cursor: Mutex::new(()),
-        })
-    }
-
-    /// The host descriptor (for tests and diagnostics).
-    pub fn fd(&self) -> &OwnedFd {
-        &self.fd
+        }
     }
 }
 
@@ -216,6 +208,11 @@ impl ExportFs {
     }
 
     fn attr_of(&self, fd: impl AsFd, name: &str, flags: AtFlags) -> Result<Attr> {
+        Ok(self.host_attr(fd, name, flags)?.0)
+    }
+
+    /// Attributes and the host device of an entry, from one `statx`.
+    fn host_attr(&self, fd: impl AsFd, name: &str, flags: AtFlags) -> Result<(Attr, u64)> {
         let st = rustix::fs::statx(
             fd,
             name,
@@ -226,7 +223,7 @@ impl ExportFs {
         let dev = rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor);
         let ts = |t: rustix::fs::StatxTimestamp| (t.tv_sec.max(0) as u64, u64::from(t.tv_nsec));
         let mode = u32::from(st.stx_mode);
-        Ok(Attr {
+        let attr = Attr {
             qid: self.qids.qid(mode, dev, st.stx_ino, ts(st.stx_mtime)),
             mode,
             uid: st.stx_uid,
@@ -240,7 +237,8 @@ impl ExportFs {
             mtime: ts(st.stx_mtime),
             ctime: ts(st.stx_ctime),
             btime: (st.stx_mask & StatxFlags::BTIME.bits() != 0).then(|| ts(st.stx_btime)),
-        })
+        };
+        Ok((attr, dev))
     }
 
     fn fd_attr(&self, fd: impl AsFd) -> Result<Attr> {
@@ -272,7 +270,7 @@ impl ExportFs {
         self.writable()?;
         check_entry(from_name)?;
         check_name(to_name).map_err(|_| Errno::EINVAL)?;
-        let _as = CredSwitch::enter(creds, None);
+        CredSwitch::enter(creds, None);
         let from = self.dir_fd(from_dir)?;
         let to = self.dir_fd(to_dir)?;
         rustix::fs::renameat(&from, from_name, &to, to_name).map_err(errno)?;
@@ -284,7 +282,7 @@ impl ExportFs {
     fn unlink_locked(&self, creds: &Creds, dir: &Node, name: &str, dir_only: bool) -> Result<()> {
         self.writable()?;
         check_entry(name)?;
-        let _as = CredSwitch::enter(creds, None);
+        CredSwitch::enter(creds, None);
         let dirfd = self.dir_fd(dir)?;
         let flags = if dir_only {
             AtFlags::REMOVEDIR
@@ -331,7 +329,7 @@ impl FileSystem for ExportFs {
         if !(aname.is_empty() || Path::new(aname) == self.root_path) {
             return Err(Errno::ENOENT);
         }
-        let _as = CredSwitch::enter(creds, None);
+        CredSwitch::enter(creds, None);
         let attr = self.fd_attr(&self.root_fd)?;
         Ok((self.tree.clone(), attr.qid))
     }
@@ -342,7 +340,7 @@ impl FileSystem for ExportFs {
         from: &Node,
         names: &[String],
     ) -> (Vec<(Node, Qid)>, Option<Errno>) {
-        let _as = CredSwitch::enter(creds, None);
+        CredSwitch::enter(creds, None);
         let mut out = Vec::with_capacity(names.len());
         let mut cur = from.clone();
         // Whether the element just reached is a directory (unknown for the starting node, whose
@@ -388,7 +386,7 @@ impl FileSystem for ExportFs {
     }
 
     fn getattr(&self, creds: &Creds, node: &Node, file: Option<&ExportFile>) -> Result<Attr> {
-        let _as = CredSwitch::enter(creds, None);
+        CredSwitch::enter(creds, None);
         match file {
             Some(f) => self.fd_attr(&f.fd),
             None => self.node_attr(node),
@@ -403,7 +401,7 @@ impl FileSystem for ExportFs {
         set: &SetAttr,
     ) -> Result<()> {
         self.writable()?;
-        let _as = CredSwitch::enter(creds, None);
+        CredSwitch::enter(creds, None);
         // The exact inode: the open file when there is one (open-then-unlink), else the node.
         let owned;
         let fd = match file {
@@ -460,7 +458,7 @@ impl FileSystem for ExportFs {
     }
 
     fn open(&self, creds: &Creds, node: &Node, flags: i32) -> Result<(ExportFile, Qid)> {
-        let _as = CredSwitch::enter(creds, None);
+        CredSwitch::enter(creds, None);
         let flags = OFlags::from_bits_retain(flags as u32)
             & !(OFlags::CREATE
                 | OFlags::EXCL
@@ -477,7 +475,7 @@ impl FileSystem for ExportFs {
             return Err(Errno::EROFS);
         }
         let path_fd = self.node_fd(node)?;
-        let attr = self.fd_attr(&path_fd)?;
+        let (attr, dev) = self.host_attr(&path_fd, "", AtFlags::EMPTY_PATH)?;
         match attr.file_type() {
             libc::S_IFREG | libc::S_IFDIR => {}
             libc::S_IFLNK => return Err(Errno::ELOOP),
@@ -487,7 +485,7 @@ impl FileSystem for ExportFs {
         // The magic link reaches exactly the inode checked above.
         let fd = rustix::fs::open(proc_path(&path_fd), flags | OFlags::CLOEXEC, Mode::empty())
             .map_err(errno)?;
-        let file = ExportFile::new(fd, node.is_root())?;
+        let file = ExportFile::new(fd, dev, node.is_root());
         Ok((file, attr.qid))
     }
 
@@ -502,7 +500,7 @@ impl FileSystem for ExportFs {
     ) -> Result<(Node, ExportFile, Qid)> {
         self.writable()?;
         check_name(name)?;
-        let _as = CredSwitch::enter(creds, gid);
+        CredSwitch::enter(creds, gid);
         let dirfd = self.dir_fd(dir)?;
         let flags = (OFlags::from_bits_retain(flags as u32)
             & !(OFlags::PATH | OFlags::DIRECTORY | OFlags::DIRECT))
@@ -518,8 +516,8 @@ impl FileSystem for ExportFs {
             RESOLVE,
         )
         .map_err(errno)?;
-        let attr = self.fd_attr(&fd)?;
-        let file = ExportFile::new(fd, false)?;
+        let (attr, dev) = self.host_attr(&fd, "", AtFlags::EMPTY_PATH)?;
+        let file = ExportFile::new(fd, dev, false);
         Ok((dir.child(name), file, attr.qid))
     }
 
@@ -533,7 +531,7 @@ impl FileSystem for ExportFs {
     ) -> Result<Qid> {
         self.writable()?;
         check_name(name)?;
-        let _as = CredSwitch::enter(creds, gid);
+        CredSwitch::enter(creds, gid);
         let dirfd = self.dir_fd(dir)?;
         rustix::fs::mkdirat(&dirfd, name, Mode::from_raw_mode(mode & 0o7777)).map_err(errno)?;
         self.created_qid(&dirfd, name)
@@ -549,7 +547,7 @@ impl FileSystem for ExportFs {
     ) -> Result<Qid> {
         self.writable()?;
         check_name(name)?;
-        let _as = CredSwitch::enter(creds, gid);
+        CredSwitch::enter(creds, gid);
         let dirfd = self.dir_fd(dir)?;
         rustix::fs::symlinkat(target, &dirfd, name).map_err(errno)?;
         self.created_qid(&dirfd, name)
@@ -566,7 +564,7 @@ impl FileSystem for ExportFs {
     ) -> Result<Qid> {
         self.writable()?;
         check_name(name)?;
-        let _as = CredSwitch::enter(creds, gid);
+        CredSwitch::enter(creds, gid);
         let dirfd = self.dir_fd(dir)?;
         let (ft, dev) = match kind {
             NodeKind::Regular => (FileType::RegularFile, 0),
@@ -583,7 +581,7 @@ impl FileSystem for ExportFs {
     fn link(&self, creds: &Creds, dir: &Node, name: &str, target: &Node) -> Result<()> {
         self.writable()?;
         check_name(name)?;
-        let _as = CredSwitch::enter(creds, None);
+        CredSwitch::enter(creds, None);
         let dirfd = self.dir_fd(dir)?;
         let (tdir, tname) = self
             .parent_of(target)
@@ -592,7 +590,7 @@ impl FileSystem for ExportFs {
     }
 
     fn readlink(&self, creds: &Creds, node: &Node) -> Result<String> {
-        let _as = CredSwitch::enter(creds, None);
+        CredSwitch::enter(creds, None);
         let (dir, name) = self.parent_of(node).map_err(|_| Errno::EINVAL)?;
         let target = rustix::fs::readlinkat(&dir, name.as_str(), Vec::new()).map_err(errno)?;
         target.into_string().map_err(|_| Errno::EILSEQ)
@@ -637,7 +635,7 @@ impl FileSystem for ExportFs {
         let _ns = self.namespace.lock().unwrap();
         let (dir, name) = (node.parent(), node.name());
         let is_dir = {
-            let _as = CredSwitch::enter(creds, None);
+            CredSwitch::enter(creds, None);
             self.node_attr(node)?.is_dir()
         };
         self.unlink_locked(creds, &dir, &name, is_dir)
@@ -721,7 +719,7 @@ impl FileSystem for ExportFs {
     }
 
     fn statfs(&self, creds: &Creds, node: &Node) -> Result<StatFs> {
-        let _as = CredSwitch::enter(creds, None);
+        CredSwitch::enter(creds, None);
         let fd = self.node_fd(node)?;
         let s = rustix::fs::fstatfs(&fd).map_err(errno)?;
         let v = rustix::fs::fstatvfs(&fd).map_err(errno)?;
@@ -742,7 +740,7 @@ impl FileSystem for ExportFs {
         if !xattr_allowed(name) {
             return Err(Errno::ENODATA);
         }
-        let _as = CredSwitch::enter(creds, None);
+        CredSwitch::enter(creds, None);
         let (_keep, path) = self.xattr_path(node)?;
         let mut buf = vec![0u8; XATTR_SIZE_MAX];
         let n = rustix::fs::lgetxattr(path.as_str(), name, &mut buf[..]).map_err(errno)?;
@@ -751,7 +749,7 @@ impl FileSystem for ExportFs {
     }
 
     fn listxattr(&self, creds: &Creds, node: &Node) -> Result<Vec<u8>> {
-        let _as = CredSwitch::enter(creds, None);
+        CredSwitch::enter(creds, None);
         let (_keep, path) = self.xattr_path(node)?;
         let mut buf = vec![0u8; XATTR_SIZE_MAX];
         let n = rustix::fs::llistxattr(path.as_str(), &mut buf[..]).map_err(errno)?;
@@ -777,7 +775,7 @@ impl FileSystem for ExportFs {
         if !xattr_allowed(name) {
             return Err(Errno::EOPNOTSUPP);
         }
-        let _as = CredSwitch::enter(creds, None);
+        CredSwitch::enter(creds, None);
         let (_keep, path) = self.xattr_path(node)?;
         rustix::fs::lsetxattr(
             path.as_str(),
@@ -793,7 +791,7 @@ impl FileSystem for ExportFs {
         if !xattr_allowed(name) {
             return Err(Errno::EOPNOTSUPP);
         }
-        let _as = CredSwitch::enter(creds, None);
+        CredSwitch::enter(creds, None);
         let (_keep, path) = self.xattr_path(node)?;
         rustix::fs::lremovexattr(path.as_str(), name).map_err(errno)
     }

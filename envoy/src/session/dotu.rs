@@ -102,54 +102,57 @@ impl<F: FileSystem> Session<F> {
         } else {
             m.perm & 0o777
         };
-        let special = |kind: NodeKind| self.fs.mknod(creds, dnode, &m.name, kind, perm, None);
-        let made_qid = if m.perm & DMDIR != 0 {
-            Some(self.fs.mkdir(creds, dnode, &m.name, perm, None)?)
+        let make_node = |kind: NodeKind| self.fs.mknod(creds, dnode, &m.name, kind, perm, None);
+        // Make the special kinds first; each is then walked to once, for its node and qid.
+        let special = if m.perm & DMDIR != 0 {
+            self.fs.mkdir(creds, dnode, &m.name, perm, None)?;
+            true
         } else if dotu && m.perm & DMSYMLINK != 0 {
-            Some(self.fs.symlink(creds, dnode, &m.name, &m.extension, None)?)
+            self.fs.symlink(creds, dnode, &m.name, &m.extension, None)?;
+            true
         } else if dotu && m.perm & DMLINK != 0 {
             // Linux sends the target's fid number; only this session's fids are looked at.
             let target_fid: u32 = m.extension.trim().parse().map_err(|_| Errno::EINVAL)?;
             let target = self.fids.get(target_fid)?;
             target.plain()?;
             self.fs.link(creds, dnode, &m.name, &target.node)?;
-            let (mut steps, err) = self.fs.walk(creds, dnode, std::slice::from_ref(&m.name));
-            Some(steps.pop().ok_or(err.unwrap_or(Errno::ENOENT))?.1)
+            true
         } else if dotu && m.perm & DMDEVICE != 0 {
-            Some(special(parse_device(&m.extension)?)?)
+            make_node(parse_device(&m.extension)?)?;
+            true
         } else if dotu && m.perm & DMNAMEDPIPE != 0 {
-            Some(special(NodeKind::Fifo)?)
+            make_node(NodeKind::Fifo)?;
+            true
         } else if dotu && m.perm & DMSOCKET != 0 {
-            Some(special(NodeKind::Socket)?)
+            make_node(NodeKind::Socket)?;
+            true
         } else {
-            None
+            false
         };
-        let qid = match made_qid {
-            // Something other than a regular file: the fid now names it; directories are opened.
-            Some(qid) => {
-                let (mut steps, err) = self.fs.walk(creds, dnode, std::slice::from_ref(&m.name));
-                let node = steps.pop().ok_or(err.unwrap_or(Errno::ENOENT))?.0;
-                let fid = if qid.ty & QTDIR != 0 {
-                    let (file, qid) = self.fs.open(creds, &node, libc::O_RDONLY)?;
-                    Fid::opened(
-                        node,
-                        creds.clone(),
-                        open_state(file, libc::O_RDONLY, qid, false),
-                    )
-                } else {
-                    Fid::new(node, creds.clone())
-                };
-                self.fids.replace(m.fid, fid);
-                qid
-            }
-            None => {
-                let flags = host_flags(m.mode);
-                let (node, file, qid) = self.fs.create(creds, dnode, &m.name, flags, perm, None)?;
-                let open = open_state(file, flags, qid, m.mode & ORCLOSE != 0);
-                self.fids
-                    .replace(m.fid, Fid::opened(node, creds.clone(), open));
-                qid
-            }
+        let qid = if special {
+            // Not a regular file: walk to it once for the fid's node and qid; directories are
+            // opened, the other kinds stay unopened.
+            let (mut steps, err) = self.fs.walk(creds, dnode, std::slice::from_ref(&m.name));
+            let (node, qid) = steps.pop().ok_or(err.unwrap_or(Errno::ENOENT))?;
+            let fid = if qid.ty & QTDIR != 0 {
+                let (file, qid) = self.fs.open(creds, &node, libc::O_RDONLY)?;
+                Fid::opened(
+                    node,
+                    creds.clone(),
+                    open_state(file, libc::O_RDONLY, qid, false),
+                )
+            } else {
+                Fid::new(node, creds.clone())
+            };
+            self.fids.replace(m.fid, fid);
+            qid
+        } else {
+            let flags = host_flags(m.mode);
+            let (node, file, qid) = self.fs.create(creds, dnode, &m.name, flags, perm, None)?;
+            let open = open_state(file, flags, qid, m.mode & ORCLOSE != 0);
+            self.fids
+                .replace(m.fid, Fid::opened(node, creds.clone(), open));
+            qid
         };
         Ok(Fcall::Rcreate(Rcreate { qid, iounit: 0 }))
     }
