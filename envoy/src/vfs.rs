@@ -4,7 +4,7 @@
 //! (`crate::export` today, Envoy images later, territories and caches as wrappers) implement it.
 //! The shape follows Linux and 9P2000.L: a backend hands out *nodes* (walked locations, the state
 //! behind an unopened fid) and *files* (open handles). Calls are synchronous and may block: the
-//! server runs them on a blocking pool. Errors are plain errnos, the currency of every 9P dialect.
+//! server runs them on its worker threads. Errors are plain errnos, the currency of every 9P dialect.
 
 use envoy_protocol::Qid;
 use std::sync::Arc;

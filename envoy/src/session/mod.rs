@@ -1,8 +1,8 @@
 //! A 9P session: the fid table and the meaning of every request, for all three dialects.
 //!
 //! [`Session::handle`] takes one decoded request and returns the encoded reply; it is
-//! synchronous and may block in the backend, so the server (`crate::server`) runs it on a
-//! blocking pool, many at a time. Operations common to the dialects live here; the 9P2000.L
+//! synchronous and may block in the backend, so the server (`crate::server`) runs it on its
+//! worker threads, many at a time. Operations common to the dialects live here; the 9P2000.L
 //! operations in `dotl`, the 9P2000/.u ones (stat, wstat, create, directory reads) in `dotu`.
 //! A failed request never ends the session: errors become `Rlerror` (.L) or `Rerror` (.u with
 //! errno, 9P2000 text only) with the request's tag.
