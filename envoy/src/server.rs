@@ -161,7 +161,10 @@ impl<F: FileSystem> Server<F> {
                         continue;
                     }
                 };
-                let (negotiated, reply) = conn.session.version(tag, msg.msize, &msg.version);
+                let msize = rx
+                    .medium_max_frame()
+                    .map_or(msg.msize, |m| msg.msize.min(m));
+                let (negotiated, reply) = conn.session.version(tag, msize, &msg.version);
                 debug!(msize = msg.msize, version = %msg.version, ?negotiated, "version");
                 proto = negotiated;
                 if let Some(p) = proto {

@@ -1,10 +1,16 @@
 //! Shared harness for Envoy's whole-system tests: a real server on a temporary export.
 //!
 //! [`TestServer`] runs the export backend behind the real transport on loopback (TCP port 0 or
-//! a unix socket in a temporary directory) inside the test process, so tests can also inspect
-//! the export on the host side. It stops when dropped.
+//! a unix socket in a temporary directory) or over simulated Xen 9pfs rings driven by a model
+//! of Linux's frontend, inside the test process, so tests can also inspect the export on the
+//! host side. It stops when dropped.
+//!
+//! `ENVOY_TEST_MEDIUM=xen-sim` makes [`TestServer::start`] serve over simulated Xen rings
+//! (the README's test command runs the protocol suites both ways).
 
 #![forbid(unsafe_code)]
+
+pub mod xen;
 
 use envoy::{ExportFs, Server, ServerConfig};
 use envoy_protocol::Dialect;
@@ -18,10 +24,38 @@ use tokio::sync::watch;
 pub struct TestServer {
     /// The temporary directory holding `export/` (and `outside/` for escape tests).
     pub dir: tempfile::TempDir,
-    /// Where the server listens.
+    /// Where the server listens (for [`Medium::XenSim`]: nowhere, see [`TestServer::medium`]).
     pub endpoint: Endpoint,
+    medium: Medium,
+    server: Arc<Server<ExportFs>>,
+    xen: xen::SimHost,
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// How clients reach a [`TestServer`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Medium {
+    /// TCP on 127.0.0.1.
+    Tcp,
+    /// A unix socket in the temporary directory.
+    Unix,
+    /// A simulated Xen 9pfs device per client: two rings of order 9 (Linux's choice), mapped
+    /// through the simulated grant table and served by the ring transport, with a model of
+    /// Linux's frontend between the rings and the client.
+    XenSim,
+}
+
+impl Medium {
+    /// The medium chosen by `ENVOY_TEST_MEDIUM` (`tcp`, `unix`, `xen-sim`; default TCP).
+    pub fn from_env() -> Medium {
+        match std::env::var("ENVOY_TEST_MEDIUM").as_deref() {
+            Ok("xen-sim") => Medium::XenSim,
+            Ok("unix") => Medium::Unix,
+            Ok("tcp") | Ok("") | Err(_) => Medium::Tcp,
+            Ok(other) => panic!("ENVOY_TEST_MEDIUM={other}: expected tcp, unix or xen-sim"),
+        }
+    }
 }
 
 /// Options for [`TestServer::start_with`].
@@ -29,8 +63,8 @@ pub struct TestServer {
 pub struct Options {
     /// Serve read-only.
     pub read_only: bool,
-    /// Listen on a unix socket instead of TCP.
-    pub unix: bool,
+    /// The medium (default: [`Medium::from_env`]).
+    pub medium: Option<Medium>,
     /// Server configuration (defaults if None).
     pub config: Option<ServerConfig>,
 }
@@ -52,20 +86,28 @@ impl TestServer {
         std::fs::create_dir(dir.path().join("outside")).unwrap();
         let fs = ExportFs::new(&export, opts.read_only).expect("export");
         let server = Server::new(Arc::new(fs), opts.config.unwrap_or_default());
-        let ep: Endpoint = if opts.unix {
+        let medium = opts.medium.unwrap_or_else(Medium::from_env);
+        let ep: Endpoint = if medium == Medium::Unix {
             Endpoint::Unix(dir.path().join("envoy.sock"))
         } else {
             "tcp:127.0.0.1:0".parse().unwrap()
         };
+        // A listener even for XenSim, so `raw()` keeps working for hand-made frames.
         let listener = envoy_transport::bind(&ep).await.expect("bind");
         let endpoint = listener.local_endpoint();
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            let _ = envoy::serve_listener(server, listener, stop_rx).await;
+        let task = tokio::spawn({
+            let server = server.clone();
+            async move {
+                let _ = envoy::serve_listener(server, listener, stop_rx).await;
+            }
         });
         TestServer {
             dir,
             endpoint,
+            medium,
+            server,
+            xen: xen::SimHost::new(),
             stop,
             task: Some(task),
         }
@@ -86,8 +128,27 @@ impl TestServer {
         self.export().join(rel)
     }
 
+    /// The medium clients use.
+    pub fn medium(&self) -> Medium {
+        self.medium
+    }
+
+    /// The simulated Xen host (grant table, event channels) behind [`Medium::XenSim`] clients.
+    pub fn xen(&self) -> &xen::SimHost {
+        &self.xen
+    }
+
     /// A connected client with `dialect` and `msize`.
     pub async fn client(&self, dialect: Dialect, msize: u32) -> Client {
+        if self.medium == Medium::XenSim {
+            let stream = self
+                .xen
+                .connect(self.server.clone(), self.stop.subscribe())
+                .await;
+            return Client::over_stream(stream, dialect, msize)
+                .await
+                .expect("version over the Xen rings");
+        }
         match &self.endpoint {
             Endpoint::Tcp(addr) => Client::connect_tcp(*addr, dialect, msize)
                 .await
@@ -180,20 +241,27 @@ pub fn snapshot_tree(root: &Path) -> Vec<(String, String)> {
     out
 }
 
+/// A byte stream a 9P client can talk over.
+pub trait ByteStream:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static
+{
+}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> ByteStream for T {}
+
 /// A hand-driven 9P connection: exact frames out, decoded frames in, for ordering and
 /// bad-input tests.
 pub struct RawConn {
-    stream: tokio::net::TcpStream,
+    stream: Box<dyn ByteStream>,
     buf: Vec<u8>,
     /// Dialect used to encode and decode.
     pub dialect: Dialect,
 }
 
 impl RawConn {
-    /// Wrap a connected stream.
-    pub fn new(stream: tokio::net::TcpStream, dialect: Dialect) -> RawConn {
+    /// Wrap a connected stream (TCP, or the client end of a simulated Xen device).
+    pub fn new(stream: impl ByteStream, dialect: Dialect) -> RawConn {
         RawConn {
-            stream,
+            stream: Box::new(stream),
             buf: Vec::new(),
             dialect,
         }

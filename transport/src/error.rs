@@ -30,6 +30,9 @@ pub enum TransportError {
         /// How many bytes of the incomplete frame had arrived.
         buffered: usize,
     },
+    /// A Xen guest broke the shared-ring protocol (the device is disconnected).
+    #[error("xen ring: {0}")]
+    Ring(#[from] envoy_xen::ring::RingError),
     /// An endpoint string or endpoint could not be used; the message names the bad part.
     #[error("bad endpoint: {0}")]
     BadEndpoint(String),

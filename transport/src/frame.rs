@@ -41,6 +41,13 @@ pub enum Peer {
         /// The descriptor frames are written to.
         write: i32,
     },
+    /// A Xen guest's 9pfs device, served over shared rings.
+    Xen {
+        /// The guest's domain id.
+        domid: u16,
+        /// The device's index under the guest's `device/9pfs/`.
+        devid: u32,
+    },
 }
 
 impl fmt::Display for Peer {
@@ -55,6 +62,7 @@ impl fmt::Display for Peer {
                 write!(f, "unix:pid={},uid={},gid={}", opt(pid), opt(uid), opt(gid))
             }
             Peer::Fd { read, write } => write!(f, "fd:{read},{write}"),
+            Peer::Xen { domid, devid } => write!(f, "xen:dom{domid}/9pfs-{devid}"),
         }
     }
 }
@@ -74,6 +82,12 @@ pub trait FrameRx: Send + 'static {
 
     /// Change the maximum accepted frame size (the server calls this after msize negotiation).
     fn set_max_frame(&mut self, max: u32);
+
+    /// The largest frame the medium can ever carry, if it has such a limit (a Xen ring holds
+    /// at most its own size). The server never negotiates an msize above it.
+    fn medium_max_frame(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// The sending half of a channel.

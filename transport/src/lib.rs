@@ -34,6 +34,7 @@ mod frame;
 mod stream;
 mod tcp;
 mod unix;
+pub mod xen;
 
 pub use any::{AnyListener, AnyRx, AnyTx, bind, connect};
 pub use endpoint::Endpoint;

@@ -11,9 +11,15 @@
 //! publishes `cons` with release ordering; a producer copies the **whole** message, then publishes
 //! `prod` with release ordering (the write barrier before the index). Linux reads `h.size` bytes
 //! as soon as it sees a header, so a response is never published in parts.
+//!
+//! [`map_ring`] maps a frontend's ring from its grant refs: the intf page, then the data pages
+//! it lists, reading `ring_order` and the refs once — the frontend can rewrite them at any time,
+//! so the ring's size never depends on a second look.
 
 use bytes::{Bytes, BytesMut};
 use std::sync::atomic::{AtomicU32, Ordering, fence};
+
+use crate::grant::{GrantError, GrantMapper, GrantMapping, RefList};
 
 /// Size of a Xen page (always 4 KiB, whatever the guest's page size).
 pub const PAGE_SIZE: usize = 4096;
@@ -62,10 +68,12 @@ pub unsafe trait RingMemory: Send {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RingError {
     /// The intf page announces a ring order the backend does not accept.
-    #[error("ring order {order} is above the maximum of {MAX_RING_ORDER}")]
+    #[error("ring order {order} is outside the accepted 1..={max}")]
     BadOrder {
         /// The order found.
         order: u32,
+        /// The largest order accepted.
+        max: u32,
     },
     /// The mapped data area is smaller than the ring order requires.
     #[error("ring order {order} needs {needed} bytes of data pages, {mapped} are mapped")]
@@ -106,15 +114,27 @@ pub enum RingError {
 /// One side's view of a ring pair.
 pub struct Ring<M: RingMemory> {
     mem: M,
+    order: u32,
     size: usize,
 }
 
 impl<M: RingMemory> Ring<M> {
-    /// The backend's view of the ring in `mem`, whose intf page announces the order.
+    /// The backend's view of the ring in `mem`, whose intf page announces the order (read
+    /// once, here).
     pub fn new(mem: M) -> Result<Ring<M>, RingError> {
         let order = index(&mem, RING_ORDER).load(Ordering::Acquire);
+        Ring::with_order(mem, order)
+    }
+
+    /// The ring of `order` in `mem`, without looking at the intf page's `ring_order` (the
+    /// caller read it once, and the frontend may have changed it since). The ring's size comes
+    /// from `order` for the ring's whole life.
+    pub fn with_order(mem: M, order: u32) -> Result<Ring<M>, RingError> {
         if order > MAX_RING_ORDER || order == 0 {
-            return Err(RingError::BadOrder { order });
+            return Err(RingError::BadOrder {
+                order,
+                max: MAX_RING_ORDER,
+            });
         }
         let size = ring_size(order);
         if mem.data_len() < 2 * size {
@@ -124,7 +144,12 @@ impl<M: RingMemory> Ring<M> {
                 mapped: mem.data_len(),
             });
         }
-        Ok(Ring { mem, size })
+        Ok(Ring { mem, order, size })
+    }
+
+    /// The ring order the ring was built with.
+    pub fn order(&self) -> u32 {
+        self.order
     }
 
     /// Bytes per direction.
@@ -154,15 +179,162 @@ impl<M: RingMemory> Ring<M> {
 
 /// The `u32` index at `offset` of the intf page.
 pub(crate) fn index<M: RingMemory>(mem: &M, offset: usize) -> &AtomicU32 {
-    debug_assert!(offset % 4 == 0 && offset + 4 <= PAGE_SIZE);
     // SAFETY: `RingMemory` guarantees the intf page is valid, 4-byte aligned and PAGE_SIZE long
-    // for the lifetime of `mem`; `offset` is a 4-byte aligned index inside it. AtomicU32 has the
-    // size and alignment of u32, and all accesses to shared indexes go through atomics.
-    unsafe { &*(mem.intf().add(offset) as *const AtomicU32) }
+    // for the lifetime of `mem`, which bounds the returned reference's.
+    unsafe { word_at(mem.intf(), offset) }
+}
+
+/// The `u32` at `offset` of an intf page, as an atomic (the other side writes it concurrently).
+///
+/// # Safety
+/// `page` must be 4-byte aligned and valid for reads and writes of [`PAGE_SIZE`] bytes for `'a`.
+pub(crate) unsafe fn word_at<'a>(page: *mut u8, offset: usize) -> &'a AtomicU32 {
+    assert!(
+        offset % 4 == 0 && offset + 4 <= PAGE_SIZE,
+        "intf offset {offset}"
+    );
+    // SAFETY: the caller vouches for `page` over `'a`; `offset` is a 4-byte aligned word inside
+    // it (asserted). AtomicU32 has the size and alignment of u32, and all accesses to shared
+    // words go through atomics, so no non-atomic access races with this one.
+    unsafe { &*(page.add(offset) as *const AtomicU32) }
+}
+
+/// A ring's pages mapped from a frontend's grants: the intf page and the data pages.
+#[derive(Debug)]
+pub struct RingPages<M: GrantMapping> {
+    intf: M,
+    data: M,
+}
+
+impl<M: GrantMapping> RingPages<M> {
+    /// The intf page's mapping.
+    pub fn intf_mapping(&self) -> &M {
+        &self.intf
+    }
+
+    /// The data pages' mapping.
+    pub fn data_mapping(&self) -> &M {
+        &self.data
+    }
+}
+
+// SAFETY: `map_ring`, the only constructor, checks that the intf mapping is at least PAGE_SIZE
+// bytes; `GrantMapping` guarantees both mappings are page-aligned (so 4-byte aligned) and valid
+// for reads and writes of `len()` bytes until dropped, which happens only with `self`.
+unsafe impl<M: GrantMapping> RingMemory for RingPages<M> {
+    fn intf(&self) -> *mut u8 {
+        self.intf.as_ptr()
+    }
+    fn data(&self) -> *mut u8 {
+        self.data.as_ptr()
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// Why a frontend's ring could not be mapped.
+#[derive(Debug, thiserror::Error)]
+pub enum MapRingError {
+    /// The intf page could not be mapped.
+    #[error("9pfs ring at grant ref {intf_ref} of domain {domid}: intf page: {error}")]
+    Intf {
+        /// The frontend's domain.
+        domid: u16,
+        /// The intf page's grant ref.
+        intf_ref: u32,
+        /// The failure.
+        error: GrantError,
+    },
+    /// The intf page announces a ring we refuse (bad order); nothing else was mapped.
+    #[error("9pfs ring at grant ref {intf_ref} of domain {domid}: {error}")]
+    Ring {
+        /// The frontend's domain.
+        domid: u16,
+        /// The intf page's grant ref.
+        intf_ref: u32,
+        /// The failure.
+        error: RingError,
+    },
+    /// The data pages the intf page lists could not be mapped.
+    #[error("9pfs ring at grant ref {intf_ref} of domain {domid}: data pages: {error}")]
+    Data {
+        /// The frontend's domain.
+        domid: u16,
+        /// The intf page's grant ref.
+        intf_ref: u32,
+        /// The data pages' refs, as read from the intf page.
+        refs: RefList,
+        /// The failure.
+        error: GrantError,
+    },
+}
+
+/// Map the ring whose intf page is `intf_ref` of domain `domid`, accepting orders up to
+/// `max_order` (itself capped at [`MAX_RING_ORDER`]).
+///
+/// Maps the intf page, reads `ring_order` once and refuses 0 or more than `max_order` before
+/// mapping anything else, copies the `2^order` data refs out of the intf page once, maps the
+/// data pages, and builds the [`Ring`] with the order it read. On any error everything mapped
+/// so far is unmapped.
+pub fn map_ring<G: GrantMapper>(
+    grants: &G,
+    domid: u16,
+    intf_ref: u32,
+    max_order: u32,
+) -> Result<Ring<RingPages<G::Mapping>>, MapRingError> {
+    let max = max_order.min(MAX_RING_ORDER);
+    let intf = grants
+        .map(domid, &[intf_ref])
+        .map_err(|error| MapRingError::Intf {
+            domid,
+            intf_ref,
+            error,
+        })?;
+    assert!(
+        intf.len() >= PAGE_SIZE,
+        "grant mapper returned {} bytes for one page",
+        intf.len()
+    );
+    // SAFETY: `intf` is a page-aligned mapping of at least PAGE_SIZE bytes (asserted), valid
+    // until it is dropped; every word reference below is used only while `intf` is alive.
+    let word = |offset| unsafe { word_at(intf.as_ptr(), offset) };
+    // Acquire: pairs with the frontend's write of the order and refs before it published the
+    // ring in xenstore (and costs nothing if it did not).
+    let order = word(RING_ORDER).load(Ordering::Acquire);
+    if order == 0 || order > max {
+        return Err(MapRingError::Ring {
+            domid,
+            intf_ref,
+            error: RingError::BadOrder { order, max },
+        });
+    }
+    let refs: Vec<u32> = (0..1usize << order)
+        .map(|i| word(REFS + 4 * i).load(Ordering::Relaxed))
+        .collect();
+    let data = grants
+        .map(domid, &refs)
+        .map_err(|error| MapRingError::Data {
+            domid,
+            intf_ref,
+            refs: RefList::new(&refs),
+            error,
+        })?;
+    Ring::with_order(RingPages { intf, data }, order).map_err(|error| MapRingError::Ring {
+        domid,
+        intf_ref,
+        error,
+    })
 }
 
 /// Copy `out.len()` bytes starting at free-running index `idx` of the ring at `base`.
-fn copy_from_ring<M: RingMemory>(mem: &M, base: usize, size: usize, idx: u32, out: &mut [u8]) {
+pub(crate) fn copy_from_ring<M: RingMemory>(
+    mem: &M,
+    base: usize,
+    size: usize,
+    idx: u32,
+    out: &mut [u8],
+) {
     let start = idx as usize & (size - 1);
     let first = out.len().min(size - start);
     // SAFETY: `base + size <= data_len` (checked by the ring's constructor or the simulation);

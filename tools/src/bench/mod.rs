@@ -6,3 +6,4 @@ pub mod loopback;
 pub mod prepare;
 pub mod run;
 pub mod util;
+pub mod xensim;

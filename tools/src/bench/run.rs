@@ -45,6 +45,8 @@ pub enum Target {
     Tcp(String),
     /// A unix socket path.
     Unix(PathBuf),
+    /// The server in this process over simulated Xen rings.
+    XenSim(std::sync::Arc<super::xensim::XenSim>),
 }
 
 impl Target {
@@ -52,6 +54,7 @@ impl Target {
         match self {
             Target::Tcp(_) => "tcp",
             Target::Unix(_) => "unix",
+            Target::XenSim(_) => "xen-sim",
         }
     }
 }
@@ -218,6 +221,7 @@ async fn connect(cfg: &Config) -> Result<Client> {
     let c = match &cfg.target {
         Target::Tcp(addr) => Client::connect_tcp(addr.as_str(), cfg.dialect, cfg.msize).await,
         Target::Unix(path) => Client::connect_unix(path, cfg.dialect, cfg.msize).await,
+        Target::XenSim(host) => Client::over_stream(host.connect()?, cfg.dialect, cfg.msize).await,
     };
     let c = c.with_context(|| format!("connecting to {:?} with {}", cfg.target, cfg.dialect))?;
     if c.dialect() != cfg.dialect {

@@ -1,7 +1,8 @@
 //! `envoy-bench`: a 9P load generator and the performance baseline tools.
 //!
 //! ```text
-//! envoy-bench --tcp ADDR | --unix PATH  --workload W  [--dialect L|u] [--aname A]
+//! envoy-bench --tcp ADDR | --unix PATH | --xen-sim DIR [--one-request-per-ring]
+//!             --workload W  [--dialect L|u] [--aname A]
 //!             [--conns N] [--depth M] [--seconds S] [--count C] [--msize B]
 //!             [--file NAME | --tree DIR] [--server-pid PID] [--verify] [--json]
 //! envoy-bench prepare DIR [--meta-files 10000] [--small-files 1000] [--big-mib 1024]
@@ -48,12 +49,20 @@ struct RunArgs {
         long,
         value_name = "ADDR",
         conflicts_with = "unix",
-        required_unless_present = "unix"
+        required_unless_present_any = ["unix", "xen_sim"]
     )]
     tcp: Option<String>,
     /// Server unix socket
     #[arg(long, value_name = "PATH")]
     unix: Option<PathBuf>,
+    /// Serve DIR in this process over simulated Xen 9pfs rings (2 rings of order 9 per
+    /// connection, a model of Linux's frontend) and measure that
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["tcp", "unix"])]
+    xen_sim: Option<PathBuf>,
+    /// With --xen-sim: take a ring's next request only after answering the previous one (how
+    /// QEMU's and xen-9pfsd's backends work), for comparison
+    #[arg(long, requires = "xen_sim")]
+    one_request_per_ring: bool,
     /// Protocol dialect: L (9P2000.L) or u (9P2000.u)
     #[arg(long, default_value = "L", value_parser = parse_dialect)]
     dialect: Dialect,
@@ -206,10 +215,14 @@ fn main() -> Result<()> {
 
 fn run(a: RunArgs) -> Result<()> {
     let workload = a.workload.context("--workload is required")?;
-    let target = match (a.tcp, a.unix) {
-        (Some(addr), None) => Target::Tcp(addr),
-        (None, Some(path)) => Target::Unix(path),
-        _ => bail!("give exactly one of --tcp ADDR and --unix PATH"),
+    let target = match (a.tcp, a.unix, a.xen_sim) {
+        (Some(addr), None, None) => Target::Tcp(addr),
+        (None, Some(path), None) => Target::Unix(path),
+        (None, None, Some(dir)) => Target::XenSim(std::sync::Arc::new(bench::xensim::XenSim::new(
+            &dir,
+            a.one_request_per_ring,
+        )?)),
+        _ => bail!("give exactly one of --tcp ADDR, --unix PATH and --xen-sim DIR"),
     };
     let uid = a.uid.unwrap_or_else(|| rustix::process::geteuid().as_raw());
     let uname = a.uname.unwrap_or_else(|| match std::env::var("USER") {
