@@ -11,6 +11,11 @@ step() { printf '\n== %s\n' "$*"; }
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 command -v cc >/dev/null || need_apt+=(gcc libc6-dev)
+# The real C xenstored (run on the host under a test shim), the xenstore-* tools and Xen's
+# public headers (ioctl ABI check) for the Xen layer's tests.
+compgen -G '/usr/lib/xen-*/bin/xenstored' >/dev/null || need_apt+=(xen-utils-4.17)
+command -v xenstore-read >/dev/null || need_apt+=(xenstore-utils)
+[ -f /usr/include/xen/sys/gntdev.h ] || need_apt+=(libxen-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
     step "installing Debian packages: ${need_apt[*]}"
     apt-get update
@@ -34,6 +39,9 @@ fi
 # --- tests ------------------------------------------------------------------------------
 step "cargo test (unit, codec vectors + fuzz corpus replay, semantics, bad input, escapes)"
 cargo test --workspace
+
+step "protocol suites again over simulated Xen 9pfs rings (Linux frontend model, 2 rings, order 9)"
+ENVOY_TEST_MEDIUM=xen-sim cargo test -p envoy-tests --test dotl --test dotu --test inflight
 
 step "interop: the PyPI p9fs client against envoyd (9P2000.u and 9P2000.L)"
 cargo build --quiet -p envoy-dom0-agent

@@ -47,6 +47,9 @@ struct Args {
     /// Test harnesses only: corrupt one byte of every read reply (proves suites detect it).
     #[arg(long, hide = true)]
     debug_corrupt_reads: bool,
+    /// Benchmarks only: delay every file read by this many microseconds (models slow storage).
+    #[arg(long, hide = true, value_name = "US")]
+    debug_read_delay_us: Option<u64>,
     /// Threads running requests, shared by all connections (0: 4 per core, at least 16).
     #[arg(long, default_value_t = 0)]
     workers: usize,
@@ -140,6 +143,9 @@ async fn run(args: Args) -> Result<()> {
             max_msize: args.max_msize,
             max_fids: args.max_fids,
             debug_corrupt_reads: args.debug_corrupt_reads,
+            debug_read_delay: args
+                .debug_read_delay_us
+                .map(std::time::Duration::from_micros),
         },
         max_in_flight: args.max_in_flight as usize,
         workers: args.workers,

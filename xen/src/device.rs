@@ -29,7 +29,7 @@ use crate::evtchn::EventChannels;
 use crate::grant::GrantMapper;
 use crate::ring::{MAX_RING_ORDER, Ring, RingPages, map_ring};
 use crate::xenbus::XenbusState;
-use crate::xenstore::{Watch, WatchEvent, XsError, Xenstore};
+use crate::xenstore::{Watch, WatchEvent, Xenstore, XsError};
 
 /// The kinds of 9pfs backend directories: xl's `type=qemu` and `type=xen_9pfsd`.
 pub const BACKEND_KINDS: [&str; 2] = ["9pfs", "xen_9pfs"];
@@ -204,35 +204,22 @@ impl Device {
     /// Publish the backend's features and go to InitWait, atomically.
     pub async fn announce(&self, xs: &Xenstore, limits: &BackendLimits) -> Result<(), XsError> {
         let b = &self.backend;
-        xs.transaction(async |tx| {
-            if tx.try_read_string(&format!("{b}/state")).await?.is_none() {
-                return Ok(()); // removed meanwhile: recreate nothing
-            }
-            tx.write(format!("{b}/versions"), "1").await?;
-            tx.write(format!("{b}/max-rings"), limits.max_rings.to_string())
-                .await?;
-            tx.write(
+        let writes = [
+            (format!("{b}/versions"), "1".to_owned()),
+            (format!("{b}/max-rings"), limits.max_rings.to_string()),
+            (
                 format!("{b}/max-ring-page-order"),
                 limits.max_ring_order.to_string(),
-            )
-            .await?;
-            tx.write(format!("{b}/state"), XenbusState::InitWait.as_node())
-                .await?;
-            Ok(())
-        })
-        .await
+            ),
+            (format!("{b}/state"), XenbusState::InitWait.as_node()),
+        ];
+        write_if_exists(xs, &format!("{b}/state"), &writes).await
     }
 
     /// Write the backend's state, unless the toolstack removed the directory.
     pub async fn set_state(&self, xs: &Xenstore, state: XenbusState) -> Result<(), XsError> {
         let node = format!("{}/state", self.backend);
-        xs.transaction(async |tx| {
-            if tx.try_read_string(&node).await?.is_some() {
-                tx.write(&node, state.as_node()).await?;
-            }
-            Ok(())
-        })
-        .await
+        write_if_exists(xs, &node, &[(node.clone(), state.as_node())]).await
     }
 
     /// Record why the device was disconnected where admins and tools look for it.
@@ -243,7 +230,7 @@ impl Device {
             .next()
             .unwrap_or("/local/domain/0");
         let rel = self.backend.strip_prefix(home).unwrap_or(&self.backend);
-        xs.write(format!("{home}/error{rel}/error"), reason).await
+        xs.write(&format!("{home}/error{rel}/error"), reason).await
     }
 
     async fn ends(&self, xs: &Xenstore) -> Result<Ends, XsError> {
@@ -335,6 +322,36 @@ impl Device {
     }
 }
 
+/// Conflicting transactions retried before giving up.
+const TRANSACTION_ATTEMPTS: u32 = 32;
+
+/// In one transaction, if `guard` exists, make `writes` (a device the toolstack removed is
+/// never recreated). Retries on conflict. (Written out rather than with
+/// [`Xenstore::transaction`] so that the futures stay `Send` for spawned device tasks.)
+async fn write_if_exists(
+    xs: &Xenstore,
+    guard: &str,
+    writes: &[(String, String)],
+) -> Result<(), XsError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let tx = xs.transaction_start().await?;
+        if tx.try_read_string(guard).await?.is_none() {
+            return tx.abort().await;
+        }
+        for (path, value) in writes {
+            tx.write(path, value).await?;
+        }
+        match tx.commit().await {
+            Err(e) if e.is_again() && attempt < TRANSACTION_ATTEMPTS => {
+                tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt))).await;
+            }
+            done => return done,
+        }
+    }
+}
+
 /// Two watches covering both ends of a device.
 struct Watches {
     backend: Watch,
@@ -360,7 +377,11 @@ impl Watches {
 }
 
 fn lost() -> DeviceError {
-    DeviceError::Xenstore(XsError::Closed)
+    DeviceError::Xenstore(XsError::Closed {
+        op: "watch",
+        path: String::new(),
+        reason: "the xenstore connection ended".into(),
+    })
 }
 
 /// Serve the device at `backend` until it is removed or `shutdown` is raised.
@@ -388,7 +409,15 @@ where
     let device = Device::probe(xs, backend).await?;
     let span = tracing::info_span!("device", domid = device.domid, devid = device.devid);
     tracing::Instrument::instrument(
-        device_loop(xs, &device, grants, events, limits, &mut shutdown, &mut serve),
+        device_loop(
+            xs,
+            &device,
+            grants,
+            events,
+            limits,
+            &mut shutdown,
+            &mut serve,
+        ),
         span,
     )
     .await
@@ -434,7 +463,16 @@ where
         let outcome = if ends.frontend.is_closing() {
             Err("the frontend closed before connecting".to_owned())
         } else {
-            connect_and_serve(xs, device, grants, events, limits, &mut watches, shutdown, serve)
+            connect_and_serve(
+                xs,
+                device,
+                grants,
+                events,
+                limits,
+                &mut watches,
+                shutdown,
+                serve,
+            )
             .await?
         };
         match outcome {

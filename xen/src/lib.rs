@@ -12,6 +12,7 @@
 
 #![deny(missing_docs)]
 
+pub mod device;
 pub mod doorbell;
 pub mod evtchn;
 pub mod grant;

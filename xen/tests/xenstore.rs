@@ -238,7 +238,8 @@ async fn many_requests_in_flight_on_one_connection() {
     let xs = connect(&d).await;
     within("pipelining", async {
         let mut set = tokio::task::JoinSet::new();
-        for i in 0..500u32 {
+        // more than MAX_IN_FLIGHT (1024) at once: the rest wait for slots
+        for i in 0..2000u32 {
             let xs = xs.clone();
             set.spawn(async move {
                 let p = format!("/pipe/{}", i % 50);
@@ -291,13 +292,21 @@ async fn device_path_over_a_socket_descriptor() {
 #[tokio::test]
 async fn dropping_the_last_handle_closes_the_connection() {
     let d = HostXenstored::start();
-    let before = d.trace().matches("DESTROY connection").count();
     let xs = connect(&d).await;
+    let other = connect(&d).await;
     xs.write("/drop/x", "1").await.unwrap();
+    other.write("/drop/x", "2").await.unwrap();
+    // counted once both connections are served (the start-up probe's close is logged by then)
+    let before = d.trace().matches("DESTROY connection").count();
     let tx = xs.transaction_start().await.unwrap();
-    let w = xs.watch("/drop").await.unwrap();
+    let mut w = xs.watch("/drop").await.unwrap();
+    assert_eq!(next_event(&mut w).await, changed("/drop"));
+    // a watch alone keeps the connection open
     drop(xs);
     drop(tx);
+    other.write("/drop/y", "1").await.unwrap();
+    assert_eq!(next_event(&mut w).await, changed("/drop/y"));
+    assert_eq!(d.trace().matches("DESTROY connection").count(), before);
     drop(w);
     let deadline = Instant::now() + STEP;
     while d.trace().matches("DESTROY connection").count() == before {

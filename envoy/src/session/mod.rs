@@ -30,6 +30,10 @@ pub struct SessionLimits {
     /// Fault injection for test harnesses: flip one byte of every non-empty read reply, so a
     /// suite can prove it notices corrupted data. Never set in production.
     pub debug_corrupt_reads: bool,
+    /// Latency injection for benchmarks: every file read first waits this long (on its worker
+    /// thread, as a read from slow storage would), to model storage whose latency does not
+    /// come from this machine's CPU. Never set in production.
+    pub debug_read_delay: Option<std::time::Duration>,
 }
 
 impl Default for SessionLimits {
@@ -38,6 +42,7 @@ impl Default for SessionLimits {
             max_msize: 1 << 20,
             max_fids: 65536,
             debug_corrupt_reads: false,
+            debug_read_delay: None,
         }
     }
 }
@@ -268,6 +273,9 @@ impl<F: FileSystem> Session<F> {
         let count = self.fs.read_size_hint(&open.file, m.offset, count);
         let mut buf = self.data_reply(count);
         let head = envoy_protocol::DATA_REPLY_HEADER_LEN;
+        if let Some(delay) = self.limits.debug_read_delay {
+            std::thread::sleep(delay);
+        }
         let n = self
             .fs
             .read(&fid.creds, &open.file, m.offset, &mut buf[head..])?;

@@ -1,7 +1,8 @@
 //! `envoy-bench`: a 9P load generator and the performance baseline tools.
 //!
 //! ```text
-//! envoy-bench --tcp ADDR | --unix PATH | --xen-sim DIR [--one-request-per-ring]
+//! envoy-bench --tcp ADDR | --unix PATH
+//!             | --xen-sim DIR [--rings 2] [--one-request-per-ring] [--read-delay-us US]
 //!             --workload W  [--dialect L|u] [--aname A]
 //!             [--conns N] [--depth M] [--seconds S] [--count C] [--msize B]
 //!             [--file NAME | --tree DIR] [--server-pid PID] [--verify] [--json]
@@ -63,6 +64,13 @@ struct RunArgs {
     /// QEMU's and xen-9pfsd's backends work), for comparison
     #[arg(long, requires = "xen_sim")]
     one_request_per_ring: bool,
+    /// With --xen-sim: rings per device (Linux uses 2)
+    #[arg(long, requires = "xen_sim", default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=8))]
+    rings: u8,
+    /// With --xen-sim: delay every file read by this many microseconds in the server, a model
+    /// of storage whose latency is not this machine's CPU (a disk, a remote owner)
+    #[arg(long, requires = "xen_sim", value_name = "US")]
+    read_delay_us: Option<u64>,
     /// Protocol dialect: L (9P2000.L) or u (9P2000.u)
     #[arg(long, default_value = "L", value_parser = parse_dialect)]
     dialect: Dialect,
@@ -220,7 +228,9 @@ fn run(a: RunArgs) -> Result<()> {
         (None, Some(path), None) => Target::Unix(path),
         (None, None, Some(dir)) => Target::XenSim(std::sync::Arc::new(bench::xensim::XenSim::new(
             &dir,
+            a.rings.into(),
             a.one_request_per_ring,
+            a.read_delay_us.map(std::time::Duration::from_micros),
         )?)),
         _ => bail!("give exactly one of --tcp ADDR, --unix PATH and --xen-sim DIR"),
     };

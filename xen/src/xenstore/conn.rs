@@ -1,8 +1,9 @@
 //! One connection to xenstored: pipelined requests matched to replies by `req_id`, and watch
 //! events routed to their watches by token.
 //!
-//! A writer task owns the write side and sends messages in submission order (batched on sockets,
-//! one per write on the device). A reader task owns the read side: it reads whole messages
+//! At most [`MAX_IN_FLIGHT`] requests are in flight; more callers wait for a slot. A writer task
+//! owns the write side and sends messages in submission order (batched on sockets, one per
+//! write on the device). A reader task owns the read side: it reads whole messages
 //! (refusing any `len` over 4096 before allocating), hands each reply to the request waiting on
 //! that `req_id`, and pushes each watch event into its watch's bounded queue without ever
 //! waiting for the watcher, so a slow watcher cannot stall replies. Anything that breaks the
@@ -15,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::io::{AsyncReadExt, BufReader};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::error::XsError;
@@ -25,6 +26,9 @@ use super::wire::{self, HEADER_LEN, Header, MsgType, PAYLOAD_MAX};
 
 /// Bytes the socket writer gathers into one write when several messages are queued.
 const WRITE_BATCH: usize = 64 * 1024;
+/// Requests one connection keeps in flight; further callers wait for a slot. xenstored answers
+/// a connection's requests one at a time anyway; this bounds the queued memory (4 KiB each).
+pub const MAX_IN_FLIGHT: usize = 1024;
 
 /// A reply as received.
 #[derive(Debug)]
@@ -110,6 +114,7 @@ pub(crate) struct Conn {
     out: mpsc::UnboundedSender<Vec<u8>>,
     reader: JoinHandle<()>,
     watch_capacity: usize,
+    in_flight: Semaphore,
 }
 
 impl Drop for Conn {
@@ -141,6 +146,7 @@ impl Conn {
             out,
             reader,
             watch_capacity,
+            in_flight: Semaphore::new(MAX_IN_FLIGHT),
         }
     }
 
@@ -170,6 +176,8 @@ impl Conn {
         tx_id: u32,
         payload: &[u8],
     ) -> Result<Vec<u8>, XsError> {
+        // The semaphore is never closed, so acquiring only waits.
+        let _slot = self.in_flight.acquire().await;
         let (tx, rx) = oneshot::channel();
         self.submit(ty, tx_id, payload, Pending::Caller(tx))
             .map_err(|()| self.closed_error(op, path))?;

@@ -2,9 +2,9 @@
 //! describe devices (`/local/domain/<id>/...`), speaking xenstored's wire protocol over its unix
 //! socket or the xenbus device.
 //!
-//! One [`Xenstore`] is one connection, cheap to clone and safe to share: any number of requests
-//! may be in flight at once (pipelined, matched to replies by request id), each call naming its
-//! operation and path in its error. [`Transaction`]s give all-or-nothing updates,
+//! One [`Xenstore`] is one connection, cheap to clone and safe to share: many requests may be in
+//! flight at once (pipelined, matched to replies by request id; past [`MAX_IN_FLIGHT`] callers
+//! wait for a slot), each call naming its operation and path in its error. [`Transaction`]s give all-or-nothing updates,
 //! [`Xenstore::transaction`] retries them on conflict, and [`Watch`]es deliver change events
 //! through per-watch bounded queues so a slow watcher never stalls the connection.
 //!
@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use conn::MAX_IN_FLIGHT;
 pub use error::XsError;
 pub use perms::{Access, BadPerm, Perm};
 pub use transaction::{TRANSACTION_ATTEMPTS, Transaction};

@@ -1,7 +1,8 @@
 /*
  * fakexen: an LD_PRELOAD library that lets the real C xenstored (Debian xen-utils-4.17,
  * /usr/lib/xen-4.17/bin/xenstored) run as an ordinary process on a host without Xen, for
- * Envoy's tests. Compiled at test time by xen/tests/support/mod.rs:
+ * Envoy's tests (written against 4.17's imports; 4.20's are covered too but untested). Compiled
+ * at test time by xen/tests/support/mod.rs:
  *
  *     cc -shared -fPIC -O2 -Wall -o fakexen.so fakexen.c -ldl
  *
@@ -10,7 +11,8 @@
  *
  * - /proc/xen/xsd_port and /proc/xen/xsd_kva (dom0's xenstore event channel and ring page) are
  *   opened as $FAKEXEN_DIR/xsd_port and $FAKEXEN_DIR/xsd_kva;
- * - every domid exists and is running (xc_domain_getinfo), so permissions may name any domain;
+ * - every domid exists and is running (xc_domain_getinfo, and 4.20's xc_domain_getinfo_single),
+ *   so permissions may name any domain;
  * - event channels: one FIFO, $FAKEXEN_DIR/evtchn, created here and polled by xenstored. Any
  *   byte written to it by a test wakes xenstored, which then looks at every ring; pending()
  *   reports the last port bound to a domain (never -1: xenstored exits on that). Notifications
@@ -128,6 +130,17 @@ int xc_domain_getinfo(xc_interface *xch, uint32_t first_domid, unsigned int max_
     info->domid = first_domid;
     info->running = 1;
     return 1;
+}
+
+/* Xen 4.20's xenstored asks this instead (0 = the domain exists; zeroed flags = running). */
+int xc_domain_getinfo_single(xc_interface *xch, uint32_t domid, xc_domaininfo_t *info)
+{
+    (void)xch;
+    if (info) {
+        memset(info, 0, sizeof *info);
+        info->domain = domid;
+    }
+    return 0;
 }
 
 /* ---------------------------------------------------------------- libxenevtchn */

@@ -66,11 +66,27 @@ impl GuestRing {
             )
         }
         .expect("mmap the ring file");
-        let kick = File::options()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(fakexen_dir.join("evtchn"))
-            .expect("open the shim's event FIFO (is xenstored running with the shim?)");
+        // A non-blocking open for writing fails with ENXIO until xenstored (through the shim)
+        // has the FIFO open for reading, which may lag its socket under load: retry, bounded.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let kick = loop {
+            match File::options()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(fakexen_dir.join("evtchn"))
+            {
+                Ok(f) => break f,
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ENXIO)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!(
+                    "open the shim's event FIFO (is xenstored running with the shim?): {e}"
+                ),
+            }
+        };
         GuestRing {
             page: NonNull::new(ptr.cast::<u8>()).expect("mmap returned null"),
             kick,

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 /// What to install when something is missing.
 pub const PACKAGES_HINT: &str = "install the Debian packages: apt-get install -y xen-utils-4.17 \
-     xenstore-utils libxen-dev gcc (on Debian trixie: xen-utils-4.20 instead of xen-utils-4.17)";
+     xenstore-utils libxen-dev gcc (Debian bookworm; on trixie xen-utils-4.20, untested)";
 
 /// The shim's source, compiled at test time.
 const SHIM_SOURCE: &str = include_str!("fakexen.c");
