@@ -5,7 +5,10 @@
 //! 9pfs frontend and the dom0 backend share, mapped from the frontend's grant refs — plus an
 //! in-process simulation of the grant table, event channels and frontend ([`sim`]) behind the
 //! same traits, for fast tests without Xen. [`xenstore`] is the client of xenstored (socket or
-//! `/dev/xen/xenbus`).
+//! `/dev/xen/xenbus`); [`device`] drives a 9pfs device's xenbus handshake (states in
+//! [`xenbus`]) from InitWait to Connected and back, mapping rings and binding ports, and
+//! [`doorbell`] makes an event channel awaitable. The ring transport the server uses lives in
+//! `envoy-transport::xen`.
 //!
 //! This is the only crate that may use `unsafe` (shared guest memory); every block says why it
 //! is sound.

@@ -82,9 +82,9 @@ impl GuestRing {
                 {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
-                Err(e) => panic!(
-                    "open the shim's event FIFO (is xenstored running with the shim?): {e}"
-                ),
+                Err(e) => {
+                    panic!("open the shim's event FIFO (is xenstored running with the shim?): {e}")
+                }
             }
         };
         GuestRing {
