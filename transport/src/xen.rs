@@ -16,7 +16,7 @@
 //! Replies on different rings are independent, except for two that promise something about
 //! the others: an Rflush says the flushed request's reply (if any) came first, and an Rversion
 //! that every earlier reply did. [`XenTx`] therefore publishes those only once every reply it
-//! handed to another ring earlier is in that ring ([`Published`]).
+//! handed to another ring earlier is in that ring.
 //!
 //! A hostile guest (indexes claiming more than the ring holds, a size field outside
 //! `7..=msize` or larger than the ring) ends the channel: [`XenRx::recv`] returns the error,
