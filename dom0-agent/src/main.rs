@@ -1,8 +1,11 @@
 //! `envoyd`: the Envoy agent of one host's admin VM.
 //!
-//! Today it serves host directories (the `export` backend) over TCP, unix sockets and
-//! descriptor pairs. With no arguments it serves `DATA_DIR/export` on 127.0.0.1:5640 and
-//! prints the Linux mount command.
+//! It serves host directories (the `export` backend) over TCP, unix sockets and descriptor
+//! pairs, and — with `--xen`, in a Xen dom0 — every 9pfs device xl gives a guest
+//! (`p9 = [...]`) over the device's shared rings. With no arguments it serves
+//! `DATA_DIR/export` on 127.0.0.1:5640 and prints the Linux mount command. Started under the
+//! name `xen-9pfsd` (how libxl ≥ 4.19 starts the backend of `type=xen_9pfsd` devices) it
+//! behaves as `envoyd --xen --xen-9pfsd`.
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -23,6 +26,14 @@ const DEFAULT_LISTEN: &str = "tcp:127.0.0.1:5640";
     about = "Envoy agent: serves file systems to guests over 9P"
 )]
 struct Args {
+    /// Serve the Xen 9pfs devices whose backend is this domain (xl `p9 = [...]`), each
+    /// device's `path` over its shared rings. Without --listen/--export, nothing else.
+    #[arg(long)]
+    xen: bool,
+    /// With --xen: also tell libxl that the xen-9pfsd backend runs
+    /// (`libxl/xen-9pfs/state = running`), so xl's `type=xen_9pfsd` devices use envoyd.
+    #[arg(long, requires = "xen")]
+    xen_9pfsd: bool,
     /// Host directory to serve (default: DATA_DIR/export, created if missing).
     #[arg(long, value_name = "DIR")]
     export: Option<PathBuf>,
@@ -100,7 +111,13 @@ fn mount_hint(ep: &Endpoint, msize: u32) -> Option<String> {
 
 #[tokio::main]
 async fn main() {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0).file_name() == Some(std::ffi::OsStr::new("xen-9pfsd")) {
+        // libxl starts the backend of type=xen_9pfsd devices under this name, with no options.
+        args.xen = true;
+        args.xen_9pfsd = true;
+    }
     init_logging(args.verbose);
     if let Err(e) = run(args).await {
         eprintln!("envoyd: {e:#}");
@@ -109,6 +126,74 @@ async fn main() {
 }
 
 async fn run(args: Args) -> Result<()> {
+    let config = server_config(&args);
+    if args.debug_corrupt_reads {
+        tracing::warn!("--debug-corrupt-reads: every read reply is corrupted on purpose");
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    if args.xen {
+        let xs = envoy_xen::xenstore::Xenstore::open()
+            .await
+            .context("--xen needs xenstore (is this a Xen dom0 with xenstored running?)")?;
+        let grants = envoy_xen::grant::GntDev::open()?;
+        let events = envoy_xen::evtchn::EvtchnDev::open()?;
+        let backend = envoy_dom0_agent::xen::XenBackend::new(
+            xs,
+            grants,
+            events,
+            config.clone(),
+            args.xen_9pfsd,
+        );
+        println!("envoyd: serving Xen 9pfs devices (xl p9 = [...])");
+        tasks.spawn(backend.run(stop_rx.clone()));
+    }
+    if !args.xen || !args.listen.is_empty() || args.export.is_some() {
+        serve_exports(&args, config, &stop_tx, &stop_rx, &mut tasks).await?;
+    }
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut stop_watch = stop_rx.clone();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("interrupted; shutting down"),
+        _ = sigterm.recv() => info!("terminated; shutting down"),
+        _ = stop_watch.changed() => info!("connection ended; shutting down"),
+        Some(r) = tasks.join_next() => {
+            // A service ended on its own: that is an error (they run until shutdown).
+            r.context("service task")??;
+            info!("service ended; shutting down");
+        }
+    }
+    let _ = stop_tx.send(true);
+    while let Some(r) = tasks.join_next().await {
+        r.context("service task")??;
+    }
+    Ok(())
+}
+
+/// The server configuration from the command line.
+fn server_config(args: &Args) -> ServerConfig {
+    ServerConfig {
+        session: SessionLimits {
+            max_msize: args.max_msize,
+            max_fids: args.max_fids,
+            debug_corrupt_reads: args.debug_corrupt_reads,
+            debug_read_delay: args
+                .debug_read_delay_us
+                .map(std::time::Duration::from_micros),
+        },
+        max_in_flight: args.max_in_flight as usize,
+        workers: args.workers,
+    }
+}
+
+/// Serve the export on the --listen endpoints (or the default one).
+async fn serve_exports(
+    args: &Args,
+    config: ServerConfig,
+    stop_tx: &watch::Sender<bool>,
+    stop_rx: &watch::Receiver<bool>,
+    tasks: &mut tokio::task::JoinSet<Result<()>>,
+) -> Result<()> {
     let export = match &args.export {
         Some(dir) => dir.clone(),
         None => {
@@ -138,24 +223,7 @@ async fn run(args: Args) -> Result<()> {
     .collect::<Result<_>>()?;
     let fs = ExportFs::new(&export, args.read_only)
         .with_context(|| format!("cannot export {}", export.display()))?;
-    let config = ServerConfig {
-        session: SessionLimits {
-            max_msize: args.max_msize,
-            max_fids: args.max_fids,
-            debug_corrupt_reads: args.debug_corrupt_reads,
-            debug_read_delay: args
-                .debug_read_delay_us
-                .map(std::time::Duration::from_micros),
-        },
-        max_in_flight: args.max_in_flight as usize,
-        workers: args.workers,
-    };
-    if args.debug_corrupt_reads {
-        tracing::warn!("--debug-corrupt-reads: every read reply is corrupted on purpose");
-    }
     let server = Server::new(Arc::new(fs), config);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = tokio::task::JoinSet::new();
     for ep in &endpoints {
         let mut listener = envoy_transport::bind(ep)
             .await
@@ -177,23 +245,9 @@ async fn run(args: Args) -> Result<()> {
                 Ok(())
             });
         } else {
-            tasks.spawn(envoy::serve_listener(
-                server.clone(),
-                listener,
-                stop_rx.clone(),
-            ));
+            let serving = envoy::serve_listener(server.clone(), listener, stop_rx.clone());
+            tasks.spawn(async move { Ok(serving.await?) });
         }
-    }
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut stop_watch = stop_rx.clone();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("interrupted; shutting down"),
-        _ = sigterm.recv() => info!("terminated; shutting down"),
-        _ = stop_watch.changed() => info!("connection ended; shutting down"),
-    }
-    let _ = stop_tx.send(true);
-    while let Some(r) = tasks.join_next().await {
-        r.context("listener task")??;
     }
     Ok(())
 }

@@ -69,6 +69,8 @@ pub struct ShareConfig {
     pub max_open_files: u64,
     /// `auto-delete`: remove the oldest files when `max-space` is reached.
     pub auto_delete: bool,
+    /// `envoy-read-only` (written by `envoy-xl attach --ro`): refuse every modification.
+    pub read_only: bool,
 }
 
 /// One 9pfs device, as found in xenstore.
@@ -191,6 +193,7 @@ impl Device {
             max_files: parse_u64(xs.try_read_string(&node("max-files")).await?),
             max_open_files: parse_u64(xs.try_read_string(&node("max-open-files")).await?),
             auto_delete: parse_u64(xs.try_read_string(&node("auto-delete")).await?) != 0,
+            read_only: parse_u64(xs.try_read_string(&node("envoy-read-only")).await?) != 0,
         };
         Ok(Device {
             backend,

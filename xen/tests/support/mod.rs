@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod guest;
+pub mod xl;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

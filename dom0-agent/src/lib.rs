@@ -1,0 +1,3 @@
+//! The parts of envoyd that tests drive in-process.
+
+pub mod xen;
