@@ -1,0 +1,261 @@
+//! `envoy-xl`: hot-plug 9pfs shares into running Xen guests, the way `xl` would create them at
+//! boot from `p9 = [ ... ]` — which xl itself cannot do for a running guest.
+//!
+//! ```text
+//! envoy-xl attach DOMAIN --tag TAG --path DIR [--ro] [--devid N] [--backend-domain DOM]
+//!                 [--kind 9pfs|xen_9pfs] [--max-files N --max-open-files N --max-space MIB
+//!                 --auto-delete] [--timeout SECS | --no-wait]
+//! envoy-xl detach DOMAIN (--tag TAG | --devid N) [--timeout SECS | --force]
+//! envoy-xl list [DOMAIN]
+//! ```
+//!
+//! The work is in [`envoy_tools::xl`]; this file parses the command line, connects to xenstore
+//! (`XENSTORED_PATH`, else xenstored's socket, else `/dev/xen/xenbus`), prints one line of
+//! outcome and exits 0, or prints one line of error and exits 1 (usage errors too).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use envoy_tools::xl::{
+    self, AttachSpec, Domain, Kind, Quota, Selector, XlError, escape_controls, resolve_domain,
+};
+use envoy_xen::xenstore::Xenstore;
+
+const AFTER_HELP: &str = "\
+DOMAIN is a domain id or a domain name (as `xl list` shows it).
+xenstore is reached through $XENSTORED_PATH if set, else xenstored's socket, else /dev/xen/xenbus.
+Exit status: 0 on success, 1 on any failure (the reason is printed on one line).";
+
+const ATTACH_HELP: &str = "\
+Example: envoy-xl attach guest1 --tag share --path /srv/guest1
+then in the guest: mount -t 9p -o trans=xen,version=9p2000.L share /mnt
+(the guest needs the 9pnet_xen module; a backend such as `envoyd --xen` must serve the device).
+
+DOMAIN is a domain id or a domain name (as `xl list` shows it).
+xenstore is reached through $XENSTORED_PATH if set, else xenstored's socket, else /dev/xen/xenbus.
+Exit status: 0 on success, 1 on any failure (the reason is printed on one line).";
+
+#[derive(Parser)]
+#[command(
+    name = "envoy-xl",
+    version,
+    about = "Hot-plug 9pfs shares into running Xen guests (xl's p9 devices, without a reboot)",
+    long_about = "Hot-plug 9pfs shares into running Xen guests.\n\n\
+        `attach` creates the xenstore nodes libxl writes for `p9 = [ \"tag=T,path=P\" ]`; a \
+        9pfs backend (envoyd --xen, QEMU or xen-9pfsd) serves the share and the guest mounts it \
+        with `mount -t 9p -o trans=xen,version=9p2000.L T /mnt`. `detach` closes and removes a \
+        device like `xl` does; `list` shows every device and both ends' states.",
+    after_help = AFTER_HELP
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Give a running guest a 9pfs share, and wait until its frontend is connected
+    #[command(after_help = ATTACH_HELP)]
+    Attach(AttachArgs),
+    /// Close and remove a guest's 9pfs device
+    #[command(after_help = AFTER_HELP)]
+    Detach(DetachArgs),
+    /// List 9pfs devices: guest, index, backend kind, tag, path, both ends' states, errors
+    #[command(after_help = AFTER_HELP)]
+    List {
+        /// Only this guest's devices
+        domain: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct AttachArgs {
+    /// The guest (domain id or name)
+    domain: String,
+    /// The name the guest mounts the share by
+    #[arg(long)]
+    tag: String,
+    /// The directory to share: an absolute path in the backend domain (checked on this host
+    /// when the backend is this domain)
+    #[arg(long)]
+    path: String,
+    /// Share read-only (envoyd refuses every change; other backends ignore this)
+    #[arg(long)]
+    ro: bool,
+    /// Device index [default: the lowest free one]
+    #[arg(long, value_name = "N")]
+    devid: Option<u32>,
+    /// The domain serving the share (id or name)
+    #[arg(long, value_name = "DOMAIN", default_value = "0")]
+    backend_domain: String,
+    /// Backend kind: 9pfs (xl type=qemu) or xen_9pfs (xl type=xen_9pfsd); envoyd serves both
+    #[arg(long, default_value = "9pfs", value_parser = parse_kind)]
+    kind: Kind,
+    /// xen_9pfs only: most files the guest may create (0: no limit)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_files: u64,
+    /// xen_9pfs only: most files open at once (0: no limit)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_open_files: u64,
+    /// xen_9pfs only: most space used, MiB (0: no limit)
+    #[arg(long, value_name = "MIB", default_value_t = 0)]
+    max_space: u64,
+    /// xen_9pfs only: delete the oldest files when --max-space is reached
+    #[arg(long)]
+    auto_delete: bool,
+    /// How long to wait for the guest to connect (seconds, or e.g. 500ms)
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = xl::parse_timeout)]
+    timeout: Duration,
+    /// Write the device and return without waiting for the guest
+    #[arg(long, conflicts_with = "timeout")]
+    no_wait: bool,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["tag", "devid"])))]
+struct DetachArgs {
+    /// The guest (domain id or name)
+    domain: String,
+    /// The device with this tag
+    #[arg(long)]
+    tag: Option<String>,
+    /// The device with this index
+    #[arg(long, value_name = "N")]
+    devid: Option<u32>,
+    /// How long to wait for the guest to close the device (seconds, or e.g. 500ms)
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = xl::parse_timeout)]
+    timeout: Duration,
+    /// Remove the device at once, without asking the guest to close it first
+    #[arg(long, conflicts_with = "timeout")]
+    force: bool,
+}
+
+fn parse_kind(s: &str) -> Result<Kind, String> {
+    s.parse()
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are not failures; every usage error is (exit status 1).
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("envoy-xl: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the context chain joined with ": ", control characters escaped.
+            eprintln!("envoy-xl: {}", escape_controls(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let xs = Xenstore::open()
+        .await
+        .context("cannot reach xenstore (is xenstored running? XENSTORED_PATH names its socket)")?;
+    match cli.cmd {
+        Cmd::Attach(a) => attach(&xs, a).await,
+        Cmd::Detach(d) => detach(&xs, d).await,
+        Cmd::List { domain } => {
+            let domain = match domain {
+                Some(d) => Some(resolve(&xs, &d).await?),
+                None => None,
+            };
+            let devices = xl::list(&xs, domain.as_ref())
+                .await
+                .context("cannot list 9pfs devices")?;
+            print!("{}", xl::format_table(&devices));
+            Ok(())
+        }
+    }
+}
+
+async fn resolve(xs: &Xenstore, spec: &str) -> Result<Domain> {
+    Ok(resolve_domain(xs, spec).await?)
+}
+
+async fn attach(xs: &Xenstore, a: AttachArgs) -> Result<()> {
+    let domain = resolve(xs, &a.domain).await?;
+    let backend = resolve(xs, &a.backend_domain)
+        .await
+        .context("bad --backend-domain")?;
+    let spec = AttachSpec {
+        tag: a.tag,
+        path: a.path,
+        read_only: a.ro,
+        devid: a.devid,
+        backend_domid: backend.domid,
+        kind: a.kind,
+        quota: Quota {
+            max_space_mib: a.max_space,
+            max_files: a.max_files,
+            max_open_files: a.max_open_files,
+            auto_delete: a.auto_delete,
+        },
+    };
+    spec.validate()?;
+    // The path lives in the backend domain: check it here only if that is where we run.
+    if backend.domid == xl::own_domid(xs).await? {
+        xl::check_local_directory(&spec.path)?;
+    }
+    let paths = xl::attach(xs, &domain, &spec).await.map_err(|e| match e {
+        XlError::Xenstore(_) => anyhow::Error::new(e).context(format!("cannot attach to {domain}")),
+        e => e.into(),
+    })?;
+    let mount = format!(
+        "mount -t 9p -o trans=xen,version=9p2000.L {} /mnt",
+        spec.tag
+    );
+    let device = format!(
+        "{domain}: 9pfs device {} (tag {}, {} backend in domain {})",
+        paths.devid, spec.tag, spec.kind, paths.backend_domid
+    );
+    if a.no_wait {
+        println!("{device} created; in the guest run: {mount}");
+        return Ok(());
+    }
+    xl::wait_connected(xs, &domain, &paths, a.timeout).await?;
+    println!("{device} connected; in the guest run: {mount}");
+    Ok(())
+}
+
+async fn detach(xs: &Xenstore, d: DetachArgs) -> Result<()> {
+    let domain = resolve(xs, &d.domain).await?;
+    let which = match (d.tag, d.devid) {
+        (_, Some(n)) => Selector::Devid(n),
+        (Some(t), None) => Selector::Tag(t),
+        (None, None) => unreachable!("clap requires --tag or --devid"),
+    };
+    let wait = (!d.force).then_some(d.timeout);
+    let paths = xl::detach(xs, &domain, &which, wait).await?;
+    println!(
+        "{domain}: 9pfs device {} removed{}",
+        paths.devid,
+        if d.force {
+            " (--force: without waiting for the guest)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
