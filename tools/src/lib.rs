@@ -4,12 +4,15 @@
 //!   the integration tests, the `envoy-9p` debug command and benchmarks.
 //! - [`xl`]: hot-plugging 9pfs shares into running Xen guests through xenstore, as libxl
 //!   writes them (the `envoy-xl` command).
+//! - [`xenfront`]: a 9pfs frontend, correct or hostile, run in a Xen domain against a real
+//!   backend through gntalloc and evtchn (the `envoy-xen-frontend` command).
 //!
 //! The binaries live in `src/bin/`: `envoy-9p` lists, reads, writes and removes files on a
 //! running server from the command line; `envoy-xl` attaches, detaches and lists Xen 9pfs
-//! devices.
+//! devices; `envoy-xen-frontend` plays a device's frontend to test a backend.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod client;
+pub mod xenfront;
 pub mod xl;

@@ -2,9 +2,10 @@
 //!
 //! [`EventChannel`] is one bound port: `notify` the other end, a descriptor readable while a
 //! notification is pending (for tokio's `AsyncFd`), `ack` to consume. [`EventChannels`] binds
-//! the port a frontend allocated for us. Implementations: [`EvtchnDev`], Linux's
-//! `/dev/xen/evtchn`, opened once per bound port so that each port has its own pollable
-//! descriptor; `sim::SimEventTable` with [`SimEventChannel`]s, pairs of eventfds, for tests.
+//! the port a frontend allocated for us (the backend's side); [`UnboundPorts`] allocates such a
+//! port for a backend to bind (the frontend's side). Implementations: [`EvtchnDev`], Linux's
+//! `/dev/xen/evtchn`, opened once per port so that each port has its own pollable descriptor;
+//! `sim::SimEventTable` with [`SimEventChannel`]s, pairs of eventfds, for tests.
 //!
 //! The ioctl structures and numbers are in [`abi`], pinned against the C header by
 //! `tests/ioctl_abi.rs`.
@@ -33,6 +34,15 @@ pub trait EventChannels: Send + Sync + 'static {
     /// Bind a local port to `remote_port` of domain `domid` (the frontend allocated it unbound
     /// for us).
     fn bind_interdomain(&self, domid: u16, remote_port: u32) -> Result<Self::Port, EvtchnError>;
+}
+
+/// Allocates ports of ours, unbound, for another domain to bind: the frontend's side.
+pub trait UnboundPorts: Send + Sync + 'static {
+    /// Our end of a port; dropping it closes the port.
+    type Port: EventChannel + 'static;
+    /// Allocate a port that domain `remote_domid` may bind (`EVTCHNOP_alloc_unbound`): its
+    /// number (what a frontend publishes in `event-channel-<N>`) and our end.
+    fn alloc_unbound_port(&self, remote_domid: u16) -> Result<(u32, Self::Port), EvtchnError>;
 }
 
 /// Why an event channel could not be bound. Each message names the device or table, the domain
@@ -66,6 +76,20 @@ pub enum EvtchnError {
         domid: u16,
         /// The remote port.
         remote_port: u32,
+        /// The failure.
+        error: io::Error,
+    },
+    /// `IOCTL_EVTCHN_BIND_UNBOUND_PORT` failed.
+    #[error(
+        "{}: allocating a port for domain {remote_domid}: {}",
+        .path.display(),
+        os_text(.error)
+    )]
+    Alloc {
+        /// The device path.
+        path: PathBuf,
+        /// The domain the port was for.
+        remote_domid: u16,
         /// The failure.
         error: io::Error,
     },
@@ -114,7 +138,9 @@ fn bind_hint(error: &io::Error) -> &'static str {
 impl From<EvtchnError> for io::Error {
     fn from(e: EvtchnError) -> io::Error {
         let kind = match &e {
-            EvtchnError::Open { error, .. } | EvtchnError::Bind { error, .. } => error.kind(),
+            EvtchnError::Open { error, .. }
+            | EvtchnError::Bind { error, .. }
+            | EvtchnError::Alloc { error, .. } => error.kind(),
             EvtchnError::NoSuchPort { .. } => io::ErrorKind::NotFound,
             EvtchnError::NotForUs { .. } => io::ErrorKind::PermissionDenied,
             EvtchnError::AlreadyBound { .. } => io::ErrorKind::AlreadyExists,
@@ -138,6 +164,13 @@ pub mod abi {
         pub remote_port: c_uint,
     }
 
+    /// `struct ioctl_evtchn_bind_unbound_port`.
+    #[repr(C)]
+    pub struct BindUnboundPort {
+        /// The domain that may bind the port.
+        pub remote_domain: c_uint,
+    }
+
     /// `struct ioctl_evtchn_unbind`.
     #[repr(C)]
     pub struct Unbind {
@@ -156,6 +189,10 @@ pub mod abi {
     /// local port.
     pub const IOCTL_EVTCHN_BIND_INTERDOMAIN: Opcode =
         opcode::from_components(Direction::None, b'E', 1, size_of::<BindInterdomain>());
+    /// `_IOC(_IOC_NONE, 'E', 2, sizeof(struct ioctl_evtchn_bind_unbound_port))`; returns the
+    /// local port.
+    pub const IOCTL_EVTCHN_BIND_UNBOUND_PORT: Opcode =
+        opcode::from_components(Direction::None, b'E', 2, size_of::<BindUnboundPort>());
     /// `_IOC(_IOC_NONE, 'E', 3, sizeof(struct ioctl_evtchn_unbind))`.
     pub const IOCTL_EVTCHN_UNBIND: Opcode =
         opcode::from_components(Direction::None, b'E', 3, size_of::<Unbind>());
@@ -167,8 +204,9 @@ pub mod abi {
 /// Linux's event channel device, `/dev/xen/evtchn`.
 ///
 /// Every open of the device is an independent set of ports with its own queue of pending
-/// ports, so each [`bind_interdomain`](EventChannels::bind_interdomain) opens it anew: each
-/// bound port gets a descriptor that is readable exactly when *that* port is pending.
+/// ports, so each [`bind_interdomain`](EventChannels::bind_interdomain) and
+/// [`alloc_unbound`](Self::alloc_unbound) opens it anew: each port gets a descriptor that is
+/// readable exactly when *that* port is pending.
 #[derive(Debug)]
 pub struct EvtchnDev {
     path: PathBuf,
@@ -195,6 +233,40 @@ impl EvtchnDev {
     /// The device's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Allocate a port of ours, unbound, that domain `remote_domid` may bind
+    /// (`IOCTL_EVTCHN_BIND_UNBOUND_PORT`), on its own open of the device. The port number is
+    /// [`EvtchnPort::local_port`]; once the other domain binds it, notifications flow both
+    /// ways as for [`bind_interdomain`](EventChannels::bind_interdomain).
+    pub fn alloc_unbound(&self, remote_domid: u16) -> Result<EvtchnPort, EvtchnError> {
+        let fd = self.open_fd()?;
+        let mut arg = abi::BindUnboundPort {
+            remote_domain: remote_domid.into(),
+        };
+        // SAFETY: the opcode is evtchn's BIND_UNBOUND_PORT, whose argument is exactly this
+        // `#[repr(C)]` struct (pinned by tests/ioctl_abi.rs); the kernel only reads it, and it
+        // lives across the call.
+        let local = unsafe {
+            rustix::ioctl::ioctl(
+                &fd,
+                RawIoctl {
+                    opcode: abi::IOCTL_EVTCHN_BIND_UNBOUND_PORT,
+                    arg: (&raw mut arg).cast(),
+                },
+            )
+        }
+        .map_err(|e| EvtchnError::Alloc {
+            path: self.path.clone(),
+            remote_domid,
+            error: e.into(),
+        })?;
+        Ok(EvtchnPort {
+            fd,
+            local_port: local as u32,
+            domid: remote_domid,
+            remote_port: None,
+        })
     }
 
     fn open_fd(&self) -> Result<OwnedFd, EvtchnError> {
@@ -242,19 +314,28 @@ impl EventChannels for EvtchnDev {
             fd,
             local_port: local as u32,
             domid,
-            remote_port,
+            remote_port: Some(remote_port),
         })
     }
 }
 
-/// A port bound through [`EvtchnDev`], on its own open of the device. Dropping it unbinds the
-/// port and closes the descriptor.
+impl UnboundPorts for EvtchnDev {
+    type Port = EvtchnPort;
+
+    fn alloc_unbound_port(&self, remote_domid: u16) -> Result<(u32, EvtchnPort), EvtchnError> {
+        let port = self.alloc_unbound(remote_domid)?;
+        Ok((port.local_port(), port))
+    }
+}
+
+/// A port bound or allocated through [`EvtchnDev`], on its own open of the device. Dropping it
+/// unbinds (closes) the port and closes the descriptor.
 #[derive(Debug)]
 pub struct EvtchnPort {
     fd: OwnedFd,
     local_port: u32,
     domid: u16,
-    remote_port: u32,
+    remote_port: Option<u32>,
 }
 
 impl EvtchnPort {
@@ -263,8 +344,9 @@ impl EvtchnPort {
         self.local_port
     }
 
-    /// The remote domain and its port.
-    pub fn remote(&self) -> (u16, u32) {
+    /// The remote domain and its port: `None` for a port we allocated unbound (the remote
+    /// domain picks its own port when it binds ours).
+    pub fn remote(&self) -> (u16, Option<u32>) {
         (self.domid, self.remote_port)
     }
 
@@ -438,6 +520,29 @@ mod tests {
                 .starts_with("/dev/null: binding port 12 of domain 7: "),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_failing_alloc_names_the_domain() {
+        // /dev/null opens but refuses evtchn's ioctl (ENOTTY).
+        let dev = EvtchnDev::open_path("/dev/null").unwrap();
+        let err = dev.alloc_unbound(4).unwrap_err();
+        assert!(matches!(
+            err,
+            EvtchnError::Alloc {
+                remote_domid: 4,
+                ..
+            }
+        ));
+        assert!(
+            err.to_string()
+                .starts_with("/dev/null: allocating a port for domain 4: "),
+            "{err}"
+        );
+        assert!(matches!(
+            dev.alloc_unbound_port(4),
+            Err(EvtchnError::Alloc { .. })
+        ));
     }
 
     #[test]

@@ -1,13 +1,22 @@
-//! Grant mapping: seeing pages a guest has granted us, contiguously, in our address space.
+//! Grants: sharing pages between domains, from both sides.
 //!
 //! A 9pfs frontend shares its ring by *granting* pages and publishing the grant references
-//! (`u32`s) in xenstore and in the ring's intf page. [`GrantMapper`] turns `(domid, refs)` into a
-//! [`GrantMapping`] that unmaps on drop. Two implementations share the trait: [`GntDev`], Linux's
-//! `/dev/xen/gntdev` (register the refs with `IOCTL_GNTDEV_MAP_GRANT_REF`, `mmap` the returned
-//! offset; the hypervisor checks the grants at `mmap` time), and `sim::SimGrantTable`, a memfd
-//! standing in for guest memory, for tests without Xen.
+//! (`u32`s) in xenstore and in the ring's intf page; the backend *maps* them.
 //!
-//! The ioctl structures and numbers are in [`abi`], pinned against the C header by
+//! - Backend side: [`GrantMapper`] turns `(domid, refs)` into a [`GrantMapping`] that unmaps on
+//!   drop. [`GntDev`] is Linux's `/dev/xen/gntdev` (register the refs with
+//!   `IOCTL_GNTDEV_MAP_GRANT_REF`, `mmap` the returned offset; the hypervisor checks the grants
+//!   at `mmap` time).
+//! - Frontend side: [`GrantSharer`] allocates zeroed pages of our own, grants them to a domain
+//!   and maps them for us: [`SharedGrants`] (refs and memory) ends the grants on drop.
+//!   [`GntAlloc`] is Linux's `/dev/xen/gntalloc` (`IOCTL_GNTALLOC_ALLOC_GREF`, then `mmap` of
+//!   the returned offset; drop = `munmap` + `IOCTL_GNTALLOC_DEALLOC_GREF`). It lets a program in
+//!   any domain — dom0 included, granting to itself — play a frontend (`envoy-xen-frontend`).
+//!
+//! `sim::SimGrantTable` implements both sides over a memfd standing in for guest memory, for
+//! tests without Xen.
+//!
+//! The ioctl structures and numbers are in [`abi`], pinned against the C headers by
 //! `tests/ioctl_abi.rs`.
 
 use std::fmt;
@@ -47,6 +56,31 @@ pub unsafe trait GrantMapping: Send + Sync + 'static {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Shares pages of our own memory with another domain: the frontend's side of a grant.
+pub trait GrantSharer: Send + Sync + 'static {
+    /// The shared pages; dropping them ends the grants.
+    type Shared: SharedGrants;
+    /// Allocate `pages` zeroed pages, grant them to domain `to_domid` (read-write if
+    /// `writable`) and map them contiguously in our address space, in the order of the refs.
+    fn share(
+        &self,
+        to_domid: u16,
+        pages: usize,
+        writable: bool,
+    ) -> Result<Self::Shared, GrantError>;
+}
+
+/// Pages we granted to another domain, mapped in our address space.
+///
+/// # Safety
+/// Implementors give the guarantees of [`GrantMapping`] (the other domain may write the memory
+/// at any time), and [`refs`](Self::refs) holds exactly one grant ref per page of the mapping,
+/// ref `i` granting page `i`, unchanged for the value's life.
+pub unsafe trait SharedGrants: GrantMapping {
+    /// The grant refs, one per page, in memory order.
+    fn refs(&self) -> &[u32];
 }
 
 /// Grant refs named in an error message: how many, and the first few.
@@ -108,6 +142,19 @@ pub enum GrantError {
         /// The failure.
         error: io::Error,
     },
+    /// The grant allocation device could not be opened.
+    #[error(
+        "open {}: {}{}",
+        .path.display(),
+        os_text(.error),
+        device_hint("a Xen domain", "xen-gntalloc", "run as root", .error)
+    )]
+    OpenAlloc {
+        /// The device path.
+        path: PathBuf,
+        /// The failure.
+        error: io::Error,
+    },
     /// Grant mapping assumes 4 KiB pages (Xen's page size) and this kernel's differ.
     #[error(
         "this kernel uses {page_size}-byte pages; grant mapping here needs {PAGE_SIZE}-byte pages"
@@ -155,6 +202,45 @@ pub enum GrantError {
         /// The failure.
         error: io::Error,
     },
+    /// Nothing to share.
+    #[error("asked to share no pages with domain {domid}")]
+    NoPages {
+        /// The domain the pages were for.
+        domid: u16,
+    },
+    /// `IOCTL_GNTALLOC_ALLOC_GREF` failed: no pages were allocated or granted.
+    #[error(
+        "{}: IOCTL_GNTALLOC_ALLOC_GREF of {count} pages for domain {domid}: {}{}",
+        .path.display(),
+        os_text(.error),
+        alloc_hint(.error)
+    )]
+    Share {
+        /// The device path.
+        path: PathBuf,
+        /// The domain the pages were for.
+        domid: u16,
+        /// How many pages.
+        count: usize,
+        /// The failure.
+        error: io::Error,
+    },
+    /// Mapping pages we had just granted failed (the grants were ended again).
+    #[error(
+        "{}: mapping the {count} pages granted to domain {domid}: {}",
+        .path.display(),
+        os_text(.error)
+    )]
+    MapShared {
+        /// The device path.
+        path: PathBuf,
+        /// The domain the pages were for.
+        domid: u16,
+        /// How many pages.
+        count: usize,
+        /// The failure.
+        error: io::Error,
+    },
     /// The grant table refuses one ref (the simulation's equivalent of the hypervisor's
     /// `GNTST_bad_gntref` / `GNTST_permission_denied`).
     #[error("domain {domid}, grant ref {grant_ref}: {reason}")]
@@ -180,21 +266,45 @@ pub(crate) fn os_text(error: &io::Error) -> String {
     }
 }
 
-/// A hint after an `open` failure of a `/dev/xen` device served by kernel module `module`.
+/// A hint after an `open` failure of a backend's `/dev/xen` device served by kernel module
+/// `module`.
 pub(crate) fn open_hint(module: &str, error: &io::Error) -> String {
+    device_hint("a Xen dom0", module, "the backend must run as root", error)
+}
+
+/// A hint after an `open` failure of a `/dev/xen` device served by kernel module `module`,
+/// which exists in `domain` ("a Xen dom0"); `privilege` says who may open it.
+pub(crate) fn device_hint(
+    domain: &str,
+    module: &str,
+    privilege: &str,
+    error: &io::Error,
+) -> String {
     match rustix::io::Errno::from_io_error(error) {
         Some(rustix::io::Errno::NOENT | rustix::io::Errno::NODEV | rustix::io::Errno::NXIO) => {
-            format!(" (is this a Xen dom0 with the {module} module loaded?)")
+            format!(" (is this {domain} with the {module} module loaded?)")
         }
         Some(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) => {
-            " (the backend must run as root, or with read-write access to the device)".into()
+            format!(" ({privilege}, or with read-write access to the device)")
         }
         _ => String::new(),
     }
 }
 
-/// Linux's gntdev ioctl ABI (`include/uapi/xen/gntdev.h`; `/usr/include/xen/sys/gntdev.h`
-/// from libxen-dev), checked against the C header by `tests/ioctl_abi.rs`.
+/// A hint after `IOCTL_GNTALLOC_ALLOC_GREF` failed.
+fn alloc_hint(error: &io::Error) -> &'static str {
+    match rustix::io::Errno::from_io_error(error) {
+        Some(rustix::io::Errno::NOSPC) => {
+            " (xen-gntalloc's limit on grants in all is reached: see \
+             /sys/module/xen_gntalloc/parameters/limit, 1024 by default)"
+        }
+        _ => "",
+    }
+}
+
+/// Linux's gntdev and gntalloc ioctl ABI (`include/uapi/xen/gntdev.h`, `gntalloc.h`;
+/// `/usr/include/xen/sys/` from libxen-dev), checked against the C headers by
+/// `tests/ioctl_abi.rs`.
 pub mod abi {
     use rustix::ioctl::{Direction, Opcode, opcode};
 
@@ -232,12 +342,47 @@ pub mod abi {
         pub pad: u32,
     }
 
+    /// `struct ioctl_gntalloc_alloc_gref` (`include/uapi/xen/gntalloc.h`), declared with one
+    /// ref; the real argument has room for `count` refs, but the ioctl number uses this size
+    /// and the kernel writes the whole header (this size) back.
+    #[repr(C)]
+    pub struct AllocGref {
+        /// In: the domain given access.
+        pub domid: u16,
+        /// In: [`GNTALLOC_FLAG_WRITABLE`] or 0.
+        pub flags: u16,
+        /// In: number of pages.
+        pub count: u32,
+        /// Out: the offset to `mmap`.
+        pub index: u64,
+        /// Out: the grant refs (`count` of them).
+        pub gref_ids: [u32; 1],
+    }
+
+    /// `struct ioctl_gntalloc_dealloc_gref`.
+    #[repr(C)]
+    pub struct DeallocGref {
+        /// The offset `IOCTL_GNTALLOC_ALLOC_GREF` returned.
+        pub index: u64,
+        /// Number of pages.
+        pub count: u32,
+    }
+
+    /// `GNTALLOC_FLAG_WRITABLE`: the other domain may write the pages.
+    pub const GNTALLOC_FLAG_WRITABLE: u16 = 1;
+
     /// `_IOC(_IOC_NONE, 'G', 0, sizeof(struct ioctl_gntdev_map_grant_ref))`.
     pub const IOCTL_GNTDEV_MAP_GRANT_REF: Opcode =
         opcode::from_components(Direction::None, b'G', 0, size_of::<MapGrantRef>());
     /// `_IOC(_IOC_NONE, 'G', 1, sizeof(struct ioctl_gntdev_unmap_grant_ref))`.
     pub const IOCTL_GNTDEV_UNMAP_GRANT_REF: Opcode =
         opcode::from_components(Direction::None, b'G', 1, size_of::<UnmapGrantRef>());
+    /// `_IOC(_IOC_NONE, 'G', 5, sizeof(struct ioctl_gntalloc_alloc_gref))`.
+    pub const IOCTL_GNTALLOC_ALLOC_GREF: Opcode =
+        opcode::from_components(Direction::None, b'G', 5, size_of::<AllocGref>());
+    /// `_IOC(_IOC_NONE, 'G', 6, sizeof(struct ioctl_gntalloc_dealloc_gref))`.
+    pub const IOCTL_GNTALLOC_DEALLOC_GREF: Opcode =
+        opcode::from_components(Direction::None, b'G', 6, size_of::<DeallocGref>());
 }
 
 /// An ioctl whose argument is a raw pointer and whose result is the syscall's return value.
@@ -455,6 +600,250 @@ impl Drop for GntDevMapping {
     }
 }
 
+/// Linux's grant allocation device, `/dev/xen/gntalloc`: a frontend's grants from user space.
+///
+/// Each [`share`](Self::share) allocates zeroed kernel pages, grants them to one domain and maps
+/// them into our address space; the [`SharedPages`] end the grants on drop. The module allows
+/// 1,024 grants in all by default (`/sys/module/xen_gntalloc/parameters/limit`).
+#[derive(Debug)]
+pub struct GntAlloc {
+    fd: Arc<OwnedFd>,
+    path: PathBuf,
+}
+
+impl GntAlloc {
+    /// Where Linux puts the device.
+    pub const PATH: &'static str = "/dev/xen/gntalloc";
+
+    /// Open [`Self::PATH`].
+    pub fn open() -> Result<GntAlloc, GrantError> {
+        GntAlloc::open_path(Self::PATH)
+    }
+
+    /// Open the grant allocation device at `path`.
+    pub fn open_path(path: impl AsRef<Path>) -> Result<GntAlloc, GrantError> {
+        let path = path.as_ref().to_path_buf();
+        let page_size = rustix::param::page_size();
+        if page_size != PAGE_SIZE {
+            return Err(GrantError::PageSize { page_size });
+        }
+        let fd = rustix::fs::open(
+            &path,
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| GrantError::OpenAlloc {
+            path: path.clone(),
+            error: e.into(),
+        })?;
+        Ok(GntAlloc {
+            fd: Arc::new(fd),
+            path,
+        })
+    }
+
+    /// The device's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Allocate `pages` zeroed pages, grant them to domain `to_domid` (read-write if
+    /// `writable`) and map them: `IOCTL_GNTALLOC_ALLOC_GREF`, then `mmap` of the returned
+    /// offset. On a failed `mmap` the grants are released before the error returns.
+    pub fn share(
+        &self,
+        to_domid: u16,
+        pages: usize,
+        writable: bool,
+    ) -> Result<SharedPages, GrantError> {
+        use std::mem::offset_of;
+        if pages == 0 {
+            return Err(GrantError::NoPages { domid: to_domid });
+        }
+        let share_error = |error: io::Error| GrantError::Share {
+            path: self.path.clone(),
+            domid: to_domid,
+            count: pages,
+            error,
+        };
+        let count = u32::try_from(pages)
+            .map_err(|_| share_error(io::Error::from(io::ErrorKind::InvalidInput)))?;
+        // The variable-length argument: the header, then room for `count` refs — and at least
+        // `size_of::<AllocGref>()` bytes, which the kernel reads and writes back whole.
+        let refs_at = offset_of!(abi::AllocGref, gref_ids);
+        let mut arg = vec![0u8; (refs_at + pages * 4).max(size_of::<abi::AllocGref>())];
+        arg[offset_of!(abi::AllocGref, domid)..][..2].copy_from_slice(&to_domid.to_ne_bytes());
+        let flags = if writable {
+            abi::GNTALLOC_FLAG_WRITABLE
+        } else {
+            0
+        };
+        arg[offset_of!(abi::AllocGref, flags)..][..2].copy_from_slice(&flags.to_ne_bytes());
+        arg[offset_of!(abi::AllocGref, count)..][..4].copy_from_slice(&count.to_ne_bytes());
+        // SAFETY: the opcode is gntalloc's ALLOC_GREF; `arg` is laid out as its
+        // variable-length struct (offsets from the `#[repr(C)]` mirror pinned by
+        // tests/ioctl_abi.rs). The kernel reads `sizeof(struct)` bytes, then writes the header
+        // (`sizeof(struct)` bytes) and `count` refs from `refs_at` — all inside `arg`, which is
+        // at least that long and lives across the call. No alignment is needed
+        // (copy_from_user/copy_to_user).
+        unsafe {
+            rustix::ioctl::ioctl(
+                &*self.fd,
+                RawIoctl {
+                    opcode: abi::IOCTL_GNTALLOC_ALLOC_GREF,
+                    arg: arg.as_mut_ptr().cast(),
+                },
+            )
+        }
+        .map_err(|e| share_error(e.into()))?;
+        let at = offset_of!(abi::AllocGref, index);
+        let index = u64::from_ne_bytes(arg[at..at + 8].try_into().expect("8 bytes"));
+        let refs: Vec<u32> = (0..pages)
+            .map(|i| {
+                let at = refs_at + 4 * i;
+                u32::from_ne_bytes(arg[at..at + 4].try_into().expect("4 bytes"))
+            })
+            .collect();
+        let len = pages * PAGE_SIZE;
+        // SAFETY: a new shared mapping at an address the kernel chooses (no MAP_FIXED), so it
+        // replaces nothing we own; `index` is the offset gntalloc just assigned to these pages
+        // (gntalloc requires MAP_SHARED).
+        let mapped = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &*self.fd,
+                index,
+            )
+        };
+        match mapped {
+            Ok(ptr) => Ok(SharedPages {
+                fd: self.fd.clone(),
+                ptr: NonNull::new(ptr.cast()).expect("mmap does not return null"),
+                index,
+                refs,
+                domid: to_domid,
+            }),
+            Err(e) => {
+                // End the grants; nothing else refers to them.
+                let _ = dealloc(&self.fd, index, count);
+                Err(GrantError::MapShared {
+                    path: self.path.clone(),
+                    domid: to_domid,
+                    count: pages,
+                    error: e.into(),
+                })
+            }
+        }
+    }
+}
+
+impl GrantSharer for GntAlloc {
+    type Shared = SharedPages;
+
+    fn share(
+        &self,
+        to_domid: u16,
+        pages: usize,
+        writable: bool,
+    ) -> Result<SharedPages, GrantError> {
+        GntAlloc::share(self, to_domid, pages, writable)
+    }
+}
+
+/// Give gntalloc's pages `index..index + count` pages back: their grants end (at once, or when
+/// the other domain unmaps them) and the pages are freed.
+fn dealloc(fd: &OwnedFd, index: u64, count: u32) -> io::Result<()> {
+    let mut arg = abi::DeallocGref { index, count };
+    // SAFETY: the opcode is gntalloc's DEALLOC_GREF, whose argument is exactly this
+    // `#[repr(C)]` struct (layout pinned by tests/ioctl_abi.rs); the kernel only reads it, and
+    // it lives across the call.
+    unsafe {
+        rustix::ioctl::ioctl(
+            fd,
+            RawIoctl {
+                opcode: abi::IOCTL_GNTALLOC_DEALLOC_GREF,
+                arg: (&raw mut arg).cast(),
+            },
+        )
+    }?;
+    Ok(())
+}
+
+/// Pages shared through [`GntAlloc`]; dropping unmaps them and deallocates the grants.
+#[derive(Debug)]
+pub struct SharedPages {
+    fd: Arc<OwnedFd>,
+    ptr: NonNull<u8>,
+    index: u64,
+    refs: Vec<u32>,
+    domid: u16,
+}
+
+impl SharedPages {
+    /// The grant refs, one per page, in memory order.
+    pub fn refs(&self) -> &[u32] {
+        &self.refs
+    }
+
+    /// The domain the pages are granted to.
+    pub fn domid(&self) -> u16 {
+        self.domid
+    }
+
+    /// Start of the pages (page-aligned; valid for reads and writes of [`len`](Self::len)
+    /// bytes while `self` lives; the other domain may write them at any time).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.refs.len() * PAGE_SIZE
+    }
+
+    /// Whether no bytes are shared (never: sharing needs at least one page).
+    pub fn is_empty(&self) -> bool {
+        self.refs.is_empty()
+    }
+}
+
+// SAFETY: the mapping is process-wide memory owned by this value until drop; nothing about it
+// is tied to a thread, and it hands out only raw pointers.
+unsafe impl Send for SharedPages {}
+// SAFETY: `&SharedPages` only exposes the pointer, length and refs, which never change.
+unsafe impl Sync for SharedPages {}
+
+// SAFETY: `ptr` is the start of a successful `mmap` of `refs.len()` pages (page-aligned,
+// PROT_READ | PROT_WRITE), unmapped only by our `Drop`; the fields never change.
+unsafe impl GrantMapping for SharedPages {
+    fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+    fn len(&self) -> usize {
+        SharedPages::len(self)
+    }
+}
+
+// SAFETY: gntalloc returned one ref per page, in the order of the pages at `index`, which is
+// the order `mmap` maps them in; `refs` never changes.
+unsafe impl SharedGrants for SharedPages {
+    fn refs(&self) -> &[u32] {
+        &self.refs
+    }
+}
+
+impl Drop for SharedPages {
+    fn drop(&mut self) {
+        // SAFETY: exactly the range our `mmap` returned, unmapped once; the `GrantMapping`
+        // contract ends every use of the pointer with the value's life.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len()) };
+        let _ = dealloc(&self.fd, self.index, self.refs.len() as u32);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,5 +883,56 @@ mod tests {
         ));
         assert_eq!(RefList::new(&[42]).to_string(), "grant ref 42");
         assert_eq!(RefList::new(&[1, 2]).to_string(), "2 grant refs (1, 2)");
+    }
+
+    #[test]
+    fn a_missing_gntalloc_says_what_to_check() {
+        let err = GntAlloc::open_path("/nonexistent/xen/gntalloc").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "open /nonexistent/xen/gntalloc: No such file or directory (is this a Xen domain with the xen-gntalloc module loaded?)"
+        );
+        if !Path::new(GntAlloc::PATH).exists() {
+            let err = GntAlloc::open().unwrap_err().to_string();
+            assert!(
+                err.starts_with("open /dev/xen/gntalloc: ") && err.contains("xen-gntalloc module"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failing_alloc_names_the_domain_and_count() {
+        // /dev/null accepts the open but not gntalloc's ioctl (ENOTTY).
+        let dev = GntAlloc::open_path("/dev/null").unwrap();
+        let err = dev.share(3, 17, true).unwrap_err();
+        assert!(matches!(
+            &err,
+            GrantError::Share {
+                domid: 3,
+                count: 17,
+                ..
+            }
+        ));
+        assert!(
+            err.to_string()
+                .starts_with("/dev/null: IOCTL_GNTALLOC_ALLOC_GREF of 17 pages for domain 3: "),
+            "{err}"
+        );
+        assert!(matches!(
+            dev.share(3, 0, true),
+            Err(GrantError::NoPages { domid: 3 })
+        ));
+        let full = GrantError::Share {
+            path: GntAlloc::PATH.into(),
+            domid: 0,
+            count: 513,
+            error: io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert!(
+            full.to_string()
+                .ends_with("/sys/module/xen_gntalloc/parameters/limit, 1024 by default)"),
+            "{full}"
+        );
     }
 }

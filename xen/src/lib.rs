@@ -7,7 +7,9 @@
 //! same traits, for fast tests without Xen. [`xenstore`] is the client of xenstored (socket or
 //! `/dev/xen/xenbus`); [`device`] drives a 9pfs device's xenbus handshake (states in
 //! [`xenbus`]) from InitWait to Connected and back, mapping rings and binding ports, and
-//! [`doorbell`] makes an event channel awaitable. The ring transport the server uses lives in
+//! [`doorbell`] makes an event channel awaitable. [`frontend`] is the guest's side of a ring
+//! (over `/dev/xen/gntalloc` and `/dev/xen/evtchn`, or the simulation), for tests and the
+//! `envoy-xen-frontend` tool. The ring transport the server uses lives in
 //! `envoy-transport::xen`.
 //!
 //! This is the only crate that may use `unsafe` (shared guest memory); every block says why it
@@ -18,6 +20,7 @@
 pub mod device;
 pub mod doorbell;
 pub mod evtchn;
+pub mod frontend;
 pub mod grant;
 pub mod ring;
 pub mod sim;

@@ -1,8 +1,10 @@
-//! The gntdev and evtchn ioctl ABI as Rust declares it, checked against Linux's own headers.
+//! The gntdev, gntalloc and evtchn ioctl ABI as Rust declares it, checked against Linux's own
+//! headers.
 //!
-//! Compiles a small C program against libxen-dev's copies of `include/uapi/xen/gntdev.h` and
-//! `evtchn.h` (`/usr/include/xen/sys/`), runs it, and compares the ioctl numbers, struct sizes
-//! and field offsets it prints with `envoy_xen::{grant, evtchn}::abi`. A wrong number here
+//! Compiles a small C program against libxen-dev's copies of `include/uapi/xen/gntdev.h`,
+//! `gntalloc.h` and `evtchn.h` (`/usr/include/xen/sys/`), runs it, and compares the ioctl
+//! numbers, struct sizes, field offsets and flags it prints with
+//! `envoy_xen::{grant, evtchn}::abi`. A wrong number here
 //! would reach the real devices as an `ENOTTY` at best, or as the wrong ioctl at worst. Missing
 //! headers or compiler fail the test with the package to install: never a silent skip.
 
@@ -15,8 +17,9 @@ use std::sync::OnceLock;
 use envoy_xen::evtchn::abi as ev;
 use envoy_xen::grant::abi as gnt;
 
-const HEADERS: [&str; 2] = [
+const HEADERS: [&str; 3] = [
     "/usr/include/xen/sys/gntdev.h",
+    "/usr/include/xen/sys/gntalloc.h",
     "/usr/include/xen/sys/evtchn.h",
 ];
 
@@ -27,6 +30,7 @@ const PROBE: &str = r#"
 #include <sys/ioctl.h>
 typedef uint16_t domid_t; /* evtchn.h uses it without defining it */
 #include <xen/sys/gntdev.h>
+#include <xen/sys/gntalloc.h>
 #include <xen/sys/evtchn.h>
 
 #define P(x) printf("%s %lu\n", #x, (unsigned long)(x))
@@ -45,7 +49,25 @@ int main(void) {
     P(offsetof(struct ioctl_gntdev_unmap_grant_ref, index));
     P(offsetof(struct ioctl_gntdev_unmap_grant_ref, count));
 
+    P(IOCTL_GNTALLOC_ALLOC_GREF);
+    P(IOCTL_GNTALLOC_DEALLOC_GREF);
+    P(GNTALLOC_FLAG_WRITABLE);
+    P(sizeof(struct ioctl_gntalloc_alloc_gref));
+    P(offsetof(struct ioctl_gntalloc_alloc_gref, domid));
+    P(offsetof(struct ioctl_gntalloc_alloc_gref, flags));
+    P(offsetof(struct ioctl_gntalloc_alloc_gref, count));
+    P(offsetof(struct ioctl_gntalloc_alloc_gref, index));
+    P(offsetof(struct ioctl_gntalloc_alloc_gref, gref_ids));
+    P(sizeof(((struct ioctl_gntalloc_alloc_gref *)0)->domid));
+    P(sizeof(((struct ioctl_gntalloc_alloc_gref *)0)->flags));
+    P(sizeof(struct ioctl_gntalloc_dealloc_gref));
+    P(offsetof(struct ioctl_gntalloc_dealloc_gref, index));
+    P(offsetof(struct ioctl_gntalloc_dealloc_gref, count));
+
     P(IOCTL_EVTCHN_BIND_INTERDOMAIN);
+    P(IOCTL_EVTCHN_BIND_UNBOUND_PORT);
+    P(sizeof(struct ioctl_evtchn_bind_unbound_port));
+    P(offsetof(struct ioctl_evtchn_bind_unbound_port, remote_domain));
     P(IOCTL_EVTCHN_UNBIND);
     P(IOCTL_EVTCHN_NOTIFY);
     P(sizeof(struct ioctl_evtchn_bind_interdomain));
@@ -178,6 +200,68 @@ fn gntdev_ioctls_match_linux() {
 }
 
 #[test]
+fn gntalloc_ioctls_match_linux() {
+    check(
+        c_facts(),
+        &[
+            (
+                "IOCTL_GNTALLOC_ALLOC_GREF",
+                gnt::IOCTL_GNTALLOC_ALLOC_GREF as u64,
+            ),
+            (
+                "IOCTL_GNTALLOC_DEALLOC_GREF",
+                gnt::IOCTL_GNTALLOC_DEALLOC_GREF as u64,
+            ),
+            ("GNTALLOC_FLAG_WRITABLE", gnt::GNTALLOC_FLAG_WRITABLE.into()),
+            (
+                "sizeof(struct ioctl_gntalloc_alloc_gref)",
+                size_of::<gnt::AllocGref>() as u64,
+            ),
+            (
+                "offsetof(struct ioctl_gntalloc_alloc_gref, domid)",
+                offset_of!(gnt::AllocGref, domid) as u64,
+            ),
+            (
+                "offsetof(struct ioctl_gntalloc_alloc_gref, flags)",
+                offset_of!(gnt::AllocGref, flags) as u64,
+            ),
+            (
+                "offsetof(struct ioctl_gntalloc_alloc_gref, count)",
+                offset_of!(gnt::AllocGref, count) as u64,
+            ),
+            (
+                "offsetof(struct ioctl_gntalloc_alloc_gref, index)",
+                offset_of!(gnt::AllocGref, index) as u64,
+            ),
+            (
+                "offsetof(struct ioctl_gntalloc_alloc_gref, gref_ids)",
+                offset_of!(gnt::AllocGref, gref_ids) as u64,
+            ),
+            (
+                "sizeof(((struct ioctl_gntalloc_alloc_gref *)0)->domid)",
+                size_of::<u16>() as u64,
+            ),
+            (
+                "sizeof(((struct ioctl_gntalloc_alloc_gref *)0)->flags)",
+                size_of::<u16>() as u64,
+            ),
+            (
+                "sizeof(struct ioctl_gntalloc_dealloc_gref)",
+                size_of::<gnt::DeallocGref>() as u64,
+            ),
+            (
+                "offsetof(struct ioctl_gntalloc_dealloc_gref, index)",
+                offset_of!(gnt::DeallocGref, index) as u64,
+            ),
+            (
+                "offsetof(struct ioctl_gntalloc_dealloc_gref, count)",
+                offset_of!(gnt::DeallocGref, count) as u64,
+            ),
+        ],
+    );
+}
+
+#[test]
 fn evtchn_ioctls_match_linux() {
     check(
         c_facts(),
@@ -185,6 +269,18 @@ fn evtchn_ioctls_match_linux() {
             (
                 "IOCTL_EVTCHN_BIND_INTERDOMAIN",
                 ev::IOCTL_EVTCHN_BIND_INTERDOMAIN as u64,
+            ),
+            (
+                "IOCTL_EVTCHN_BIND_UNBOUND_PORT",
+                ev::IOCTL_EVTCHN_BIND_UNBOUND_PORT as u64,
+            ),
+            (
+                "sizeof(struct ioctl_evtchn_bind_unbound_port)",
+                size_of::<ev::BindUnboundPort>() as u64,
+            ),
+            (
+                "offsetof(struct ioctl_evtchn_bind_unbound_port, remote_domain)",
+                offset_of!(ev::BindUnboundPort, remote_domain) as u64,
             ),
             ("IOCTL_EVTCHN_UNBIND", ev::IOCTL_EVTCHN_UNBIND as u64),
             ("IOCTL_EVTCHN_NOTIFY", ev::IOCTL_EVTCHN_NOTIFY as u64),
@@ -227,7 +323,10 @@ fn the_numbers_are_the_well_known_ones() {
     if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
         assert_eq!(gnt::IOCTL_GNTDEV_MAP_GRANT_REF as u64, 0x18_4700);
         assert_eq!(gnt::IOCTL_GNTDEV_UNMAP_GRANT_REF as u64, 0x10_4701);
+        assert_eq!(gnt::IOCTL_GNTALLOC_ALLOC_GREF as u64, 0x18_4705);
+        assert_eq!(gnt::IOCTL_GNTALLOC_DEALLOC_GREF as u64, 0x10_4706);
         assert_eq!(ev::IOCTL_EVTCHN_BIND_INTERDOMAIN as u64, 0x08_4501);
+        assert_eq!(ev::IOCTL_EVTCHN_BIND_UNBOUND_PORT as u64, 0x04_4502);
         assert_eq!(ev::IOCTL_EVTCHN_UNBIND as u64, 0x04_4503);
         assert_eq!(ev::IOCTL_EVTCHN_NOTIFY as u64, 0x04_4504);
     }

@@ -1,6 +1,7 @@
 //! A simulated event channel table: frontends allocate unbound ports, the backend binds them.
 //!
-//! Each allocated port is a pair of eventfds; [`SimEventTable::alloc_unbound`] hands the
+//! Each allocated port is a pair of eventfds; [`SimEventTable::alloc_unbound`] (or the
+//! [`UnboundPorts`] of [`SimEventTable::allocator`], as `/dev/xen/evtchn` does) hands the
 //! frontend its end and keeps the backend's until [`EventChannels::bind_interdomain`] claims it.
 //! Like Xen, binding checks that the port exists in that domain, was allocated for us and is
 //! not bound already; dropping the backend end unbinds it (the frontend may be bound again, as
@@ -10,7 +11,9 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::evtchn::{EventChannel, EventChannels, EvtchnError, SimEventChannel, eventfd_pair};
+use crate::evtchn::{
+    EventChannel, EventChannels, EvtchnError, SimEventChannel, UnboundPorts, eventfd_pair,
+};
 
 /// Our domain: the simulated backend runs in dom0.
 pub const BACKEND_DOMID: u16 = 0;
@@ -74,6 +77,97 @@ impl SimEventTable {
     /// Ports the backend has bound and not dropped (for leak checks).
     pub fn bound_ports(&self) -> usize {
         self.state().bound
+    }
+
+    /// Ports domain `owner_domid` allocated and has not closed (for leak checks of a
+    /// frontend; ports from [`alloc_unbound`](Self::alloc_unbound) are never closed).
+    pub fn open_ports(&self, owner_domid: u16) -> usize {
+        self.state()
+            .ports
+            .keys()
+            .filter(|(owner, _)| *owner == owner_domid)
+            .count()
+    }
+
+    /// Domain `domid`'s port allocator over this table: what `/dev/xen/evtchn` is to a program
+    /// in that domain.
+    pub fn allocator(&self, domid: u16) -> SimPortAllocator {
+        SimPortAllocator {
+            table: self.clone(),
+            domid,
+        }
+    }
+}
+
+/// One domain's [`UnboundPorts`] over a [`SimEventTable`] (see [`SimEventTable::allocator`]).
+#[derive(Clone, Debug)]
+pub struct SimPortAllocator {
+    table: SimEventTable,
+    domid: u16,
+}
+
+impl UnboundPorts for SimPortAllocator {
+    type Port = SimLocalPort;
+
+    fn alloc_unbound_port(&self, remote_domid: u16) -> Result<(u32, SimLocalPort), EvtchnError> {
+        let (port, chan) = self.table.alloc_unbound(self.domid, remote_domid);
+        Ok((
+            port,
+            SimLocalPort {
+                chan,
+                key: (self.domid, port),
+                table: self.table.clone(),
+            },
+        ))
+    }
+}
+
+/// A frontend's end of a port from [`SimPortAllocator`]; dropping it closes the port
+/// (`EVTCHNOP_close`): the backend can no longer bind it, and a bound backend end rings
+/// nobody.
+pub struct SimLocalPort {
+    chan: SimEventChannel,
+    key: (u16, u32),
+    table: SimEventTable,
+}
+
+impl SimLocalPort {
+    /// The port number.
+    pub fn port(&self) -> u32 {
+        self.key.1
+    }
+
+    /// The table the port is in.
+    pub fn table(&self) -> &SimEventTable {
+        &self.table
+    }
+}
+
+impl EventChannel for SimLocalPort {
+    fn notify(&self) -> std::io::Result<()> {
+        self.chan.notify()
+    }
+
+    fn pending_fd(&self) -> std::os::fd::RawFd {
+        self.chan.pending_fd()
+    }
+
+    fn ack(&self) -> std::io::Result<bool> {
+        self.chan.ack()
+    }
+}
+
+impl Drop for SimLocalPort {
+    fn drop(&mut self) {
+        self.table.state().ports.remove(&self.key);
+    }
+}
+
+impl std::fmt::Debug for SimLocalPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimLocalPort")
+            .field("port", &self.key)
+            .finish_non_exhaustive()
     }
 }
 
@@ -238,6 +332,27 @@ mod tests {
         let again = table.bind_interdomain(7, port).unwrap();
         assert_eq!(table.bound_ports(), 1, "rebinding after an unbind works");
         drop(again);
+        assert_eq!(table.bound_ports(), 0);
+    }
+
+    #[test]
+    fn allocated_ports_close_on_drop() {
+        let table = SimEventTable::new();
+        let (port, fe) = table
+            .allocator(7)
+            .alloc_unbound_port(BACKEND_DOMID)
+            .unwrap();
+        assert_eq!((fe.port(), table.open_ports(7)), (port, 1));
+        let be = table.bind_interdomain(7, port).unwrap();
+        fe.notify().unwrap();
+        assert!(readable(&be));
+        drop(fe);
+        assert_eq!(table.open_ports(7), 0);
+        drop(be);
+        assert!(matches!(
+            table.bind_interdomain(7, port),
+            Err(EvtchnError::NoSuchPort { .. })
+        ));
         assert_eq!(table.bound_ports(), 0);
     }
 }

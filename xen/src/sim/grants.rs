@@ -1,11 +1,13 @@
 //! A simulated grant table: guest pages in a memfd, mapped the way gntdev maps them.
 //!
-//! The frontend grants pages ([`SimGrantTable::grant_pages`]); each gets a ref and a page of
-//! the memfd, laid out out of order (a grant's pages are stored in reverse) so that, as with
-//! real guest memory, pages with neighbouring refs are not neighbours in memory. The backend's
+//! The frontend grants pages ([`SimGrantTable::grant_pages`], or through the [`GrantSharer`]
+//! of [`SimGrantTable::granter`], as gntalloc does); each gets a ref and a page of the memfd,
+//! laid out out of order (a grant's pages are stored in reverse) so that, as with real guest
+//! memory, pages with neighbouring refs are not neighbours in memory. The backend's
 //! [`GrantMapper`] maps each ref's page with `MAP_FIXED` at consecutive addresses of a reserved
 //! `PROT_NONE` region: non-contiguous guest pages, contiguous backend view — what gntdev does.
-//! Refs never granted, granted by another domain or revoked are refused, like the hypervisor.
+//! Refs never granted, granted by another domain or to another domain than the backend's,
+//! granted read-only, or revoked are refused, like the hypervisor.
 
 use std::collections::HashMap;
 use std::io;
@@ -17,7 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rustix::mm::{MapFlags, ProtFlags};
 
-use crate::grant::{GrantError, GrantMapper, GrantMapping, RefList};
+use super::BACKEND_DOMID;
+use crate::grant::{GrantError, GrantMapper, GrantMapping, GrantSharer, RefList, SharedGrants};
 use crate::ring::PAGE_SIZE;
 
 /// The first ref handed out (Linux reserves refs 0..8 for the toolstack).
@@ -47,6 +50,9 @@ struct State {
 
 struct Grant {
     granter: u16,
+    /// The domain allowed to map the page.
+    grantee: u16,
+    writable: bool,
     /// Page index in the memfd.
     page: u64,
     revoked: bool,
@@ -86,8 +92,20 @@ impl SimGrantTable {
     /// The frontend of domain `granter_domid` grants `count` new zeroed pages: their refs, in
     /// order, and a contiguous mapping of them for the frontend's own use. Refs are spaced
     /// irregularly (8, 9, 11, 12, 14, …) so that code confusing refs with indexes fails.
+    /// The pages are granted read-write to the backend ([`BACKEND_DOMID`]).
     /// Panics if `count` is 0 or the memfd cannot grow.
     pub fn grant_pages(&self, granter_domid: u16, count: usize) -> (Vec<u32>, FrontendPages) {
+        self.grant(granter_domid, BACKEND_DOMID, count, true)
+    }
+
+    /// [`grant_pages`](Self::grant_pages) to any domain, read-only or not.
+    fn grant(
+        &self,
+        granter_domid: u16,
+        grantee: u16,
+        count: usize,
+        writable: bool,
+    ) -> (Vec<u32>, FrontendPages) {
         assert!(count > 0, "granting no pages");
         let mut state = self.state();
         let first = state.pages;
@@ -107,6 +125,8 @@ impl SimGrantTable {
                 r,
                 Grant {
                     granter: granter_domid,
+                    grantee,
+                    writable,
                     page,
                     revoked: false,
                 },
@@ -141,6 +161,114 @@ impl SimGrantTable {
     /// Backend mappings currently alive (for leak checks).
     pub fn live_mappings(&self) -> usize {
         self.0.live.load(Ordering::SeqCst)
+    }
+
+    /// Grants made by `granter_domid` and not revoked (for leak checks of a frontend).
+    pub fn active_grants(&self, granter_domid: u16) -> usize {
+        self.state()
+            .grants
+            .values()
+            .filter(|g| g.granter == granter_domid && !g.revoked)
+            .count()
+    }
+
+    /// Domain `domid`'s grant allocator over this table: what `/dev/xen/gntalloc` is to a
+    /// program in that domain.
+    pub fn granter(&self, domid: u16) -> SimGntAlloc {
+        SimGntAlloc {
+            table: self.clone(),
+            domid,
+        }
+    }
+}
+
+/// One domain's [`GrantSharer`] over a [`SimGrantTable`] (see [`SimGrantTable::granter`]).
+#[derive(Clone, Debug)]
+pub struct SimGntAlloc {
+    table: SimGrantTable,
+    domid: u16,
+}
+
+impl SimGntAlloc {
+    /// The granting domain.
+    pub fn domid(&self) -> u16 {
+        self.domid
+    }
+
+    /// The table the grants go to.
+    pub fn table(&self) -> &SimGrantTable {
+        &self.table
+    }
+}
+
+impl GrantSharer for SimGntAlloc {
+    type Shared = SimSharedPages;
+
+    fn share(
+        &self,
+        to_domid: u16,
+        pages: usize,
+        writable: bool,
+    ) -> Result<SimSharedPages, GrantError> {
+        if pages == 0 {
+            return Err(GrantError::NoPages { domid: to_domid });
+        }
+        let (refs, pages) = self.table.grant(self.domid, to_domid, pages, writable);
+        Ok(SimSharedPages {
+            refs,
+            pages,
+            table: self.table.clone(),
+            granter: self.domid,
+        })
+    }
+}
+
+/// Pages shared through [`SimGntAlloc`]; dropping them revokes the grants, as gntalloc's
+/// deallocation ends them (the backend's existing mappings stay valid, as with Xen).
+#[derive(Debug)]
+pub struct SimSharedPages {
+    refs: Vec<u32>,
+    pages: FrontendPages,
+    table: SimGrantTable,
+    granter: u16,
+}
+
+impl SimSharedPages {
+    /// The table the pages are granted in.
+    pub fn table(&self) -> &SimGrantTable {
+        &self.table
+    }
+
+    /// The granting domain.
+    pub fn granter(&self) -> u16 {
+        self.granter
+    }
+}
+
+// SAFETY: `FrontendPages` is page-aligned and valid for reads and writes of its length until
+// dropped, which happens only with `self`; the fields never change.
+unsafe impl GrantMapping for SimSharedPages {
+    fn as_ptr(&self) -> *mut u8 {
+        self.pages.as_ptr()
+    }
+    fn len(&self) -> usize {
+        self.pages.len()
+    }
+}
+
+// SAFETY: `grant` returns one ref per page, ref `i` for the `i`-th page of the frontend's
+// mapping; `refs` never changes.
+unsafe impl SharedGrants for SimSharedPages {
+    fn refs(&self) -> &[u32] {
+        &self.refs
+    }
+}
+
+impl Drop for SimSharedPages {
+    fn drop(&mut self) {
+        for r in &self.refs {
+            self.table.revoke(*r);
+        }
     }
 }
 
@@ -295,6 +423,13 @@ impl GrantMapper for SimGrantTable {
                         Some(g) if g.revoked => {
                             Err(denied("the frontend has revoked access".into()))
                         }
+                        Some(g) if g.grantee != BACKEND_DOMID => Err(denied(format!(
+                            "granted to domain {}, not to us (domain {BACKEND_DOMID})",
+                            g.grantee
+                        ))),
+                        Some(g) if !g.writable => Err(denied(
+                            "granted read-only, and rings are mapped read-write".into(),
+                        )),
                         Some(g) => Ok(g.page),
                     }
                 })
@@ -421,5 +556,40 @@ mod tests {
         assert_eq!(table.live_mappings(), 0);
         let msg = table.map(5, &[77]).err().unwrap().to_string();
         assert_eq!(msg, "domain 5, grant ref 77: domain 5 has not granted it");
+    }
+
+    #[test]
+    fn shared_pages_are_refused_to_others_and_revoked_on_drop() {
+        let table = SimGrantTable::new();
+        let dom5 = table.granter(5);
+        let ours = dom5.share(BACKEND_DOMID, 2, true).unwrap();
+        assert_eq!((ours.refs().len(), ours.len()), (2, 2 * PAGE_SIZE));
+        let theirs = dom5.share(9, 1, true).unwrap();
+        let readonly = dom5.share(BACKEND_DOMID, 1, false).unwrap();
+        assert_eq!(table.active_grants(5), 4);
+        let mapped = table.map(5, ours.refs()).unwrap();
+        write(ours.as_ptr(), PAGE_SIZE + 3, 7);
+        assert_eq!(read(mapped.as_ptr(), PAGE_SIZE + 3), 7);
+        let reason = |r: &[u32]| match table.map(5, r) {
+            Err(GrantError::Denied { reason, .. }) => reason,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(
+            reason(theirs.refs()),
+            "granted to domain 9, not to us (domain 0)"
+        );
+        assert_eq!(
+            reason(readonly.refs()),
+            "granted read-only, and rings are mapped read-write"
+        );
+        let refs = ours.refs().to_vec();
+        drop((ours, theirs, readonly));
+        assert_eq!(table.active_grants(5), 0, "deallocation ends the grants");
+        assert_eq!(reason(&refs), "the frontend has revoked access");
+        assert_eq!(table.live_mappings(), 1, "the backend's mapping stays");
+        assert!(matches!(
+            dom5.share(0, 0, true),
+            Err(GrantError::NoPages { domid: 0 })
+        ));
     }
 }

@@ -4,19 +4,23 @@
 //! [`SimGrantTable`] and [`SimEventTable`] implement the same traits as `/dev/xen/gntdev` and
 //! `/dev/xen/evtchn` ([`GrantMapper`](crate::grant::GrantMapper),
 //! [`EventChannels`](crate::evtchn::EventChannels)), with the hypervisor's refusals (refs not
-//! granted to us, ports not allocated for us) and leak counters for teardown tests.
-//! [`SimFrontend`] sets a ring up the way Linux's `trans_xen.c` does and speaks the ring
-//! protocol from the guest's side, so the backend's code runs unchanged on top: the same
-//! [`map_ring`] and [`Ring`]. It never replaces the real-Xen test.
+//! granted to us, ports not allocated for us) and leak counters for teardown tests; their
+//! [`SimGntAlloc`] and [`SimPortAllocator`] are the frontend's side, as `/dev/xen/gntalloc` and
+//! `/dev/xen/evtchn` are to a guest ([`GrantSharer`](crate::grant::GrantSharer),
+//! [`UnboundPorts`](crate::evtchn::UnboundPorts)). [`SimFrontend`] is the
+//! [`FrontendRing`](crate::frontend::FrontendRing) over them: it sets a ring up the way Linux's
+//! `trans_xen.c` does and speaks the ring protocol from the guest's side, so the backend's code
+//! runs unchanged on top: the same [`map_ring`] and [`Ring`]. It never replaces the real-Xen
+//! test.
 
 mod events;
 mod frontend;
 mod grants;
 pub mod linux;
 
-pub use events::{BACKEND_DOMID, SimBoundPort, SimEventTable};
+pub use events::{BACKEND_DOMID, SimBoundPort, SimEventTable, SimLocalPort, SimPortAllocator};
 pub use frontend::SimFrontend;
-pub use grants::{FrontendPages, SimGrantTable, SimMapping};
+pub use grants::{FrontendPages, SimGntAlloc, SimGrantTable, SimMapping, SimSharedPages};
 
 use crate::ring::{MAX_RING_ORDER, MapRingError, Ring, RingPages, map_ring};
 
