@@ -55,6 +55,12 @@ tests/vm/run-suite.sh
 step "Linux guest suite self-test: envoyd corrupts reads on purpose, the suite must say FAIL"
 tests/vm/run-suite.sh --selftest
 
+step "Xen suite: real Xen 4.17 under QEMU, xl create with p9, the guest's 9pnet_xen against envoyd --xen (.L and .u)"
+cargo build --release --quiet -p envoy-dom0-agent
+tests/xen/run-suite.sh
+step "Xen suite self-test: envoyd corrupts reads on purpose, the suite must say FAIL"
+tests/xen/run-suite.sh --selftest
+
 step "envoyd smoke: no-argument start prints the mount command"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
