@@ -11,12 +11,15 @@
 //! With `--xen-9pfsd` (or when started under the name `xen-9pfsd`, as libxl ≥ 4.19 does for
 //! `type=xen_9pfsd`) it also announces itself the way xen-9pfsd does:
 //! `/local/domain/<me>/libxl/xen-9pfs/state = running` and `.../pid`, which libxl waits for.
+//! Like xen-9pfsd it claims that node in a transaction and ends at once (successfully) when
+//! the node exists already: libxl adds a guest's p9 devices concurrently and spawns a daemon
+//! for each one that sees no `state` yet, so a guest with two shares starts two.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use envoy::{Ended, ExportFs, Server, ServerConfig};
+use envoy::{ExportFs, Server, ServerConfig};
 use envoy_transport::xen::{XenDevice, XenOptions, XenRing, XenRx, XenTx, xen_channel};
 use envoy_transport::{Channel, Peer};
 use envoy_xen::device::{BACKEND_KINDS, BackendLimits, Device, DeviceEnd, MappedRing, run_device};
@@ -74,10 +77,12 @@ impl<G: GrantMapper, E: EventChannels> XenBackend<G, E> {
         let home = format!("/local/domain/{me}");
         if self.announce_9pfsd {
             let d = format!("{home}/libxl/xen-9pfs");
-            self.xs
-                .write(&format!("{d}/pid"), std::process::id().to_string())
-                .await?;
-            self.xs.write(&format!("{d}/state"), "running").await?;
+            if !self.announce(&d).await? {
+                // libxl adds a guest's p9 devices concurrently and spawns xen-9pfsd for each
+                // one it sees no daemon for yet: the latecomers leave, as xen-9pfsd does.
+                info!("{d}/state exists: another xen-9pfsd runs; exiting");
+                return Ok(());
+            }
             info!("announced as xen-9pfsd ({d}/state = running)");
         }
         let mut watches = Vec::new();
@@ -116,6 +121,26 @@ impl<G: GrantMapper, E: EventChannels> XenBackend<G, E> {
             let _ = self.xs.rm(&format!("{home}/libxl/xen-9pfs")).await;
         }
         Ok(())
+    }
+
+    /// Claim the xen-9pfsd role under `dir` (`<home>/libxl/xen-9pfs`): in one transaction,
+    /// unless `dir/state` exists already, write `pid` and `state = running`. `false`: another
+    /// daemon holds it.
+    async fn announce(&self, dir: &str) -> Result<bool> {
+        let (state, pid) = (format!("{dir}/state"), format!("{dir}/pid"));
+        let me = std::process::id().to_string();
+        let claimed = self
+            .xs
+            .transaction(async move |tx| {
+                if tx.try_read_string(&state).await?.is_some() {
+                    return Ok(false);
+                }
+                tx.write(&pid, me.as_str()).await?;
+                tx.write(&state, "running").await?;
+                Ok(true)
+            })
+            .await?;
+        Ok(claimed)
     }
 
     /// Every device directory `<home>/backend/<kind>/<domid>/<devid>` present now.
@@ -175,19 +200,8 @@ fn serve_rings<G: GrantMapper, E: EventChannels>(
 ) -> impl std::future::Future<Output = Result<(), String>> + use<G, E> {
     let prepared = prepare(device, rings, config);
     async move {
-        let (server, channel, mut ring_tasks) = prepared?;
-        let serving = server.serve(channel, stop);
-        tokio::pin!(serving);
-        let ended = tokio::select! {
-            ended = &mut serving => ended,
-            // A ring failed or stopped: the server sees it on its channel and ends too.
-            _ = ring_tasks.stopped() => serving.await,
-        };
-        ring_tasks.stop().await;
-        match ended {
-            Ended::Failed(reason) => Err(reason),
-            _ => Ok(()),
-        }
+        let (server, channel, ring_tasks) = prepared?;
+        server.serve_xen(channel, ring_tasks, stop).await
     }
 }
 

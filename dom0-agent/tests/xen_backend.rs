@@ -208,3 +208,46 @@ async fn read_only_devices_and_the_xen_9pfsd_announcement() {
         "the announcement is withdrawn at shutdown"
     );
 }
+
+/// libxl 4.20 adds a guest's p9 devices concurrently and spawns xen-9pfsd for every one that
+/// sees no `libxl/xen-9pfs/state` yet: a second daemon must leave the first one's claim and
+/// devices alone and end at once, successfully (as xen-9pfsd does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_xen_9pfsd_leaves_at_once() {
+    let mut h = host().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let a = share(tmp.path(), "a", "served by the first");
+    toolstack_creates_share(&h.xs, 5, 0, &a, "share").await;
+    h.xs.write("/local/domain/0/libxl/xen-9pfs/pid", "4242")
+        .await
+        .unwrap();
+    h.xs.write("/local/domain/0/libxl/xen-9pfs/state", "running")
+        .await
+        .unwrap();
+    h.start_envoyd(true);
+    tokio::time::timeout(Duration::from_secs(10), h.backend.take().unwrap())
+        .await
+        .expect("the second daemon ends by itself")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        h.xs.read_string("/local/domain/0/libxl/xen-9pfs/pid")
+            .await
+            .unwrap(),
+        "4242",
+        "the first daemon's claim stays"
+    );
+    assert_eq!(
+        h.xs.read_string("/local/domain/0/libxl/xen-9pfs/state")
+            .await
+            .unwrap(),
+        "running"
+    );
+    assert_eq!(
+        h.xs.read_string(&format!("{}/state", backend_path(5, 0)))
+            .await
+            .unwrap(),
+        "1",
+        "the device was left to the first daemon"
+    );
+}

@@ -23,6 +23,7 @@ use crate::workers::Workers;
 use bytes::Bytes;
 use envoy_protocol::consts::{TFLUSH, TVERSION};
 use envoy_protocol::{Dialect, Fcall, Rflush};
+use envoy_transport::xen::{XenDevice, XenRx, XenTx};
 use envoy_transport::{Channel, FrameRx, FrameTx, Listener};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -101,6 +102,30 @@ impl<F: FileSystem> Server<F> {
         let peer = channel.peer.to_string();
         let span = debug_span!("conn", %peer);
         self.serve_inner(channel, shutdown).instrument(span).await
+    }
+
+    /// Serve one connection of a Xen 9pfs device (the channel and ring tasks from
+    /// `envoy_transport::xen::xen_channel`) until the session ends, a ring stops, or `stop` is
+    /// raised; then stop the rings, so that every mapping is gone when this returns. `Err`
+    /// carries the reason the guest broke the protocol (the device is to be disconnected).
+    pub async fn serve_xen(
+        self: Arc<Self>,
+        channel: Channel<XenRx, XenTx>,
+        mut rings: XenDevice,
+        stop: watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let serving = self.serve(channel, stop);
+        tokio::pin!(serving);
+        let ended = tokio::select! {
+            ended = &mut serving => ended,
+            // A ring failed or stopped: the server sees it on its channel and ends too.
+            _ = rings.stopped() => serving.await,
+        };
+        rings.stop().await;
+        match ended {
+            Ended::Failed(reason) => Err(reason),
+            _ => Ok(()),
+        }
     }
 
     async fn serve_inner<R: FrameRx, T: FrameTx>(

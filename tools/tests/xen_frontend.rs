@@ -18,7 +18,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use envoy::{Ended, ExportFs, Server, ServerConfig};
+use envoy::{ExportFs, Server, ServerConfig};
 use envoy_protocol::Dialect;
 use envoy_protocol::consts::P9_DOTL_RDONLY;
 use envoy_tools::client::Client;
@@ -276,20 +276,10 @@ fn serve(
                 events: r.port,
             })
             .collect();
-        let (channel, mut ring_tasks) =
+        let (channel, ring_tasks) =
             xen_channel(rings, peer, XenOptions::default()).map_err(|e| e.to_string())?;
         let server = Server::new(Arc::new(fs), ServerConfig::default());
-        let serving = server.serve(channel, stop);
-        tokio::pin!(serving);
-        let ended = tokio::select! {
-            ended = &mut serving => ended,
-            _ = ring_tasks.stopped() => serving.await,
-        };
-        ring_tasks.stop().await;
-        match ended {
-            Ended::Failed(reason) => Err(reason),
-            _ => Ok(()),
-        }
+        server.serve_xen(channel, ring_tasks, stop).await
     }
 }
 

@@ -414,6 +414,25 @@ unsafe impl rustix::ioctl::Ioctl for RawIoctl {
     }
 }
 
+/// Open one of Linux's grant devices read-write; the pages it deals in must be Xen's 4 KiB.
+/// `opening` makes the device-specific error (each names its module).
+fn open_grant_device(
+    path: &Path,
+    opening: impl FnOnce(PathBuf, std::io::Error) -> GrantError,
+) -> Result<(Arc<OwnedFd>, PathBuf), GrantError> {
+    let page_size = rustix::param::page_size();
+    if page_size != PAGE_SIZE {
+        return Err(GrantError::PageSize { page_size });
+    }
+    let fd = rustix::fs::open(
+        path,
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| opening(path.to_path_buf(), e.into()))?;
+    Ok((Arc::new(fd), path.to_path_buf()))
+}
+
 /// Linux's grant device, `/dev/xen/gntdev`.
 #[derive(Debug)]
 pub struct GntDev {
@@ -432,24 +451,11 @@ impl GntDev {
 
     /// Open the grant device at `path`.
     pub fn open_path(path: impl AsRef<Path>) -> Result<GntDev, GrantError> {
-        let path = path.as_ref().to_path_buf();
-        let page_size = rustix::param::page_size();
-        if page_size != PAGE_SIZE {
-            return Err(GrantError::PageSize { page_size });
-        }
-        let fd = rustix::fs::open(
-            &path,
-            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .map_err(|e| GrantError::Open {
-            path: path.clone(),
-            error: e.into(),
-        })?;
-        Ok(GntDev {
-            fd: Arc::new(fd),
+        let (fd, path) = open_grant_device(path.as_ref(), |path, error| GrantError::Open {
             path,
-        })
+            error,
+        })?;
+        Ok(GntDev { fd, path })
     }
 
     /// The device's path.
@@ -622,24 +628,11 @@ impl GntAlloc {
 
     /// Open the grant allocation device at `path`.
     pub fn open_path(path: impl AsRef<Path>) -> Result<GntAlloc, GrantError> {
-        let path = path.as_ref().to_path_buf();
-        let page_size = rustix::param::page_size();
-        if page_size != PAGE_SIZE {
-            return Err(GrantError::PageSize { page_size });
-        }
-        let fd = rustix::fs::open(
-            &path,
-            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .map_err(|e| GrantError::OpenAlloc {
-            path: path.clone(),
-            error: e.into(),
-        })?;
-        Ok(GntAlloc {
-            fd: Arc::new(fd),
+        let (fd, path) = open_grant_device(path.as_ref(), |path, error| GrantError::OpenAlloc {
             path,
-        })
+            error,
+        })?;
+        Ok(GntAlloc { fd, path })
     }
 
     /// The device's path.
