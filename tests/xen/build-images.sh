@@ -1,36 +1,50 @@
 #!/usr/bin/env bash
 # Build the images of the Xen end-to-end harness from Debian packages only.
 #
-#   tests/xen/build-images.sh   -> $ENVOY_XEN_OUT (default ~/.cache/envoy-xen):
-#       xen              the hypervisor (Debian's xen-hypervisor-4.17-amd64, gunzipped: QEMU's
-#                        multiboot loader reads ELF, not gzip)
-#       vmlinuz          the dom0 kernel (the Debian kernel the VM harness uses)
-#       dom0.cpio.gz     busybox dom0: Xen modules, xl, cxenstored, xenconsoled, xen-init-dom0,
-#                        the xenstore tools (with the libraries ldd lists), tests/xen/dom0-init.sh
-#                        as /init, the domU config(s), and under /guest the domU kernel and
-#                        initramfs. No Envoy binaries: run-qemu.sh appends those as a second
-#                        archive at boot, so rebuilding envoyd does not rebuild this.
-#       domu.cpio.gz     busybox PV domU: the 9p modules, tests/xen/domu-init.sh as /init, the VM
-#                        suite's workload (tests/vm/workload.sh, mmapcat)
+#   tests/xen/build-images.sh [4.17|4.20]   (default 4.17)
+#       -> $ENVOY_XEN_OUT/<version>/ (ENVOY_XEN_OUT default ~/.cache/envoy-xen):
+#       xen              the hypervisor, gunzipped (QEMU's multiboot loader reads ELF, not gzip)
+#       vmlinuz          the dom0 (and domU) kernel
+#       dom0.cpio.gz     busybox dom0: the Xen modules, xl, cxenstored, xenconsoled,
+#                        xen-init-dom0, the xenstore tools (with the libraries ldd lists),
+#                        tests/xen/dom0-init.sh as /init, the guests' configs, the shares, and
+#                        under /guest the domU kernel and initramfs. No Envoy binaries:
+#                        run-qemu.sh appends those as a second archive at boot, so rebuilding
+#                        envoyd does not rebuild this.
+#       domu.cpio.gz     busybox PV domU: the 9p modules, tests/xen/domu-init.sh as /init, the
+#                        VM suite's workload (tests/vm/workload.sh, mmapcat) and its short form
 #
-# The hypervisor and kernel .debs are downloaded and unpacked, never installed. Host packages
-# whose binaries are copied (xen-utils-4.17, xenstore-utils, busybox-static) are installed with
-# apt if missing. Outputs are reused while every input (packages, scripts, workload) is the same.
+# 4.17 (Debian bookworm, the host's release): xen-hypervisor-4.17-amd64 (unpacked, never
+#   installed), the VM harness's bookworm kernel (tools/vm/build.sh), the host's xen-utils-4.17,
+#   xenstore-utils and busybox-static (installed with apt if missing). Guests: xl type=qemu 9pfs
+#   devices, envoy-dm as their device model, envoyd started by dom0's /init.
+# 4.20 (Debian trixie): a trixie minbase tree (debootstrap, cached in $ENVOY_XEN_OUT/trixie-root)
+#   gives xen-utils-4.20, xenstore-utils and busybox-static (ldd runs in the chroot, so no
+#   bookworm library is mixed in); xen-hypervisor-4.20-amd64 and trixie's kernel are fetched with
+#   apt-get download inside the chroot and unpacked (its .ko.xz modules decompressed: busybox
+#   modprobe needs plain .ko). Guests: xl type=xen_9pfsd; /usr/lib/xen-4.20/bin/xen-9pfsd is a
+#   symlink to envoyd, which libxl spawns itself.
+# Outputs are reused while every input (packages, scripts, workload) is the same.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-OUT=${ENVOY_XEN_OUT:-${XDG_CACHE_HOME:-$HOME/.cache}/envoy-xen}
+XV=${1:-4.17}
+case $XV in 4.17|4.20) ;; *) echo "usage: $0 [4.17|4.20]" >&2; exit 3 ;; esac
+BASE=${ENVOY_XEN_OUT:-${XDG_CACHE_HOME:-$HOME/.cache}/envoy-xen}
+OUT=$BASE/$XV
 VMOUT=${ENVOY_VM_OUT:-${XDG_CACHE_HOME:-$HOME/.cache}/envoy-vm}
-XENPKG=xen-hypervisor-4.17-amd64
-XB=/usr/lib/xen-4.17/bin
-mkdir -p "$OUT/debs"
+mkdir -p "$OUT" "$BASE/debs"
 
 need=()
-[ -x "$XB/xl" ] && [ -x "$XB/xenstored" ] || need+=(xen-utils-4.17)
-command -v xenstore >/dev/null || need+=(xenstore-utils)
-[ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q static || need+=(busybox-static)
+if [ "$XV" = 4.17 ]; then
+    [ -x /usr/lib/xen-4.17/bin/xl ] && [ -x /usr/lib/xen-4.17/bin/xenstored ] || need+=(xen-utils-4.17)
+    command -v xenstore >/dev/null || need+=(xenstore-utils)
+    [ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q static || need+=(busybox-static)
+else
+    command -v debootstrap >/dev/null || need+=(debootstrap)
+fi
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
-for t in cpio:cpio depmod:kmod file:file gcc:gcc strip:binutils; do
+for t in cpio:cpio depmod:kmod file:file gcc:gcc strip:binutils xz:xz-utils; do
     command -v "${t%%:*}" >/dev/null || need+=("${t#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -40,53 +54,95 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
 fi
 
-# 1. The kernel: the VM harness resolves, downloads and unpacks it (and caches it) already.
-"$ROOT/tools/vm/build.sh" >&2
-KROOT=$(find "$VMOUT" -maxdepth 1 -name "kernel-*" -type d | sort -V | tail -n 1)
-KVER=${KROOT##*/kernel-}
-[ -f "$KROOT/boot/vmlinuz-$KVER" ] || { echo "build-images: no kernel in $KROOT" >&2; exit 1; }
-
-# 2. The hypervisor .deb (version of today's candidate; old ones leave the mirror).
-XENVER=$(apt-cache policy "$XENPKG" 2>/dev/null | awk '/Candidate:/{print $2}')
-if [ -z "$XENVER" ] || [ "$XENVER" = "(none)" ]; then
-    apt-get update -qq
-    XENVER=$(apt-cache policy "$XENPKG" | awk '/Candidate:/{print $2}')
+# --- the packages of each release: sets KROOT KVER (unpacked kernel, depmod'ed), XENGZ (the
+# hypervisor), SYSROOT (where the toolstack binaries come from: / or the trixie chroot), XB
+# (their directory), BUSYBOX, and PKGS (the versions, for the stamp).
+if [ "$XV" = 4.17 ]; then
+    XENPKG=xen-hypervisor-4.17-amd64
+    # The kernel: the VM harness resolves, downloads and unpacks it (and caches it) already.
+    "$ROOT/tools/vm/build.sh" >&2
+    KROOT=$(find "$VMOUT" -maxdepth 1 -name "kernel-*" -type d | sort -V | tail -n 1)
+    KVER=${KROOT##*/kernel-}
+    # The hypervisor .deb (version of today's candidate; old ones leave the mirror).
+    XENVER=$(apt-cache policy "$XENPKG" 2>/dev/null | awk '/Candidate:/{print $2}')
+    if [ -z "$XENVER" ] || [ "$XENVER" = "(none)" ]; then
+        apt-get update -qq
+        XENVER=$(apt-cache policy "$XENPKG" | awk '/Candidate:/{print $2}')
+    fi
+    XROOT=$BASE/xen-$XENVER
+    XENGZ=$XROOT/boot/xen-4.17-amd64.gz
+    SYSROOT='' XB=/usr/lib/xen-4.17/bin BUSYBOX=/bin/busybox
+    PKGS="$KVER $XENVER $(dpkg-query -W -f '${Version}' xen-utils-4.17)"
+else
+    TR=$BASE/trixie-root
+    if [ ! -x "$TR/usr/lib/xen-4.20/bin/xl" ] || [ ! -x "$TR/bin/busybox" ]; then
+        echo "build-images: debootstrapping a trixie minbase tree into $TR (~80 s)" >&2
+        rm -rf "$TR.tmp"
+        # --no-check-gpg: a bookworm host's keyring lacks trixie's keys.
+        debootstrap --variant=minbase --no-check-gpg \
+            --include=xen-utils-4.20,xenstore-utils,busybox-static \
+            trixie "$TR.tmp" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >"$BASE/debootstrap.log" 2>&1 \
+            || { echo "build-images: debootstrap failed (see $BASE/debootstrap.log)" >&2; exit 1; }
+        rm -rf "$TR"; mv "$TR.tmp" "$TR"
+    fi
+    # The hypervisor and kernel: downloaded once with the chroot's apt, unpacked into XROOT.
+    XROOT=$BASE/trixie-boot
+    if ! compgen -G "$XROOT/boot/xen-4.20-amd64.gz" >/dev/null || ! compgen -G "$XROOT/boot/vmlinuz-*" >/dev/null; then
+        chroot "$TR" apt-get update -qq >&2
+        KPKG=$(chroot "$TR" apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+        [ -n "$KPKG" ] || { echo "build-images: no trixie kernel package found" >&2; exit 1; }
+        rm -rf "$TR/tmp/envoy-debs"; mkdir -p "$TR/tmp/envoy-debs"
+        chroot "$TR" sh -c "cd /tmp/envoy-debs && apt-get download -qq -o APT::Sandbox::User=root xen-hypervisor-4.20-amd64 $KPKG" >&2 \
+            || { echo "build-images: apt-get download in the trixie tree failed" >&2; exit 1; }
+        rm -rf "$XROOT"; mkdir -p "$XROOT"
+        for f in "$TR"/tmp/envoy-debs/*.deb; do dpkg-deb -x "$f" "$XROOT"; basename "$f"; done > "$XROOT/debs.txt"
+        rm -rf "$TR/tmp/envoy-debs"
+    fi
+    XENGZ=$XROOT/boot/xen-4.20-amd64.gz
+    # merged /usr: modules under usr/lib/modules; modprobe -d and depmod -b look in lib/modules.
+    [ -e "$XROOT/lib" ] || ln -s usr/lib "$XROOT/lib"
+    KVER=$(find "$XROOT/usr/lib/modules" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | sort -V | tail -n 1)
+    KROOT=$XROOT
+    [ -f "$KROOT/lib/modules/$KVER/modules.dep" ] || depmod -b "$KROOT" "$KVER"   # the deb has none
+    SYSROOT=$TR XB=/usr/lib/xen-4.20/bin BUSYBOX=$TR/bin/busybox
+    PKGS="$(tr '\n' ' ' < "$XROOT/debs.txt") $(chroot "$TR" dpkg-query -W -f '${Version} ' xen-utils-4.20 busybox-static libc6)"
 fi
-UTILSVER=$(dpkg-query -W -f '${Version}' xen-utils-4.17)
-STAMP="$KVER $XENVER $UTILSVER $(cat "$0" "$HERE"/dom0-init.sh "$HERE"/domu-init.sh "$HERE"/quick-data.sh "$HERE"/*.cfg \
+[ -f "$KROOT/boot/vmlinuz-$KVER" ] || { echo "build-images: no kernel $KVER in $KROOT" >&2; exit 1; }
+
+STAMP="$XV $PKGS $(cat "$0" "$HERE"/dom0-init.sh "$HERE"/domu-init.sh "$HERE"/quick-data.sh "$HERE"/*.cfg \
     "$ROOT"/tests/vm/workload.sh "$ROOT"/tests/vm/mmapcat.c | sha256sum | cut -c1-16)"
 if [ -f "$OUT/stamp" ] && [ "$(cat "$OUT/stamp")" = "$STAMP" ] \
     && [ -f "$OUT/xen" ] && [ -f "$OUT/vmlinuz" ] && [ -f "$OUT/dom0.cpio.gz" ]; then
-    echo "build-images: up to date in $OUT" >&2
+    echo "build-images: $XV up to date in $OUT" >&2
     exit 0
 fi
-echo "build-images: kernel $KVER, $XENPKG $XENVER, xen-utils $UTILSVER" >&2
-XROOT=$OUT/xen-$XENVER
-if [ ! -f "$XROOT/boot/xen-4.17-amd64.gz" ]; then
-    rm -f "$OUT/debs/${XENPKG}_"*.deb
-    (cd "$OUT/debs" && apt-get download "$XENPKG=$XENVER" >/dev/null 2>&1) \
+echo "build-images: Xen $XV: kernel $KVER, $PKGS" >&2
+if [ "$XV" = 4.17 ] && [ ! -f "$XENGZ" ]; then
+    rm -f "$BASE/debs/${XENPKG}_"*.deb
+    (cd "$BASE/debs" && apt-get download "$XENPKG=$XENVER" >/dev/null 2>&1) \
         || { echo "build-images: apt-get download $XENPKG=$XENVER failed" >&2; exit 1; }
     rm -rf "$XROOT"; mkdir -p "$XROOT"
-    dpkg-deb -x "$OUT/debs/${XENPKG}_"*.deb "$XROOT"
-    rm -f "$OUT/debs/${XENPKG}_"*.deb
+    dpkg-deb -x "$BASE/debs/${XENPKG}_"*.deb "$XROOT"
+    rm -f "$BASE/debs/${XENPKG}_"*.deb
 fi
-zcat "$XROOT/boot/xen-4.17-amd64.gz" > "$OUT/xen.tmp" && mv "$OUT/xen.tmp" "$OUT/xen"
+zcat "$XENGZ" > "$OUT/xen.tmp" && mv "$OUT/xen.tmp" "$OUT/xen"
 cp "$KROOT/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
 
 # base_root DIR: busybox and the usual directories. `busybox --list` names busybox itself: a
 # symlink busybox -> busybox would loop (ELOOP at /init).
 base_root() {
-    local r=$1
+    local r=$1 a
     rm -rf "$r"; mkdir -p "$r"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,etc,root,mnt}
-    cp /bin/busybox "$r/bin/busybox"
-    for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$r/bin/$a"; done
+    cp "$BUSYBOX" "$r/bin/busybox"
+    for a in $("$BUSYBOX" --list); do [ "$a" = busybox ] || ln -sf busybox "$r/bin/$a"; done
     # nobody: Linux's 9p client attaches first as user "nobody" (no numeric id); envoyd looks
     # the name up in dom0's user database, as on any real dom0.
     printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$r/etc/passwd"
     printf 'root:x:0:\nnogroup:x:65534:\n' > "$r/etc/group"
 }
 # add_modules DIR MODULE...: the modules and their dependencies (resolved by the host's modprobe
-# against the unpacked kernel), with depmod's index so busybox modprobe loads them in order.
+# against the unpacked kernel), decompressed (busybox modprobe loads plain .ko only), with
+# depmod's index so busybox modprobe loads them in order.
 add_modules() {
     local r=$1; shift
     local md=$r/lib/modules/$KVER m f rel
@@ -95,19 +151,29 @@ add_modules() {
         modprobe -d "$KROOT" -S "$KVER" --show-depends "$m" | awk '$1=="insmod"{print $2}'
     done | sort -u | while read -r f; do
         rel=${f#"$KROOT"/lib/modules/"$KVER"/}
-        mkdir -p "$md/$(dirname "$rel")"; cp "$f" "$md/$rel"
+        mkdir -p "$md/$(dirname "$rel")"
+        case $f in
+            *.ko.xz) xz -dc "$f" > "$md/${rel%.xz}" ;;
+            *.ko.zst) zstd -qdc "$f" > "$md/${rel%.zst}" ;;
+            *) cp "$f" "$md/$rel" ;;
+        esac
     done
     cp "$KROOT/lib/modules/$KVER"/modules.{order,builtin,builtin.modinfo} "$md/"
+    sed -i 's/\.ko\.\(xz\|zst\)$/.ko/' "$md/modules.order"
     depmod -b "$r" "$KVER"
 }
-# copy_bin DIR FILE...: binaries and the shared libraries ldd lists for them.
+# ldd_of FILE: the libraries FILE needs, resolved in SYSROOT.
+ldd_of() {
+    if [ -n "$SYSROOT" ]; then chroot "$SYSROOT" ldd "$1"; else ldd "$1"; fi | grep -oE '/[^ ]+' || true
+}
+# copy_bin DIR FILE...: binaries (paths in SYSROOT) and the shared libraries ldd lists for them.
 copy_bin() {
     local r=$1 f lib; shift
     for f in "$@"; do
-        mkdir -p "$r$(dirname "$f")"; cp -L "$f" "$r$f"
-        ldd "$f" | grep -oE '/[^ ]+' | while read -r lib; do
+        mkdir -p "$r$(dirname "$f")"; cp -L "$SYSROOT$f" "$r$f"
+        ldd_of "$f" | while read -r lib; do
             [ -e "$r$lib" ] && continue
-            mkdir -p "$r$(dirname "$lib")"; cp -L "$lib" "$r$lib"
+            mkdir -p "$r$(dirname "$lib")"; cp -L "$SYSROOT$lib" "$r$lib"
         done
     done
 }
@@ -120,45 +186,98 @@ pack() { # DIR OUTPUT: newc cpio, gzip -1 (the guest decompresses it under TCG: 
 W=$(mktemp -d /tmp/envoy-xenbuild-XXXXXX)
 trap 'rm -rf "$W"' EXIT
 
-# 3. domU: busybox, the 9p-over-Xen modules, /init, the workload.
+# 1. domU: busybox, the 9p-over-Xen modules, /init, the workload and its short form.
 DU=$W/domu
 base_root "$DU"
 add_modules "$DU" 9pnet_xen 9p
 install -m 0755 "$HERE/domu-init.sh" "$DU/init"
 install -m 0755 "$ROOT/tests/vm/workload.sh" "$DU/workload.sh"
 install -m 0755 "$HERE/quick-data.sh" "$DU/quick-data.sh"
+# workload-short.sh: the workload's definitions (everything before its list of checks) and a
+# subset of its checks, plus a hundred small files instead of a thousand (see
+# docs/xen-harness.md: what each configuration runs).
+W_ALL=$ROOT/tests/vm/workload.sh
+grep -q '^exec 3>&1$' "$W_ALL" || { echo "build-images: workload.sh has no 'exec 3>&1' line" >&2; exit 1; }
+SHORT_CHECKS="deep_mkdir:deep_mkdir big_file:big_file append:append truncate:truncate_up_down rename:renames links:links attrs:attrs fifo:fifo concurrent_writers:concurrent_writers mmap_read:mmap_read host_visible_after_sync:host_visible"
+{
+    sed -n '1,/^exec 3>&1$/p' "$W_ALL" | sed '$d'
+    cat <<'EOF'
+# --- the short form (tests/xen/build-images.sh): 100 small files, a subset of the checks ---
+few_files() {
+    mkdir small || return 1
+    i=0
+    while [ $i -lt 100 ]; do echo "small file $i" > small/f$i || return 1; i=$((i + 1)); done
+    [ "$(ls small | wc -l)" -eq 100 ] || { echo "count $(ls small | wc -l)"; return 1; }
+    drop_caches
+    want=$(for f in small/*; do echo "small file ${f#small/f}"; done | md5sum)
+    got=$(cat small/* | md5sum)
+    [ "$got" = "$want" ] || { echo "contents differ"; return 1; }
+}
+exec 3>&1
+EOF
+    for c in $SHORT_CHECKS; do
+        grep -q "^${c#*:}() {" "$W_ALL" || { echo "build-images: workload.sh has no ${c#*:}()" >&2; exit 1; }
+        [ "${c%%:*}" = deep_mkdir ] && echo "run few_files few_files"
+        echo "run ${c%%:*} ${c#*:}"
+    done
+    echo "run rm_rf rm_rf"
+    # shellcheck disable=SC2016 # written into the script
+    printf '%s\n' 'echo "ENVOY-CHECKS-DONE failed=$fails"' 'exit $fails'
+} > "$DU/workload-short.sh"
+chmod 0755 "$DU/workload-short.sh"
+grep -q '^rm_rf() {' "$W_ALL" || { echo "build-images: workload.sh has no rm_rf()" >&2; exit 1; }
 gcc -static -O2 -Wall -o "$DU/bin/mmapcat" "$ROOT/tests/vm/mmapcat.c"
 pack "$DU" "$OUT/domu.cpio.gz"
 
-# 4. dom0: busybox, Xen modules (the rest of dom0 support is built into Debian's kernel), the
-# toolstack and its libraries, /init, the guest.
+# 2. dom0: busybox, Xen modules (the rest of dom0 support is built into Debian's kernels), the
+# toolstack and its libraries, /init, the guests.
 D0=$W/dom0
 base_root "$D0"
 add_modules "$D0" xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs
 copy_bin "$D0" "$XB/xl" "$XB/xenstored" "$XB/xenconsoled" "$XB/xen-init-dom0" /usr/bin/xenstore
-# envoyd and envoy-dm (appended at boot) need these beyond what the Xen tools pull in.
-copy_bin "$D0" "$(ldd /bin/true | grep -oE '/[^ ]*libc\.so\.6')"
+# envoyd and the other Envoy tools (appended at boot; built on a bookworm host, they run on
+# trixie's newer glibc too) need these beyond what the Xen tools pull in.
+copy_bin "$D0" "$(ldd_of /bin/true | grep -E '/libc\.so\.6$' | head -n 1)"
 for lib in libgcc_s.so.1 libm.so.6; do
-    src=$(ldconfig -p | awk -v l="$lib" '$1==l && /x86-64/{print $NF; exit}')
-    [ -n "$src" ] && mkdir -p "$D0$(dirname "$src")" && cp -L "$src" "$D0$src"
+    if [ -n "$SYSROOT" ]; then src=$(chroot "$SYSROOT" ldconfig -p | awk -v l="$lib" '$1==l && /x86-64/{print $NF; exit}')
+    else src=$(ldconfig -p | awk -v l="$lib" '$1==l && /x86-64/{print $NF; exit}'); fi
+    [ -n "$src" ] && mkdir -p "$D0$(dirname "$src")" && cp -L "$SYSROOT$src" "$D0$src"
 done
 # The xenstore-* tools are one multi-call binary dispatching on its name.
 for t in read write ls list exists rm chmod watch; do ln -sf xenstore "$D0/usr/bin/xenstore-$t"; done
-find "$D0/usr/lib/xen-4.17" "$D0/lib" "$D0/usr/lib" -type f \( -name '*.so*' -o -perm -u+x \) \
+find "$D0/usr/lib/xen-$XV" "$D0/lib" "$D0/usr/lib" -type f \( -name '*.so*' -o -perm -u+x \) \
     -exec strip --strip-unneeded {} + 2>/dev/null || true
 mkdir -p "$D0"/etc/xen "$D0"/var/lib/xen "$D0"/var/lib/xenstored "$D0"/var/log/xen/console \
     "$D0"/guest "$D0"/usr/lib/envoy
 ln -s ../run "$D0/var/run"   # xenstored, xl and envoy-dm's QMP sockets live in /var/run/...
-# The shares: each holds the suite's host-made 5,000-entry directory and its expected listing
-# (made here, not in dom0 under TCG, where 10,000 creates would cost seconds).
+# The shares. share and shareu (guest 1's boot devices) each hold the suite's host-made
+# 5,000-entry directory and its expected listing (made here, not in dom0 under TCG, where
+# 10,000 creates would cost seconds); share2 is guest 2's, hot the hot-plugged device's, fe the
+# dom0 frontend's (envoy-xen-frontend).
 for s in share shareu; do
     mkdir -p "$D0/srv/$s/big5000"
     (cd "$D0/srv/$s/big5000" && for i in $(seq -w 0 4999); do : > "entry-$i-with-a-longer-name"; done)
     # shellcheck disable=SC2012 # plain names; the same listing the VM suite makes
     (cd "$D0/srv/$s" && ls big5000 | LC_ALL=C sort | sed 's|^|big5000/|' | md5sum | cut -d' ' -f1) > "$D0/srv/$s/big5000.expected"
 done
-cp /etc/xen/xl.conf "$D0/etc/xen/"
-install -m 0644 "$HERE"/*.cfg "$D0/etc/xen/"
+mkdir -p "$D0/srv/share2/sub" "$D0/srv/hot" "$D0/srv/fe"
+echo "guest 2's own file" > "$D0/srv/share2/sub/own.txt"
+echo "put in the hot-plugged share by dom0" > "$D0/srv/hot/from-dom0.txt"
+head -c 300000 /dev/urandom > "$D0/srv/fe/hello.bin"
+md5sum < "$D0/srv/fe/hello.bin" | cut -d' ' -f1 > "$D0/srv/fe.md5"
+cp "$SYSROOT/etc/xen/xl.conf" "$D0/etc/xen/"
+if [ "$XV" = 4.17 ]; then
+    install -m 0644 "$HERE/domu.cfg" "$D0/etc/xen/domu.cfg"
+    install -m 0644 "$HERE/domu2.cfg" "$D0/etc/xen/domu2.cfg"
+    printf 'XENVER=4.17\nKIND=9pfs\n' > "$D0/etc/envoy-xen.conf"
+else
+    install -m 0644 "$HERE/domu-9pfsd.cfg" "$D0/etc/xen/domu.cfg"
+    install -m 0644 "$HERE/domu2-9pfsd.cfg" "$D0/etc/xen/domu2.cfg"
+    printf 'XENVER=4.20\nKIND=xen_9pfs\n' > "$D0/etc/envoy-xen.conf"
+    # libxl 4.20 spawns LIBEXEC_BIN/xen-9pfsd for type=xen_9pfsd devices: that is envoyd, which
+    # behaves as `envoyd --xen --xen-9pfsd` under this name.
+    ln -sf /usr/lib/envoy/envoyd "$D0/usr/lib/xen-4.20/bin/xen-9pfsd"
+fi
 install -m 0755 "$HERE/dom0-init.sh" "$D0/init"
 cp "$KROOT/boot/vmlinuz-$KVER" "$D0/guest/vmlinuz"
 cp "$OUT/domu.cpio.gz" "$D0/guest/domu.cpio.gz"

@@ -1,65 +1,82 @@
 #!/usr/bin/env bash
-# Boot the Xen harness: Xen 4.17 + the busybox dom0 (+ Envoy's binaries) under QEMU TCG; dom0
-# runs envoyd --xen, creates the test domU and reports (see dom0-init.sh).
+# Boot the Xen harness: Xen 4.17 or 4.20 + the busybox dom0 (+ Envoy's binaries) under QEMU
+# TCG; dom0 runs envoyd --xen, creates the test domUs and reports (see dom0-init.sh).
 #
-# usage: tests/xen/run-qemu.sh [-l LOG] [-c CASES] [-p 0|1] [-e 'ENVOYD OPTIONS'] [-t GUEST_SECS]
-#                              [-T QEMU_SECS] [-s]
-#   -l LOG     serial console log (Xen + dom0 + the relayed domU console); default a temp file
-#   -c CASES   guest cases, comma-separated (L = 9p2000.L on tag share, u = 9p2000.u on shareu,
-#              S = the self-test's quick data check on share)
+# usage: tests/xen/run-qemu.sh [-x 4.17|4.20] [-l LOG] [-c CASES] [-p 0|1] [-E 0|1]
+#                              [-e 'ENVOYD OPTIONS'] [-t GUEST_SECS] [-T QEMU_SECS] [-s]
+#   -x VER     the Xen release: 4.17 (bookworm, type=qemu + envoy-dm; default) or 4.20 (trixie,
+#              type=xen_9pfsd, envoyd spawned by libxl as xen-9pfsd)
+#   -l LOG     serial console log (Xen + dom0 + the relayed domU consoles); default a temp file
+#   -c CASES   guest 1's cases, comma-separated (L = the workload with 9p2000.L on tag share,
+#              u = with 9p2000.u on shareu, Ls/us = the short workload on the same, S = the
+#              self-test's quick data check on share)
 #   -p 0|1     run the cases one after another (0) or side by side (1, default)
-#   -e OPTS    extra envoyd options in dom0 (e.g. --debug-corrupt-reads)
+#   -E 0|1     the extras: hot-plug, guest 2, hostile frontends, guest 2's destruction (default 1)
+#   -e OPTS    extra envoyd options in dom0 (4.17 only; e.g. --debug-corrupt-reads)
 #   -t SECS    how long dom0 waits for the guest's result (default 420)
 #   -T SECS    how long QEMU may run at all (default 540)
 #   -s         dom0 ends in a shell on the console (interactive debugging: use with -l /dev/stdout)
-# env: ENVOYD, ENVOY_DM (default target/debug/{envoyd,envoy-dm}), ENVOY_XL (default
-#      target/{release,debug}/envoy-xl if present), ENVOY_XEN_OUT (images, see build-images.sh),
-#      XEN_QEMU_CPU (QEMU's -cpu, see below)
+# env: ENVOYD, ENVOY_DM (default target/debug/{envoyd,envoy-dm}), ENVOY_XL, ENVOY_FE (default
+#      target/{release,debug}/{envoy-xl,envoy-xen-frontend} if present; needed for -E 1),
+#      ENVOY_XEN_OUT (images, see build-images.sh), XEN_QEMU_CPU (QEMU's -cpu, see below)
 # exit: 0 = ENVOY-XEN-RESULT PASS, 1 = FAIL, 2 = no result (timeout, crash), 3 = setup error
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-OUT=${ENVOY_XEN_OUT:-${XDG_CACHE_HOME:-$HOME/.cache}/envoy-xen}
+BASE=${ENVOY_XEN_OUT:-${XDG_CACHE_HOME:-$HOME/.cache}/envoy-xen}
 ENVOYD=${ENVOYD:-$ROOT/target/debug/envoyd}
 ENVOY_DM=${ENVOY_DM:-$ROOT/target/debug/envoy-dm}
-# envoy-xl (another tool of dom0) when built: the release build if there is one.
+# envoy-xl and envoy-xen-frontend (dom0's other tools) when built: the release builds if any.
 if [ -z "${ENVOY_XL:-}" ]; then
     for ENVOY_XL in "$ROOT"/target/release/envoy-xl "$ROOT"/target/debug/envoy-xl ""; do
         [ -x "$ENVOY_XL" ] && break
     done
 fi
-LOG='' CASES=L,u PAR=1 EOPTS='' GUEST_TMO=420 QEMU_TMO=540 SHELL_AT_END=0
-while getopts "l:c:p:e:t:T:sh" o; do
+if [ -z "${ENVOY_FE:-}" ]; then
+    for ENVOY_FE in "$ROOT"/target/release/envoy-xen-frontend "$ROOT"/target/debug/envoy-xen-frontend ""; do
+        [ -x "$ENVOY_FE" ] && break
+    done
+fi
+XV=4.17 LOG='' CASES=L,u PAR=1 EXTRAS=1 EOPTS='' GUEST_TMO=420 QEMU_TMO=540 SHELL_AT_END=0
+while getopts "x:l:c:p:E:e:t:T:sh" o; do
     case $o in
-        l) LOG=$OPTARG ;; c) CASES=$OPTARG ;; p) PAR=$OPTARG ;; e) EOPTS=$OPTARG ;; t) GUEST_TMO=$OPTARG ;;
-        T) QEMU_TMO=$OPTARG ;; s) SHELL_AT_END=1 ;;
+        x) XV=$OPTARG ;; l) LOG=$OPTARG ;; c) CASES=$OPTARG ;; p) PAR=$OPTARG ;; E) EXTRAS=$OPTARG ;;
+        e) EOPTS=$OPTARG ;; t) GUEST_TMO=$OPTARG ;; T) QEMU_TMO=$OPTARG ;; s) SHELL_AT_END=1 ;;
         *) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 3 ;;
     esac
 done
+OUT=$BASE/$XV
 LOG=${LOG:-$(mktemp /tmp/envoy-xen-XXXXXX.log)}
 for f in xen vmlinuz dom0.cpio.gz; do
-    [ -f "$OUT/$f" ] || { echo "run-qemu: $OUT/$f missing: run tests/xen/build-images.sh" >&2; exit 3; }
+    [ -f "$OUT/$f" ] || { echo "run-qemu: $OUT/$f missing: run tests/xen/build-images.sh $XV" >&2; exit 3; }
 done
 for b in "$ENVOYD" "$ENVOY_DM"; do
     [ -x "$b" ] || { echo "run-qemu: $b missing: cargo build -p envoy-dom0-agent" >&2; exit 3; }
 done
+if [ "$EXTRAS" = 1 ]; then
+    for b in "$ENVOY_XL" "$ENVOY_FE"; do
+        [ -n "$b" ] && [ -x "$b" ] || { echo "run-qemu: envoy-xl/envoy-xen-frontend missing: cargo build -p envoy-tools" >&2; exit 3; }
+    done
+fi
 
 W=$(mktemp -d /tmp/envoy-xen-run-XXXXXX)
 trap 'rm -rf "$W"' EXIT
 # Envoy's binaries as a second archive: concatenated cpio archives form one initramfs. Stripped
 # (debug info is most of a debug build, and dom0 unpacks this under TCG). They are linked
-# against this host's (bookworm) glibc, whose libraries the base image carries.
+# against this host's (bookworm) glibc; the 4.17 image carries bookworm's libraries, the 4.20
+# image trixie's (newer: old binaries run on it).
 P=$W/payload/usr/lib/envoy
 mkdir -p "$P"
 strip --strip-debug -o "$P/envoyd" "$ENVOYD"
 strip --strip-debug -o "$P/envoy-dm" "$ENVOY_DM"
 [ -n "$ENVOY_XL" ] && [ -x "$ENVOY_XL" ] && strip --strip-debug -o "$P/envoy-xl" "$ENVOY_XL"
+[ -n "$ENVOY_FE" ] && [ -x "$ENVOY_FE" ] && strip --strip-debug -o "$P/envoy-xen-frontend" "$ENVOY_FE"
 (cd "$W/payload" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc -R 0:0 --quiet) | gzip -1 > "$W/envoy.cpio.gz"
 cat "$OUT/dom0.cpio.gz" "$W/envoy.cpio.gz" > "$W/dom0.cpio.gz"
 
 # dom0's command line travels inside QEMU's -initrd list, where ',' separates modules: the
 # envoyd options go base64-encoded (no commas), the cases with ':' for ','.
-D0ARGS="console=hvc0 earlyprintk=xen quiet loglevel=4 xcases=${CASES//,/:} xpar=$PAR xtimeout=$GUEST_TMO xshell=$SHELL_AT_END"
+D0ARGS="console=hvc0 earlyprintk=xen quiet loglevel=4 xcases=${CASES//,/:} xpar=$PAR xextras=$EXTRAS xtimeout=$GUEST_TMO xshell=$SHELL_AT_END"
 [ -n "$EOPTS" ] && D0ARGS="$D0ARGS xenvoyd=$(printf '%s' "$EOPTS" | base64 -w0)"
 case $D0ARGS in *,*) echo "run-qemu: no commas in options, please" >&2; exit 3 ;; esac
 # Xen: serial console; dom0 gets 1 GiB and both vCPUs; noreboot: dom0's poweroff ends QEMU.
@@ -86,7 +103,7 @@ timeout "$QEMU_TMO" qemu-system-x86_64 -M pc -accel tcg,thread=multi -cpu "$CPU"
 qrc=$?
 set -e
 wall=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
-echo "run-qemu: cases=$CASES wall=${wall}s qemu-rc=$qrc log=$LOG" >&2
+echo "run-qemu: xen=$XV cases=$CASES extras=$EXTRAS wall=${wall}s qemu-rc=$qrc log=$LOG" >&2
 res=$(tr -d '\r' < "$LOG" | grep -a '^ENVOY-XEN-RESULT: ' | tail -n 1)
 case $res in
     "ENVOY-XEN-RESULT: PASS"*) exit 0 ;;

@@ -14,7 +14,9 @@
 //!    map every ring and bind every event channel, and go Connected;
 //! 3. serve until the frontend closes, the device or domain is removed, or the session fails;
 //!    then stop serving (which unmaps and unbinds everything) and answer Closing/Closed — ready
-//!    to connect again if the frontend comes back (a guest reloading its driver).
+//!    to connect again if the frontend comes back (a guest reloading its driver). A removed
+//!    device ends the loop with Closed while its backend directory still exists: `xl destroy`
+//!    removes the frontend's directory first and waits for that before it goes on.
 //!
 //! Everything the guest writes is parsed strictly and bounded; anything wrong disconnects the
 //! device with the reason logged and written to `error/<backend path>/error`, the node Linux
@@ -444,12 +446,16 @@ where
 {
     let mut watches = Watches::new(xs, device).await?;
     loop {
+        // A device whose frontend directory is gone is being removed: never announce it again.
+        if device.ends(xs).await?.removed() {
+            return removed(xs, device).await;
+        }
         // --- InitWait, then wait for the frontend's rings.
         device.announce(xs, limits).await?;
         let ends = loop {
             let ends = device.ends(xs).await?;
             if ends.removed() {
-                return Ok(DeviceEnd::Removed);
+                return removed(xs, device).await;
             }
             if matches!(
                 ends.frontend,
@@ -479,7 +485,7 @@ where
             .await?
         };
         match outcome {
-            Ok(Served::Removed) => return Ok(DeviceEnd::Removed),
+            Ok(Served::Removed) => return removed(xs, device).await,
             Ok(Served::Shutdown) => {
                 device.set_state(xs, XenbusState::Closing).await?;
                 return Ok(DeviceEnd::Shutdown);
@@ -497,7 +503,7 @@ where
         loop {
             let ends = device.ends(xs).await?;
             if ends.removed() {
-                return Ok(DeviceEnd::Removed);
+                return removed(xs, device).await;
             }
             if matches!(
                 ends.frontend,
@@ -515,7 +521,7 @@ where
         loop {
             let ends = device.ends(xs).await?;
             if ends.removed() {
-                return Ok(DeviceEnd::Removed);
+                return removed(xs, device).await;
             }
             if ends.frontend == XenbusState::Initialising {
                 break;
@@ -526,6 +532,21 @@ where
             }
         }
     }
+}
+
+/// The device is going away: the toolstack removed the frontend's directory or the backend's.
+/// `xl destroy` (libxl's forced removal) removes the frontend's first, writes `online=0` and
+/// Closing, and waits up to 10 s for the backend to report Closed before removing the backend's
+/// directory and the domain — as Linux's backends and xen-9pfsd do, say Closed (once, and only
+/// while the backend directory exists): everything is unmapped and unbound by now.
+async fn removed(xs: &Xenstore, device: &Device) -> Result<DeviceEnd, DeviceError> {
+    let state = xs
+        .try_read_string(&format!("{}/state", device.backend))
+        .await?;
+    if state.is_some_and(|s| XenbusState::parse(&s) != XenbusState::Closed) {
+        device.set_state(xs, XenbusState::Closed).await?;
+    }
+    Ok(DeviceEnd::Removed)
 }
 
 /// How one connection of the frontend ended, when the device itself is fine.

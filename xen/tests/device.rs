@@ -174,6 +174,47 @@ async fn handshake_serve_close_reconnect_and_removal() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xl_destroy_gets_closed_once_everything_is_released() {
+    // libxl's forced removal (xl destroy, the guest paused): the frontend's directory goes and
+    // the backend is asked to close in one transaction; libxl then waits (10 s at most) for the
+    // backend to say Closed before it removes the backend's directory and the domain.
+    let h = host().await;
+    let (domid, devid) = (7, 0);
+    let (b, f) = (backend_path(domid, devid), frontend_path(domid, devid));
+    toolstack_creates(&h.xs, domid, devid).await;
+    let backend = h.backend(domid, devid);
+    let rings = frontend_publishes(&h.xs, &h.grants, &h.events, domid, devid, 4).await;
+    wait_for(&h.xs, &format!("{b}/state"), "4").await;
+    h.xs.write(&format!("{f}/state"), "4").await.unwrap();
+    round_trip(&rings, 0, 1).await;
+    h.xs.transaction(async |tx| {
+        tx.rm(&f).await?;
+        tx.write(&format!("{b}/online"), "0").await?;
+        tx.write(&format!("{b}/state"), "5").await
+    })
+    .await
+    .unwrap();
+    wait_for(&h.xs, &format!("{b}/state"), "6").await;
+    assert_eq!(h.grants.live_mappings(), 0, "unmapped before Closed");
+    assert_eq!(h.events.bound_ports(), 0, "unbound before Closed");
+    let end = tokio::time::timeout(Duration::from_secs(10), backend)
+        .await
+        .expect("the backend ends")
+        .unwrap();
+    assert_eq!(end, DeviceEnd::Removed);
+    // A backend started for the dying device (envoyd rescans on every change) never announces it.
+    let again = h.backend(domid, devid);
+    let end = tokio::time::timeout(Duration::from_secs(10), again)
+        .await
+        .expect("a second backend ends at once")
+        .unwrap();
+    assert_eq!(end, DeviceEnd::Removed);
+    assert_eq!(h.xs.read_string(&format!("{b}/state")).await.unwrap(), "6");
+    h.xs.rm(&b).await.unwrap();
+    drop(rings);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_frontend_already_initialised_is_connected() {
     // Old Linux frontends set up in probe(): the rings are published before the backend runs.
     let h = host().await;
