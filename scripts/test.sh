@@ -55,8 +55,8 @@ tests/vm/run-suite.sh
 step "Linux guest suite self-test: envoyd corrupts reads on purpose, the suite must say FAIL"
 tests/vm/run-suite.sh --selftest
 
-step "Xen suite: real Xen 4.17 under QEMU, xl create with p9, the guest's 9pnet_xen against envoyd --xen (.L and .u)"
-cargo build --release --quiet -p envoy-dom0-agent
+step "Xen suite: Xen 4.17 (bookworm, type=qemu + envoy-dm) and Xen 4.20 (trixie, type=xen_9pfsd, envoyd as xen-9pfsd) under QEMU: the guests' 9pnet_xen against envoyd (.L and .u), hot-plug, two confined guests, hostile frontends, xl destroy"
+cargo build --release --quiet -p envoy-dom0-agent -p envoy-tools
 tests/xen/run-suite.sh
 step "Xen suite self-test: envoyd corrupts reads on purpose, the suite must say FAIL"
 tests/xen/run-suite.sh --selftest
