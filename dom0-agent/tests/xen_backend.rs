@@ -13,34 +13,26 @@ use envoy_protocol::Dialect;
 use envoy_protocol::consts::{P9_DOTL_CREATE, P9_DOTL_RDONLY, P9_DOTL_RDWR};
 use envoy_tools::client::{Client, ClientError};
 use envoy_xen::sim::linux::LinuxFrontend;
-use envoy_xen::sim::{SimEventTable, SimGrantTable};
-use envoy_xen::xenstore::Xenstore;
 use std::path::Path;
 use std::time::Duration;
-use support::HostXenstored;
 use support::xl::*;
-use tokio::sync::watch;
 
+/// The simulated host plus envoyd's Xen backend running on it.
 struct Host {
-    _daemon: HostXenstored,
-    xs: Xenstore,
-    grants: SimGrantTable,
-    events: SimEventTable,
-    stop: watch::Sender<bool>,
+    sim: SimXenHost,
     backend: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
+impl std::ops::Deref for Host {
+    type Target = SimXenHost;
+    fn deref(&self) -> &SimXenHost {
+        &self.sim
+    }
+}
+
 async fn host() -> Host {
-    let daemon = HostXenstored::start();
-    let xs = Xenstore::connect_socket(daemon.socket_path())
-        .await
-        .unwrap();
     Host {
-        _daemon: daemon,
-        xs,
-        grants: SimGrantTable::new(),
-        events: SimEventTable::new(),
-        stop: watch::channel(false).0,
+        sim: SimXenHost::start().await,
         backend: None,
     }
 }

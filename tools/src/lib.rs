@@ -16,3 +16,16 @@
 pub mod client;
 pub mod xenfront;
 pub mod xl;
+
+/// Parse the command line of a tool that exits 1 on any failure: on a usage error print it and
+/// return the exit code to end with (`--help` and `--version` are not failures: 0).
+pub fn parse_args<C: clap::Parser>() -> Result<C, std::process::ExitCode> {
+    C::try_parse().map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() {
+            std::process::ExitCode::FAILURE
+        } else {
+            std::process::ExitCode::SUCCESS
+        }
+    })
+}

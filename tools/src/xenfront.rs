@@ -39,12 +39,12 @@ use envoy_xen::frontend::{FrontendError, FrontendRing};
 use envoy_xen::grant::{GrantSharer, SharedGrants};
 use envoy_xen::ring::{MAX_RING_ORDER, OUT_CONS, OUT_PROD, ring_size};
 use envoy_xen::xenbus::XenbusState;
-use envoy_xen::xenstore::{Access, Perm, Watch, Xenstore, XsError};
+use envoy_xen::xenstore::{Watch, Xenstore, XsError};
 use md5::{Digest, Md5};
 use tokio::time::Instant;
 
 use crate::client::Client;
-use crate::xl::{Kind, escape_controls, own_domid};
+use crate::xl::{self, Kind, escape_controls, own_domid};
 
 /// The `ring_order` [`Mode::BadOrder`] writes into the intf page (above the protocol's 9).
 pub const BAD_ORDER: u32 = 12;
@@ -325,9 +325,12 @@ pub async fn run<G: GrantSharer, E: UnboundPorts>(
     .map_err(|_| FrontError::Device("this domain's id is out of range".into()))?;
     let (paths, created) = match &opts.device {
         DeviceChoice::Existing { devid, tag } => {
-            (find_device(xs, me, *devid, tag.as_deref()).await?, false)
+            (find_device(xs, me, *devid, tag.as_deref()).await?, None)
         }
-        DeviceChoice::Create(spec) => (create_device(xs, me, spec).await?, true),
+        DeviceChoice::Create(spec) => {
+            let (paths, made) = create_device(xs, me, spec).await?;
+            (paths, Some(made))
+        }
     };
     progress(&format!(
         "domain {me}: frontend {} of backend {} (domain {})",
@@ -338,11 +341,11 @@ pub async fn run<G: GrantSharer, E: UnboundPorts>(
         dev.play(grants, events, opts, progress).await
     }
     .await;
-    if created {
-        let removed = remove_device(xs, &paths).await;
+    if let Some(made) = created {
+        let removed = xl::remove_device(xs, &made).await;
         progress("removed the device");
         if let (Ok(_), Err(e)) = (&outcome, removed) {
-            return Err(e.into());
+            return Err(FrontError::Device(e.to_string()));
         }
     }
     outcome
@@ -419,112 +422,31 @@ async fn find_device(
     Ok(DevicePaths::new(frontend, backend, backend_domid))
 }
 
-/// Write the device's nodes as libxl does, in one transaction; refuse an index in use.
+/// Write the device's nodes exactly as `envoy-xl attach` (and libxl) does, in one transaction;
+/// an index in use is refused.
 async fn create_device(
     xs: &Xenstore,
     me: u16,
     spec: &CreateSpec,
-) -> Result<DevicePaths, FrontError> {
-    let fdir = format!("/local/domain/{me}/device/9pfs");
-    let bdom = spec.backend_domid;
-    let bdir = format!("/local/domain/{bdom}/backend/{}/{me}", spec.kind.dir());
-    let spec = spec.clone();
-    let made = xs
-        .transaction(async |tx| {
-            let mut used = Vec::new();
-            for dir in [&fdir, &bdir] {
-                match tx.directory(dir).await {
-                    Ok(names) => used.extend(names.iter().filter_map(|n| n.parse::<u32>().ok())),
-                    Err(e) if e.is_enoent() => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            let devid = match spec.devid {
-                Some(n) if used.contains(&n) => return Ok(Err(n)),
-                Some(n) => n,
-                None => (0..).find(|n| !used.contains(n)).expect("a free index"),
-            };
-            let (fe, be) = (format!("{fdir}/{devid}"), format!("{bdir}/{devid}"));
-            let (me32, b32) = (u32::from(me), u32::from(bdom));
-            tx.mkdir(&fe).await?;
-            tx.set_perms(
-                &fe,
-                &[Perm::new(me32, Access::None), Perm::new(b32, Access::Read)],
-            )
-            .await?;
-            tx.write(&format!("{fe}/backend"), &be).await?;
-            tx.write(&format!("{fe}/backend-id"), bdom.to_string())
-                .await?;
-            tx.write(&format!("{fe}/state"), XenbusState::Initialising.as_node())
-                .await?;
-            tx.write(&format!("{fe}/tag"), &spec.tag).await?;
-            tx.mkdir(&be).await?;
-            tx.set_perms(
-                &be,
-                &[Perm::new(b32, Access::None), Perm::new(me32, Access::Read)],
-            )
-            .await?;
-            for (k, v) in [
-                ("frontend", fe.clone()),
-                ("frontend-id", me.to_string()),
-                ("online", "1".into()),
-                ("state", XenbusState::Initialising.as_node()),
-                ("path", spec.path.clone()),
-                ("security_model", "none".into()),
-            ] {
-                tx.write(&format!("{be}/{k}"), v).await?;
-            }
-            Ok(Ok((fe, be)))
-        })
-        .await?;
-    match made {
-        Ok((fe, be)) => Ok(DevicePaths::new(fe, be, bdom)),
-        Err(n) => Err(FrontError::Device(format!(
-            "device index {n} is in use under {fdir} or {bdir}: choose another --devid"
-        ))),
-    }
-}
-
-/// Remove a device [`create_device`] made, with the backend's error report, and the parents
-/// this emptied (as libxl's `libxl__xs_path_cleanup` does), in one transaction.
-async fn remove_device(xs: &Xenstore, paths: &DevicePaths) -> Result<(), XsError> {
-    let error_dir = paths
-        .error_node
-        .strip_suffix("/error")
-        .unwrap_or(&paths.error_node)
-        .to_owned();
-    // Each node, and the directory up to which emptied parents go (that one stays): the
-    // frontend's `device/`, the backend kind's directory (which backends watch), the backend
-    // domain's home (the `error/` tree holds only reports).
-    let up = |p: &str, n: usize| p.rsplitn(n + 1, '/').last().unwrap_or_default().to_owned();
-    let nodes = [
-        (paths.frontend.clone(), up(&paths.frontend, 2)),
-        (paths.backend.clone(), up(&paths.backend, 2)),
-        (error_dir.clone(), up(&paths.backend, 4)),
-    ];
-    xs.transaction(async |tx| {
-        for (node, keep) in &nodes {
-            match tx.rm(node).await {
-                Err(e) if !e.is_enoent() => return Err(e),
-                _ => {}
-            }
-            let mut dir = node.as_str();
-            while let Some((parent, _)) = dir.rsplit_once('/') {
-                if parent.len() <= keep.len() || !parent.starts_with(keep.as_str()) {
-                    break;
-                }
-                match tx.directory(parent).await {
-                    Ok(children) if children.is_empty() => tx.rm(parent).await?,
-                    Ok(_) => break,
-                    Err(e) if e.is_enoent() => {}
-                    Err(e) => return Err(e),
-                }
-                dir = parent;
-            }
-        }
-        Ok(())
-    })
-    .await
+) -> Result<(DevicePaths, xl::DevicePaths), FrontError> {
+    let domain = xl::Domain {
+        domid: u32::from(me),
+        name: None,
+    };
+    let attach = xl::AttachSpec {
+        tag: spec.tag.clone(),
+        path: spec.path.clone(),
+        read_only: false,
+        devid: spec.devid,
+        backend_domid: u32::from(spec.backend_domid),
+        kind: spec.kind,
+        quota: xl::Quota::default(),
+    };
+    let made = xl::create(xs, &domain, &attach)
+        .await
+        .map_err(|e| FrontError::Device(e.to_string()))?;
+    let paths = DevicePaths::new(made.frontend(), made.backend(), spec.backend_domid);
+    Ok((paths, made))
 }
 
 /// One device's two ends, watched.

@@ -105,11 +105,6 @@ impl XenDevice {
     pub async fn stopped(&mut self) {
         while self.tasks.join_next().await.is_some() {}
     }
-
-    /// Ring tasks still running.
-    pub fn running(&self) -> usize {
-        self.tasks.len()
-    }
 }
 
 /// The sending half: routes each reply to the ring its request came in on.

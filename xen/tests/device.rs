@@ -11,9 +11,7 @@ use envoy_xen::doorbell::Doorbell;
 use envoy_xen::evtchn::EventChannel;
 use envoy_xen::ring::OUT_PROD;
 use envoy_xen::sim::{SimEventTable, SimFrontend, SimGrantTable};
-use envoy_xen::xenstore::Xenstore;
 use std::time::{Duration, Instant};
-use support::HostXenstored;
 use support::xl::*;
 use tokio::sync::watch;
 
@@ -68,26 +66,10 @@ async fn round_trip(rings: &[SimFrontend], r: usize, tag: u16) {
     }
 }
 
-struct Host {
-    _daemon: HostXenstored,
-    xs: Xenstore,
-    grants: SimGrantTable,
-    events: SimEventTable,
-    stop: watch::Sender<bool>,
-}
+type Host = SimXenHost;
 
 async fn host() -> Host {
-    let daemon = HostXenstored::start();
-    let xs = Xenstore::connect_socket(daemon.socket_path())
-        .await
-        .unwrap();
-    Host {
-        _daemon: daemon,
-        xs,
-        grants: SimGrantTable::new(),
-        events: SimEventTable::new(),
-        stop: watch::channel(false).0,
-    }
+    SimXenHost::start().await
 }
 
 impl Host {

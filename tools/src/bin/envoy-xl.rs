@@ -137,17 +137,9 @@ fn parse_kind(s: &str) -> Result<Kind, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match envoy_tools::parse_args() {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            // --help and --version are not failures; every usage error is (exit status 1).
-            return if e.use_stderr() {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -158,19 +158,31 @@ pub fn check_local_directory(path: &str) -> Result<(), XlError> {
 }
 
 /// Create the device: check, choose the devid and write every node in one transaction
-/// (retried on conflict). Any refusal leaves xenstore untouched.
+/// (retried on conflict). Any refusal leaves xenstore untouched. A guest is never its own
+/// backend here (that is a test setup: see [`create`]).
 pub async fn attach(
     xs: &Xenstore,
     domain: &Domain,
     spec: &AttachSpec,
 ) -> Result<DevicePaths, XlError> {
     spec.validate()?;
-    let (d, b) = (domain.domid, spec.backend_domid);
-    if d == b {
+    if domain.domid == spec.backend_domid {
         return Err(XlError::Invalid(format!(
             "{domain} cannot be its own 9pfs backend"
         )));
     }
+    create(xs, domain, spec).await
+}
+
+/// [`attach`] without its refusal of a domain serving itself: what `envoy-xen-frontend
+/// --create` uses to play a frontend in the backend's own domain.
+pub async fn create(
+    xs: &Xenstore,
+    domain: &Domain,
+    spec: &AttachSpec,
+) -> Result<DevicePaths, XlError> {
+    spec.validate()?;
+    let (d, b) = (domain.domid, spec.backend_domid);
     let limits = BackendLimits::default();
     in_transaction(xs, async |tx| {
         if !domain_exists(tx, d).await? {

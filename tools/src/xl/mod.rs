@@ -32,7 +32,7 @@ mod attach;
 mod detach;
 mod list;
 
-pub use attach::{AttachSpec, Quota, attach, check_local_directory, wait_connected};
+pub use attach::{AttachSpec, Quota, attach, check_local_directory, create, wait_connected};
 pub use detach::{Selector, begin_close, detach, find_device, remove_device, wait_closed};
 pub use list::{DeviceInfo, format_table, list};
 

@@ -6,6 +6,41 @@
 use envoy_xen::sim::{SimEventTable, SimFrontend, SimGrantTable};
 use envoy_xen::xenstore::Xenstore;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+use super::HostXenstored;
+
+/// A simulated Xen host for backend tests: the real xenstored (under the shim), a client of
+/// it, simulated grants and event channels, and a stop signal for the backend under test.
+pub struct SimXenHost {
+    /// The daemon (stopped on drop).
+    pub daemon: HostXenstored,
+    /// A connection to it.
+    pub xs: Xenstore,
+    /// Granted pages and backend mappings.
+    pub grants: SimGrantTable,
+    /// Event channels.
+    pub events: SimEventTable,
+    /// Raise to stop the backend under test.
+    pub stop: watch::Sender<bool>,
+}
+
+impl SimXenHost {
+    /// Start xenstored and connect.
+    pub async fn start() -> SimXenHost {
+        let daemon = HostXenstored::start();
+        let xs = Xenstore::connect_socket(daemon.socket_path())
+            .await
+            .unwrap();
+        SimXenHost {
+            daemon,
+            xs,
+            grants: SimGrantTable::new(),
+            events: SimEventTable::new(),
+            stop: watch::channel(false).0,
+        }
+    }
+}
 
 pub fn backend_path(domid: u16, devid: u32) -> String {
     format!("/local/domain/0/backend/9pfs/{domid}/{devid}")
