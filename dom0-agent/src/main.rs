@@ -30,8 +30,9 @@ struct Args {
     /// device's `path` over its shared rings. Without --listen/--export, nothing else.
     #[arg(long)]
     xen: bool,
-    /// With --xen: also tell libxl that the xen-9pfsd backend runs
-    /// (`libxl/xen-9pfs/state = running`), so xl's `type=xen_9pfsd` devices use envoyd.
+    /// With --xen: play xen-9pfsd (Xen >= 4.19): tell libxl that it runs
+    /// (`libxl/xen-9pfs/state = running`) and serve only `type=xen_9pfsd` devices, leaving
+    /// `type=qemu` ones to the guests' QEMU device models.
     #[arg(long, requires = "xen")]
     xen_9pfsd: bool,
     /// Host directory to serve (default: DATA_DIR/export, created if missing).

@@ -2,8 +2,8 @@
 //! xenstore and serve each over its shared rings.
 //!
 //! libxl writes a backend directory per device under `/local/domain/<me>/backend/9pfs/` (xl's
-//! `type=qemu`) or `.../backend/xen_9pfs/` (`type=xen_9pfsd`). [`XenBackend::run`] watches both
-//! kinds, starts one task per device (devices that existed before envoyd started included) and
+//! `type=qemu`) or `.../backend/xen_9pfs/` (`type=xen_9pfsd`). [`XenBackend::run`] watches the
+//! kinds it serves, starts one task per device (devices that existed before envoyd started included) and
 //! forgets a task when its device is removed. Each task runs the xenbus handshake
 //! ([`envoy_xen::device::run_device`]) and, per frontend connection, serves the device's `path`
 //! with the export backend through the ring transport; the guest's identity is its domid.
@@ -13,7 +13,9 @@
 //! `/local/domain/<me>/libxl/xen-9pfs/state = running` and `.../pid`, which libxl waits for.
 //! Like xen-9pfsd it claims that node in a transaction and ends at once (successfully) when
 //! the node exists already: libxl adds a guest's p9 devices concurrently and spawns a daemon
-//! for each one that sees no `state` yet, so a guest with two shares starts two.
+//! for each one that sees no `state` yet, so a guest with two shares starts two. As xen-9pfsd
+//! it serves `xen_9pfs` devices only: on Xen ≥ 4.19 a `type=qemu` device belongs to the QEMU
+//! libxl starts as the guest's device model, which may run beside it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,11 +40,13 @@ pub struct XenBackend<G, E> {
     limits: BackendLimits,
     config: ServerConfig,
     announce_9pfsd: bool,
+    kinds: &'static [&'static str],
 }
 
 impl<G: GrantMapper, E: EventChannels> XenBackend<G, E> {
     /// A backend talking to `xs`, mapping with `grants`, binding with `events`; every device's
-    /// sessions use `config`. `announce_9pfsd`: play xen-9pfsd's part towards libxl.
+    /// sessions use `config`. `announce_9pfsd`: play xen-9pfsd's part towards libxl (and
+    /// serve only its kind of device, `xen_9pfs`); otherwise serve both kinds.
     pub fn new(
         xs: Xenstore,
         grants: G,
@@ -57,6 +61,11 @@ impl<G: GrantMapper, E: EventChannels> XenBackend<G, E> {
             limits: BackendLimits::default(),
             config,
             announce_9pfsd,
+            kinds: if announce_9pfsd {
+                &BACKEND_KINDS[1..]
+            } else {
+                &BACKEND_KINDS
+            },
         }
     }
 
@@ -86,13 +95,10 @@ impl<G: GrantMapper, E: EventChannels> XenBackend<G, E> {
             info!("announced as xen-9pfsd ({d}/state = running)");
         }
         let mut watches = Vec::new();
-        for kind in BACKEND_KINDS {
+        for kind in self.kinds {
             watches.push(self.xs.watch(&format!("{home}/backend/{kind}")).await?);
         }
-        info!(
-            domid = me,
-            "serving Xen 9pfs devices (backend/9pfs, backend/xen_9pfs)"
-        );
+        info!(domid = me, kinds = ?self.kinds, "serving Xen 9pfs devices");
         let mut devices: HashMap<String, JoinHandle<()>> = HashMap::new();
         loop {
             devices.retain(|_, task| !task.is_finished());
@@ -103,15 +109,21 @@ impl<G: GrantMapper, E: EventChannels> XenBackend<G, E> {
                 info!(backend = %path, "new 9pfs device");
                 devices.insert(path.clone(), self.spawn_device(path, shutdown.clone()));
             }
+            // One or two kinds: a second watch that is absent never fires.
             let (a, b) = watches.split_at_mut(1);
-            tokio::select! {
-                e = a[0].next() => if !matches!(e, Some(WatchEvent::Changed(_) | WatchEvent::Overflowed)) {
-                    anyhow::bail!("the xenstore connection ended");
-                },
-                e = b[0].next() => if !matches!(e, Some(WatchEvent::Changed(_) | WatchEvent::Overflowed)) {
-                    anyhow::bail!("the xenstore connection ended");
-                },
+            let second = async {
+                match b.first_mut() {
+                    Some(w) => w.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let event = tokio::select! {
+                e = a[0].next() => e,
+                e = second => e,
                 _ = shutdown.changed() => break,
+            };
+            if !matches!(event, Some(WatchEvent::Changed(_) | WatchEvent::Overflowed)) {
+                anyhow::bail!("the xenstore connection ended");
             }
         }
         for (_, task) in devices.drain() {
@@ -146,7 +158,7 @@ impl<G: GrantMapper, E: EventChannels> XenBackend<G, E> {
     /// Every device directory `<home>/backend/<kind>/<domid>/<devid>` present now.
     async fn scan(&self, home: &str) -> Result<Vec<String>> {
         let mut found = Vec::new();
-        for kind in BACKEND_KINDS {
+        for kind in self.kinds {
             let base = format!("{home}/backend/{kind}");
             let guests = match self.xs.directory(&base).await {
                 Ok(g) => g,

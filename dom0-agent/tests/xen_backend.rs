@@ -50,8 +50,9 @@ impl Host {
     }
 
     /// The guest `domid` connects device `devid` like Linux and mounts it: a 9P client.
-    async fn guest_mounts(&self, domid: u16, devid: u32) -> (Client, LinuxFrontend) {
-        let b = backend_path(domid, devid);
+    /// (`kind`: the device's backend kind, `9pfs` or `xen_9pfs`.)
+    async fn guest_mounts(&self, kind: &str, domid: u16, devid: u32) -> (Client, LinuxFrontend) {
+        let b = backend_path_of(kind, domid, devid);
         wait_for(&self.xs, &format!("{b}/state"), "2").await;
         let rings = frontend_publishes(&self.xs, &self.grants, &self.events, domid, devid, 9).await;
         wait_for(&self.xs, &format!("{b}/state"), "4").await;
@@ -92,9 +93,9 @@ async fn serves_each_guest_its_own_share_and_lets_go_on_removal() {
     // Guest 3's device exists before envoyd starts; guest 4's comes later (xen_9pfs kind).
     toolstack_creates_share(&h.xs, 3, 0, &a, "share").await;
     h.start_envoyd(false);
-    let (c3, _f3) = h.guest_mounts(3, 0).await;
-    toolstack_creates_share(&h.xs, 4, 0, &b, "share").await;
-    let (c4, _f4) = h.guest_mounts(4, 0).await;
+    let (c3, _f3) = h.guest_mounts("9pfs", 3, 0).await;
+    toolstack_creates_kind(&h.xs, "xen_9pfs", 4, 0, &b, "share").await;
+    let (c4, _f4) = h.guest_mounts("xen_9pfs", 4, 0).await;
 
     assert_eq!(read_file(&c3, "hello").await.unwrap(), b"guest a's file");
     assert_eq!(read_file(&c4, "hello").await.unwrap(), b"guest b's file");
@@ -150,7 +151,7 @@ async fn serves_each_guest_its_own_share_and_lets_go_on_removal() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        h.xs.read_string(&format!("{}/state", backend_path(4, 0)))
+        h.xs.read_string(&format!("{}/state", backend_path_of("xen_9pfs", 4, 0)))
             .await
             .unwrap(),
         "5"
@@ -164,10 +165,15 @@ async fn read_only_devices_and_the_xen_9pfsd_announcement() {
     let mut h = host().await;
     let tmp = tempfile::tempdir().unwrap();
     let a = share(tmp.path(), "ro", "read me");
-    toolstack_creates_share(&h.xs, 5, 0, &a, "share").await;
-    h.xs.write(&format!("{}/envoy-read-only", backend_path(5, 0)), "1")
-        .await
-        .unwrap();
+    toolstack_creates_kind(&h.xs, "xen_9pfs", 5, 0, &a, "share").await;
+    h.xs.write(
+        &format!("{}/envoy-read-only", backend_path_of("xen_9pfs", 5, 0)),
+        "1",
+    )
+    .await
+    .unwrap();
+    // Guest 6's type=qemu device is its QEMU's: xen-9pfsd leaves it alone.
+    toolstack_creates_share(&h.xs, 6, 0, &a, "share").await;
     h.start_envoyd(true);
     wait_for(&h.xs, "/local/domain/0/libxl/xen-9pfs/state", "running").await;
     assert_eq!(
@@ -176,7 +182,14 @@ async fn read_only_devices_and_the_xen_9pfsd_announcement() {
             .unwrap(),
         std::process::id().to_string()
     );
-    let (c, _f) = h.guest_mounts(5, 0).await;
+    let (c, _f) = h.guest_mounts("xen_9pfs", 5, 0).await;
+    assert_eq!(
+        h.xs.read_string(&format!("{}/state", backend_path(6, 0)))
+            .await
+            .unwrap(),
+        "1",
+        "a type=qemu device left to the device model"
+    );
     assert_eq!(read_file(&c, "hello").await.unwrap(), b"read me");
     c.walk(0, 20, &[]).await.unwrap();
     let refused = c
@@ -209,7 +222,7 @@ async fn a_second_xen_9pfsd_leaves_at_once() {
     let mut h = host().await;
     let tmp = tempfile::tempdir().unwrap();
     let a = share(tmp.path(), "a", "served by the first");
-    toolstack_creates_share(&h.xs, 5, 0, &a, "share").await;
+    toolstack_creates_kind(&h.xs, "xen_9pfs", 5, 0, &a, "share").await;
     h.xs.write("/local/domain/0/libxl/xen-9pfs/pid", "4242")
         .await
         .unwrap();
@@ -236,7 +249,7 @@ async fn a_second_xen_9pfsd_leaves_at_once() {
         "running"
     );
     assert_eq!(
-        h.xs.read_string(&format!("{}/state", backend_path(5, 0)))
+        h.xs.read_string(&format!("{}/state", backend_path_of("xen_9pfs", 5, 0)))
             .await
             .unwrap(),
         "1",

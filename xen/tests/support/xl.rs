@@ -43,7 +43,12 @@ impl SimXenHost {
 }
 
 pub fn backend_path(domid: u16, devid: u32) -> String {
-    format!("/local/domain/0/backend/9pfs/{domid}/{devid}")
+    backend_path_of("9pfs", domid, devid)
+}
+
+/// The backend directory of a device of backend kind `kind` (`9pfs` or `xen_9pfs`).
+pub fn backend_path_of(kind: &str, domid: u16, devid: u32) -> String {
+    format!("/local/domain/0/backend/{kind}/{domid}/{devid}")
 }
 
 pub fn frontend_path(domid: u16, devid: u32) -> String {
@@ -57,7 +62,19 @@ pub async fn toolstack_creates(xs: &Xenstore, domid: u16, devid: u32) {
 
 /// What libxl writes for `p9 = [ 'tag=TAG, path=PATH, security_model=none' ]`.
 pub async fn toolstack_creates_share(xs: &Xenstore, domid: u16, devid: u32, path: &str, tag: &str) {
-    let (b, f) = (backend_path(domid, devid), frontend_path(domid, devid));
+    toolstack_creates_kind(xs, "9pfs", domid, devid, path, tag).await
+}
+
+/// The same for a device of backend kind `kind` (`xen_9pfs`: xl's `type=xen_9pfsd`).
+pub async fn toolstack_creates_kind(
+    xs: &Xenstore,
+    kind: &str,
+    domid: u16,
+    devid: u32,
+    path: &str,
+    tag: &str,
+) {
+    let (b, f) = (backend_path_of(kind, domid, devid), frontend_path(domid, devid));
     xs.transaction(async |tx| {
         tx.write(&format!("{b}/frontend"), &f).await?;
         tx.write(&format!("{b}/frontend-id"), domid.to_string())
