@@ -1,12 +1,14 @@
 //! Reply buffers reused across requests, so large reads do not allocate an msize buffer each.
 //!
-//! A handler takes a buffer, reads file data straight into it after the reply header, and
-//! freezes it into the `Bytes` the transport writes. When the writer is done with a large reply
-//! it hands the `Bytes` back; if nobody else holds it, its allocation returns to the pool.
-//! One pool per connection (no global lock); the pool is bounded in count.
+//! A handler takes a [`PooledBuf`], reads file data straight into it after the reply header, and
+//! freezes it into the `Bytes` the transport writes. When the last holder of that `Bytes` drops
+//! it (the socket writer, or a Xen ring task once the reply is in the ring) a large buffer goes
+//! back to its pool: no allocation, zero-filling or page faults per read. One pool per
+//! connection (no global lock); the pool is bounded in count.
 
 use bytes::{Bytes, BytesMut};
-use std::sync::Mutex;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex};
 
 /// Replies at least this large are worth recycling.
 pub const RECYCLE_MIN: usize = 16 * 1024;
@@ -20,23 +22,24 @@ pub struct BufPool {
 
 impl BufPool {
     /// A pool keeping at most `max_buffers` idle buffers.
-    pub fn new(max_buffers: usize) -> BufPool {
-        BufPool {
+    pub fn new(max_buffers: usize) -> Arc<BufPool> {
+        Arc::new(BufPool {
             free: Mutex::new(Vec::new()),
             max_buffers,
-        }
+        })
     }
 
     /// An empty buffer with room for at least `capacity` bytes.
-    pub fn take(&self, capacity: usize) -> BytesMut {
+    pub fn take(self: &Arc<Self>, capacity: usize) -> PooledBuf {
         let mut buf = self.take_dirty(capacity);
         buf.clear();
         buf
     }
 
     /// A buffer of exactly `len` bytes whose contents are unspecified (old reply bytes or
-    /// zeros): for replies the caller overwrites entirely, so no time goes to clearing memory.
-    pub fn take_filled(&self, len: usize) -> BytesMut {
+    /// zeros): for replies the caller overwrites entirely, so no time goes to clearing memory
+    /// once the pool is warm.
+    pub fn take_filled(self: &Arc<Self>, len: usize) -> PooledBuf {
         let mut buf = self.take_dirty(len);
         if buf.len() < len {
             buf.resize(len, 0);
@@ -46,26 +49,28 @@ impl BufPool {
         buf
     }
 
-    fn take_dirty(&self, capacity: usize) -> BytesMut {
+    fn take_dirty(self: &Arc<Self>, capacity: usize) -> PooledBuf {
+        let mut reused = None;
         if capacity >= RECYCLE_MIN {
             let mut free = self.free.lock().unwrap();
             if let Some(pos) = free.iter().rposition(|b| b.capacity() >= capacity) {
-                return free.swap_remove(pos);
+                reused = Some(free.swap_remove(pos));
             }
         }
-        BytesMut::with_capacity(capacity)
+        PooledBuf {
+            buf: reused.unwrap_or_else(|| BytesMut::with_capacity(capacity)),
+            pool: self.clone(),
+        }
     }
 
-    /// Return a sent reply; kept only if it is large and no longer shared.
-    pub fn give_back(&self, sent: Bytes) {
-        if sent.len() < RECYCLE_MIN {
+    /// Keep `buf` for a later request if it is large and there is room.
+    fn put(&self, buf: BytesMut) {
+        if buf.capacity() < RECYCLE_MIN {
             return;
         }
-        if let Ok(buf) = sent.try_into_mut() {
-            let mut free = self.free.lock().unwrap();
-            if free.len() < self.max_buffers {
-                free.push(buf);
-            }
+        let mut free = self.free.lock().unwrap();
+        if free.len() < self.max_buffers {
+            free.push(buf);
         }
     }
 
@@ -75,33 +80,78 @@ impl BufPool {
     }
 }
 
+/// A buffer taken from a [`BufPool`]; it returns there when dropped, or — after
+/// [`PooledBuf::freeze`] — when the last `Bytes` sharing it is dropped.
+pub struct PooledBuf {
+    buf: BytesMut,
+    pool: Arc<BufPool>,
+}
+
+impl PooledBuf {
+    /// The filled buffer as `Bytes`, still owned by the pool.
+    pub fn freeze(self) -> Bytes {
+        Bytes::from_owner(self)
+    }
+}
+
+impl Deref for PooledBuf {
+    type Target = BytesMut;
+    fn deref(&self) -> &BytesMut {
+        &self.buf
+    }
+}
+
+impl DerefMut for PooledBuf {
+    fn deref_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+}
+
+impl AsRef<[u8]> for PooledBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        self.pool.put(std::mem::take(&mut self.buf));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn large_buffers_are_reused() {
+    fn large_buffers_come_back_when_the_last_holder_drops_them() {
         let pool = BufPool::new(4);
         let mut b = pool.take(64 * 1024);
         b.extend_from_slice(&[7u8; 40 * 1024]);
         let ptr = b.as_ptr();
-        pool.give_back(b.freeze());
+        let sent = b.freeze();
+        let held_by_a_ring = sent.slice(10..20);
+        drop(sent);
+        assert_eq!(pool.idle(), 0, "still shared");
+        drop(held_by_a_ring);
         assert_eq!(pool.idle(), 1);
         let again = pool.take(50 * 1024);
         assert_eq!(again.as_ptr(), ptr, "the same allocation comes back");
         assert!(again.is_empty());
         assert_eq!(pool.idle(), 0);
+        drop(again);
+        let filled = pool.take_filled(48 * 1024);
+        assert_eq!((filled.len(), filled.as_ptr()), (48 * 1024, ptr));
     }
 
     #[test]
-    fn shared_or_small_buffers_are_dropped() {
-        let pool = BufPool::new(4);
-        let mut b = pool.take(64 * 1024);
-        b.extend_from_slice(&[1u8; 32 * 1024]);
-        let frozen = b.freeze();
-        let _other = frozen.clone();
-        pool.give_back(frozen);
-        pool.give_back(Bytes::from_static(b"tiny"));
+    fn small_buffers_and_a_full_pool_are_not_kept() {
+        let pool = BufPool::new(1);
+        drop(pool.take(1024).freeze());
         assert_eq!(pool.idle(), 0);
+        let (a, b) = (pool.take(64 * 1024), pool.take(64 * 1024));
+        drop(a);
+        drop(b);
+        assert_eq!(pool.idle(), 1);
     }
 }

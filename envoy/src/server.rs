@@ -16,7 +16,7 @@
 //! framing and duplicate tags end the connection; every other malformed request gets an error
 //! reply and the connection goes on.
 
-use crate::bufpool::{BufPool, RECYCLE_MIN};
+use crate::bufpool::BufPool;
 use crate::session::{Protocol, Session, SessionLimits, encode, error_reply};
 use crate::vfs::{Errno, FileSystem};
 use crate::workers::Workers;
@@ -134,14 +134,14 @@ impl<F: FileSystem> Server<F> {
         mut shutdown: watch::Receiver<bool>,
     ) -> Ended {
         let Channel { mut rx, tx, .. } = channel;
-        let pool = Arc::new(BufPool::new(self.config.max_in_flight.min(32)));
+        let pool = BufPool::new(self.config.max_in_flight.min(32));
         let (reply_tx, reply_rx) = mpsc::unbounded_channel();
         let conn = Arc::new(Conn {
             session: Session::new(self.fs.clone(), self.config.session.clone(), pool.clone()),
             in_flight: Mutex::new(HashMap::new()),
             replies: reply_tx,
         });
-        let writer = tokio::spawn(write_replies(tx, reply_rx, pool).in_current_span());
+        let writer = tokio::spawn(write_replies(tx, reply_rx).in_current_span());
         let slots = Arc::new(Semaphore::new(self.config.max_in_flight));
         let mut proto: Option<Protocol> = None;
         let ended = loop {
@@ -372,30 +372,21 @@ impl<F: FileSystem> Conn<F> {
     }
 }
 
-/// The writer task: gather queued replies into vectored writes; recycle large buffers.
-async fn write_replies<T: FrameTx>(
-    mut tx: T,
-    mut replies: mpsc::UnboundedReceiver<Bytes>,
-    pool: Arc<BufPool>,
-) {
+/// The writer task: gather queued replies into vectored writes. (Pooled reply buffers go back
+/// to their pool when the transport drops them.)
+async fn write_replies<T: FrameTx>(mut tx: T, mut replies: mpsc::UnboundedReceiver<Bytes>) {
     let mut batch = Vec::with_capacity(64);
-    let mut recycle = Vec::with_capacity(64);
     loop {
         if replies.recv_many(&mut batch, 64).await == 0 {
             break;
         }
-        recycle.extend(batch.iter().filter(|b| b.len() >= RECYCLE_MIN).cloned());
         if let Err(e) = tx.send(&mut batch).await {
             debug!(%e, "reply write failed; dropping the rest");
             batch.clear();
-            recycle.clear();
             // Keep draining so senders never block on a dead peer (they do not: unbounded), and
             // so the connection task can finish.
             while replies.recv().await.is_some() {}
             break;
-        }
-        for b in recycle.drain(..) {
-            pool.give_back(b);
         }
     }
     let _ = tx.close().await;

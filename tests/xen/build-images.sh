@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the images of the Xen end-to-end harness from Debian packages only.
 #
-#   tests/xen/build-images.sh [4.17|4.20]   (default 4.17)
+#   tests/xen/build-images.sh [4.17|4.20] [qemu]   (default 4.17)
 #       -> $ENVOY_XEN_OUT/<version>/ (ENVOY_XEN_OUT default ~/.cache/envoy-xen):
 #       xen              the hypervisor, gunzipped (QEMU's multiboot loader reads ELF, not gzip)
 #       vmlinuz          the dom0 (and domU) kernel
@@ -13,6 +13,8 @@
 #                        envoyd does not rebuild this.
 #       domu.cpio.gz     busybox PV domU: the 9p modules, tests/xen/domu-init.sh as /init, the
 #                        VM suite's workload (tests/vm/workload.sh, mmapcat) and its short form
+#       qemu-dm.cpio.gz  with `qemu` only (and only that): QEMU's Xen device model for dom0,
+#                        the benchmark's peer (tools/bench/xen-9pfs.sh)
 #
 # 4.17 (Debian bookworm, the host's release): xen-hypervisor-4.17-amd64 (unpacked, never
 #   installed), the VM harness's bookworm kernel (tools/vm/build.sh), the host's xen-utils-4.17,
@@ -29,7 +31,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 XV=${1:-4.17}
-case $XV in 4.17|4.20) ;; *) echo "usage: $0 [4.17|4.20]" >&2; exit 3 ;; esac
+case $XV in 4.17|4.20) ;; *) echo "usage: $0 [4.17|4.20] [qemu]" >&2; exit 3 ;; esac
 BASE=${ENVOY_XEN_OUT:-${XDG_CACHE_HOME:-$HOME/.cache}/envoy-xen}
 OUT=$BASE/$XV
 VMOUT=${ENVOY_VM_OUT:-${XDG_CACHE_HOME:-$HOME/.cache}/envoy-vm}
@@ -109,25 +111,6 @@ else
 fi
 [ -f "$KROOT/boot/vmlinuz-$KVER" ] || { echo "build-images: no kernel $KVER in $KROOT" >&2; exit 1; }
 
-STAMP="$XV $PKGS $(cat "$0" "$HERE"/dom0-init.sh "$HERE"/domu-init.sh "$HERE"/quick-data.sh "$HERE"/*.cfg \
-    "$ROOT"/tests/vm/workload.sh "$ROOT"/tests/vm/mmapcat.c | sha256sum | cut -c1-16)"
-if [ -f "$OUT/stamp" ] && [ "$(cat "$OUT/stamp")" = "$STAMP" ] \
-    && [ -f "$OUT/xen" ] && [ -f "$OUT/vmlinuz" ] && [ -f "$OUT/dom0.cpio.gz" ]; then
-    echo "build-images: $XV up to date in $OUT" >&2
-    exit 0
-fi
-echo "build-images: Xen $XV: kernel $KVER, $PKGS" >&2
-if [ "$XV" = 4.17 ] && [ ! -f "$XENGZ" ]; then
-    rm -f "$BASE/debs/${XENPKG}_"*.deb
-    (cd "$BASE/debs" && apt-get download "$XENPKG=$XENVER" >/dev/null 2>&1) \
-        || { echo "build-images: apt-get download $XENPKG=$XENVER failed" >&2; exit 1; }
-    rm -rf "$XROOT"; mkdir -p "$XROOT"
-    dpkg-deb -x "$BASE/debs/${XENPKG}_"*.deb "$XROOT"
-    rm -f "$BASE/debs/${XENPKG}_"*.deb
-fi
-zcat "$XENGZ" > "$OUT/xen.tmp" && mv "$OUT/xen.tmp" "$OUT/xen"
-cp "$KROOT/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
-
 # base_root DIR: busybox and the usual directories. `busybox --list` names busybox itself: a
 # symlink busybox -> busybox would loop (ELOOP at /init).
 base_root() {
@@ -183,6 +166,58 @@ pack() { # DIR OUTPUT: newc cpio, gzip -1 (the guest decompresses it under TCG: 
     mv "$2.tmp" "$2"
 }
 
+# --- `build-images.sh VER qemu`: QEMU's Xen device model (xen-qemu-system-i386, the libraries
+# it needs, its keymaps: libxl passes -vnc none and QEMU still loads en-us) as
+# $OUT/qemu-dm.cpio.gz, the benchmark's peer; run-qemu.sh -b appends it to dom0's initramfs.
+if [ "${2:-}" = qemu ]; then
+    DM=/usr/libexec/xen-qemu-system-i386
+    if [ ! -x "$SYSROOT$DM" ]; then
+        echo "build-images: installing qemu-system-xen${SYSROOT:+ in $SYSROOT}" >&2
+        if [ -n "$SYSROOT" ]; then
+            chroot "$SYSROOT" apt-get update -qq >&2
+            chroot "$SYSROOT" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-xen >&2
+        else
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-xen >&2
+        fi
+    fi
+    QV=$(if [ -n "$SYSROOT" ]; then chroot "$SYSROOT" dpkg-query -W -f '${Version}' qemu-system-xen; else dpkg-query -W -f '${Version}' qemu-system-xen; fi)
+    if [ -f "$OUT/qemu-dm.stamp" ] && [ "$(cat "$OUT/qemu-dm.stamp")" = "$QV" ] && [ -f "$OUT/qemu-dm.cpio.gz" ]; then
+        echo "build-images: QEMU $QV for $XV up to date" >&2
+        exit 0
+    fi
+    Q=$(mktemp -d /tmp/envoy-xenqemu-XXXXXX)
+    trap 'rm -rf "$Q"' EXIT
+    copy_bin "$Q" "$DM"
+    mkdir -p "$Q/usr/share/qemu"
+    cp -a "$SYSROOT/usr/share/qemu/keymaps" "$Q/usr/share/qemu/"
+    find "$Q" -type f \( -name '*.so*' -o -perm -u+x \) -exec strip --strip-unneeded {} + 2>/dev/null || true
+    pack "$Q" "$OUT/qemu-dm.cpio.gz"
+    echo "$QV" > "$OUT/qemu-dm.stamp"
+    echo "build-images: $OUT/qemu-dm.cpio.gz: QEMU $QV, $(du -h "$OUT/qemu-dm.cpio.gz" | cut -f1)" >&2
+    exit 0
+fi
+
+STAMP="$XV $PKGS $(cat "$0" "$HERE"/dom0-init.sh "$HERE"/domu-init.sh "$HERE"/quick-data.sh "$HERE"/*.cfg \
+    "$HERE"/dom0-bench.sh "$HERE"/domu-bench.sh \
+    "$ROOT"/tests/vm/workload.sh "$ROOT"/tests/vm/mmapcat.c | sha256sum | cut -c1-16)"
+if [ -f "$OUT/stamp" ] && [ "$(cat "$OUT/stamp")" = "$STAMP" ] \
+    && [ -f "$OUT/xen" ] && [ -f "$OUT/vmlinuz" ] && [ -f "$OUT/dom0.cpio.gz" ]; then
+    echo "build-images: $XV up to date in $OUT" >&2
+    exit 0
+fi
+echo "build-images: Xen $XV: kernel $KVER, $PKGS" >&2
+if [ "$XV" = 4.17 ] && [ ! -f "$XENGZ" ]; then
+    rm -f "$BASE/debs/${XENPKG}_"*.deb
+    (cd "$BASE/debs" && apt-get download "$XENPKG=$XENVER" >/dev/null 2>&1) \
+        || { echo "build-images: apt-get download $XENPKG=$XENVER failed" >&2; exit 1; }
+    rm -rf "$XROOT"; mkdir -p "$XROOT"
+    dpkg-deb -x "$BASE/debs/${XENPKG}_"*.deb "$XROOT"
+    rm -f "$BASE/debs/${XENPKG}_"*.deb
+fi
+zcat "$XENGZ" > "$OUT/xen.tmp" && mv "$OUT/xen.tmp" "$OUT/xen"
+cp "$KROOT/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
+
 W=$(mktemp -d /tmp/envoy-xenbuild-XXXXXX)
 trap 'rm -rf "$W"' EXIT
 
@@ -193,6 +228,7 @@ add_modules "$DU" 9pnet_xen 9p
 install -m 0755 "$HERE/domu-init.sh" "$DU/init"
 install -m 0755 "$ROOT/tests/vm/workload.sh" "$DU/workload.sh"
 install -m 0755 "$HERE/quick-data.sh" "$DU/quick-data.sh"
+install -m 0755 "$HERE/domu-bench.sh" "$DU/bench.sh"
 # workload-short.sh: the workload's definitions (everything before its list of checks) and a
 # subset of its checks, plus a hundred small files instead of a thousand (see
 # docs/xen-harness.md: what each configuration runs).
@@ -279,6 +315,9 @@ else
     ln -sf /usr/lib/envoy/envoyd "$D0/usr/lib/xen-4.20/bin/xen-9pfsd"
 fi
 install -m 0755 "$HERE/dom0-init.sh" "$D0/init"
+mkdir -p "$D0/etc/envoy"
+install -m 0644 "$HERE/dom0-bench.sh" "$D0/etc/envoy/dom0-bench.sh"
+[ "$XV" = 4.17 ] && install -m 0644 "$HERE"/domu-bench-{envoy,qemu}.cfg "$D0/etc/xen/"
 cp "$KROOT/boot/vmlinuz-$KVER" "$D0/guest/vmlinuz"
 cp "$OUT/domu.cpio.gz" "$D0/guest/domu.cpio.gz"
 pack "$D0" "$OUT/dom0.cpio.gz"

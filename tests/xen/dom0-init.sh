@@ -22,6 +22,7 @@
 #   xtimeout=420    seconds to wait for guest 1's result
 #   xenvoyd=BASE64  extra envoyd options (4.17 only; e.g. --debug-corrupt-reads for the self-test)
 #   xshell=1        a shell on the console at the end instead of powering off
+#   xbench=R:M:N    run the benchmark instead (dom0-bench.sh, domu-bench.sh; Xen 4.17 with QEMU)
 # Machine-parsable lines (everything else is commentary):
 #   ENVOY-CHECK: PASS|FAIL name [detail]       dom0's own checks
 #   domU| LINE, domU2| LINE                    a line of guest 1's, guest 2's console
@@ -112,6 +113,13 @@ envoyd_alive() { [ -n "$ENVOYD_PID" ] && kill -0 "$ENVOYD_PID" 2>/dev/null; }
 # Closed; a backend that never does costs 10 s and an error in libxl's log.
 timeouts() { grep -ai 'timed out\|timeout reached\|unable to remove' "$1" | head -n 2 | cut -c1-200; }
 no_timeout() { [ -z "$(timeouts "$1")" ]; }
+
+# The benchmark instead of the suite (xbench=ROUNDS:MIB:READERS, Xen 4.17; starts and stops
+# envoyd itself; ends in finish).
+if [ -n "${xbench:-}" ]; then
+    . /etc/envoy/dom0-bench.sh
+    bench_run
+fi
 
 # 2. envoyd serves the 9pfs backends of this domain. On 4.17 this init starts it; on 4.20 libxl
 # does, at guest 1's creation (below).

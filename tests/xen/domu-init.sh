@@ -8,6 +8,8 @@
 #                 after guest 2's destruction ([F])
 #   xrole=peer    guest 2: one share (tag share2); tries to reach guest 1's files, then keeps
 #                 using its share until dom0 destroys it ([P])
+#   xrole=bench   a benchmark guest: /bench.sh (tests/xen/domu-bench.sh) with
+#                 xbench=SERVER:ROUND:MIB:READERS
 #   xcases=L,u    guest 1's cases: L = the VM suite's workload on tag share with 9p2000.L,
 #                 u = on tag shareu with 9p2000.u, Ls/us = the short workload
 #                 (workload-short.sh) on the same, S = a quick data check on share (self-test)
@@ -36,12 +38,12 @@ elapsed() { awk -v a="$1" -v b="$(up)" 'BEGIN { printf "%.1fs", b - a }'; }
 MSIZE=524288
 log "domU init, kernel $(uname -r), cmdline: $(cat /proc/cmdline)"
 
-cases='' par=1 role=main extras=0
+cases='' par=1 role=main extras=0 bench=envoy:1:256:4
 # shellcheck disable=SC2013 # words, not lines
 for a in $(cat /proc/cmdline); do
     case $a in
         xcases=*) cases=${a#xcases=} ;; xpar=*) par=${a#xpar=} ;; xrole=*) role=${a#xrole=} ;;
-        xextras=*) extras=${a#xextras=} ;;
+        xextras=*) extras=${a#xextras=} ;; xbench=*) bench=${a#xbench=} ;;
     esac
 done
 
@@ -248,6 +250,9 @@ peer() {
 
 if [ "$role" = peer ]; then
     peer
+elif [ "$role" = bench ]; then
+    # shellcheck disable=SC2046 # SERVER ROUND MIB READERS
+    sh /bench.sh $(echo "$bench" | tr : ' ') "$MSIZE" || echo x > /tmp/fails-B
 else
     [ "$extras" = 1 ] && hot_job &
     # Cases run side by side (each on its own device and share): the guest and dom0 have two

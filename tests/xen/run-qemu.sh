@@ -16,6 +16,8 @@
 #   -t SECS    how long dom0 waits for the guest's result (default 420)
 #   -T SECS    how long QEMU may run at all (default 540)
 #   -s         dom0 ends in a shell on the console (interactive debugging: use with -l /dev/stdout)
+#   -b R:M:N   the benchmark instead of the suite (Xen 4.17; needs build-images.sh 4.17 qemu):
+#              R rounds of M MiB sequential write/read and an N-reader read, envoyd vs QEMU
 # env: ENVOYD, ENVOY_DM (default target/debug/{envoyd,envoy-dm}), ENVOY_XL, ENVOY_FE (default
 #      target/{release,debug}/{envoy-xl,envoy-xen-frontend} if present; needed for -E 1),
 #      ENVOY_XEN_OUT (images, see build-images.sh), XEN_QEMU_CPU (QEMU's -cpu, see below)
@@ -37,11 +39,12 @@ if [ -z "${ENVOY_FE:-}" ]; then
         [ -x "$ENVOY_FE" ] && break
     done
 fi
-XV=4.17 LOG='' CASES=L,u PAR=1 EXTRAS=1 EOPTS='' GUEST_TMO=420 QEMU_TMO=540 SHELL_AT_END=0
-while getopts "x:l:c:p:E:e:t:T:sh" o; do
+XV=4.17 LOG='' CASES=L,u PAR=1 EXTRAS=1 EOPTS='' GUEST_TMO=420 QEMU_TMO=540 SHELL_AT_END=0 BENCH=''
+while getopts "x:l:c:p:E:e:t:T:sb:h" o; do
     case $o in
         x) XV=$OPTARG ;; l) LOG=$OPTARG ;; c) CASES=$OPTARG ;; p) PAR=$OPTARG ;; E) EXTRAS=$OPTARG ;;
         e) EOPTS=$OPTARG ;; t) GUEST_TMO=$OPTARG ;; T) QEMU_TMO=$OPTARG ;; s) SHELL_AT_END=1 ;;
+        b) BENCH=$OPTARG EXTRAS=0 ;;
         *) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 3 ;;
     esac
 done
@@ -72,12 +75,18 @@ strip --strip-debug -o "$P/envoy-dm" "$ENVOY_DM"
 [ -n "$ENVOY_XL" ] && [ -x "$ENVOY_XL" ] && strip --strip-debug -o "$P/envoy-xl" "$ENVOY_XL"
 [ -n "$ENVOY_FE" ] && [ -x "$ENVOY_FE" ] && strip --strip-debug -o "$P/envoy-xen-frontend" "$ENVOY_FE"
 (cd "$W/payload" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc -R 0:0 --quiet) | gzip -1 > "$W/envoy.cpio.gz"
-cat "$OUT/dom0.cpio.gz" "$W/envoy.cpio.gz" > "$W/dom0.cpio.gz"
+QEMU_DM=''
+if [ -n "$BENCH" ]; then
+    QEMU_DM=$OUT/qemu-dm.cpio.gz
+    [ -f "$QEMU_DM" ] || { echo "run-qemu: $QEMU_DM missing: run tests/xen/build-images.sh $XV qemu" >&2; exit 3; }
+fi
+cat "$OUT/dom0.cpio.gz" "$W/envoy.cpio.gz" ${QEMU_DM:+"$QEMU_DM"} > "$W/dom0.cpio.gz"
 
 # dom0's command line travels inside QEMU's -initrd list, where ',' separates modules: the
 # envoyd options go base64-encoded (no commas), the cases with ':' for ','.
 D0ARGS="console=hvc0 earlyprintk=xen quiet loglevel=4 xcases=${CASES//,/:} xpar=$PAR xextras=$EXTRAS xtimeout=$GUEST_TMO xshell=$SHELL_AT_END"
 [ -n "$EOPTS" ] && D0ARGS="$D0ARGS xenvoyd=$(printf '%s' "$EOPTS" | base64 -w0)"
+[ -n "$BENCH" ] && D0ARGS="$D0ARGS xbench=$BENCH"
 case $D0ARGS in *,*) echo "run-qemu: no commas in options, please" >&2; exit 3 ;; esac
 # Xen: serial console; dom0 gets 1 GiB and both vCPUs; noreboot: dom0's poweroff ends QEMU.
 XENARGS="console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=2 loglvl=warning guest_loglvl=warning noreboot"

@@ -335,6 +335,20 @@ pub(crate) fn copy_from_ring<M: RingMemory>(
     idx: u32,
     out: &mut [u8],
 ) {
+    // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout; the callee only writes.
+    let out = unsafe { &mut *(out as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+    copy_from_ring_uninit(mem, base, size, idx, out)
+}
+
+/// [`copy_from_ring`] into memory that need not be initialised; all of `out` is written.
+pub(crate) fn copy_from_ring_uninit<M: RingMemory>(
+    mem: &M,
+    base: usize,
+    size: usize,
+    idx: u32,
+    out: &mut [std::mem::MaybeUninit<u8>],
+) {
+    let out_ptr = out.as_mut_ptr().cast::<u8>();
     let start = idx as usize & (size - 1);
     let first = out.len().min(size - start);
     // SAFETY: `base + size <= data_len` (checked by the ring's constructor or the simulation);
@@ -342,12 +356,8 @@ pub(crate) fn copy_from_ring<M: RingMemory>(
     // the data area; `out` is a distinct, writable Rust buffer. The consumer's acquire load of
     // `prod` orders these reads after the producer's writes.
     unsafe {
-        std::ptr::copy_nonoverlapping(mem.data().add(base + start), out.as_mut_ptr(), first);
-        std::ptr::copy_nonoverlapping(
-            mem.data().add(base),
-            out.as_mut_ptr().add(first),
-            out.len() - first,
-        );
+        std::ptr::copy_nonoverlapping(mem.data().add(base + start), out_ptr, first);
+        std::ptr::copy_nonoverlapping(mem.data().add(base), out_ptr.add(first), out.len() - first);
     }
 }
 
@@ -399,8 +409,17 @@ pub(crate) fn take_message<M: RingMemory>(
     if queued < len {
         return Ok(None);
     }
-    let mut msg = BytesMut::zeroed(len as usize);
-    copy_from_ring(mem, base, size, cons, &mut msg);
+    // Not zero-filled first: the copy writes every byte (a Twrite is an msize of them).
+    let mut msg = BytesMut::with_capacity(len as usize);
+    copy_from_ring_uninit(
+        mem,
+        base,
+        size,
+        cons,
+        &mut msg.spare_capacity_mut()[..len as usize],
+    );
+    // SAFETY: the copy above initialised the first `len` bytes of the spare capacity.
+    unsafe { msg.set_len(len as usize) };
     // Release: our reads of the bytes finish before the producer may reuse them.
     index(mem, cons_off).store(cons.wrapping_add(len), Ordering::Release);
     Ok(Some(msg.freeze()))

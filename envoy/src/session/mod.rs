@@ -12,7 +12,7 @@ mod dotu;
 mod fid;
 mod user;
 
-use crate::bufpool::BufPool;
+use crate::bufpool::{BufPool, PooledBuf};
 use crate::vfs::{Errno, FileSystem, Result};
 use bytes::{Bytes, BytesMut};
 use envoy_protocol::consts::{self, NOFID};
@@ -291,7 +291,7 @@ impl<F: FileSystem> Session<F> {
     }
 
     /// A pooled reply buffer sized for a header plus `count` data bytes (contents unspecified).
-    fn data_reply(&self, count: usize) -> BytesMut {
+    fn data_reply(&self, count: usize) -> PooledBuf {
         self.pool
             .take_filled(envoy_protocol::DATA_REPLY_HEADER_LEN + count)
     }
@@ -382,7 +382,7 @@ pub(crate) fn error_reply(tag: u16, dialect: Dialect, e: Errno, text: Option<&st
 
 /// Write the header of a data reply (`Rread`/`Rreaddir`) of `n` bytes into the first bytes of
 /// `buf`, whose data already follows the header, and trim it.
-fn finish_data_reply(mut buf: BytesMut, ty: u8, tag: u16, n: usize) -> Bytes {
+fn finish_data_reply(mut buf: PooledBuf, ty: u8, tag: u16, n: usize) -> Bytes {
     let len = envoy_protocol::DATA_REPLY_HEADER_LEN;
     buf.truncate(len + n);
     let mut head = BytesMut::with_capacity(len);

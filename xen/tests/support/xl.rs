@@ -74,7 +74,10 @@ pub async fn toolstack_creates_kind(
     path: &str,
     tag: &str,
 ) {
-    let (b, f) = (backend_path_of(kind, domid, devid), frontend_path(domid, devid));
+    let (b, f) = (
+        backend_path_of(kind, domid, devid),
+        frontend_path(domid, devid),
+    );
     xs.transaction(async |tx| {
         tx.write(&format!("{b}/frontend"), &f).await?;
         tx.write(&format!("{b}/frontend-id"), domid.to_string())
