@@ -199,7 +199,8 @@ pub(crate) unsafe fn word_at<'a>(page: *mut u8, offset: usize) -> &'a AtomicU32 
     unsafe { &*(page.add(offset) as *const AtomicU32) }
 }
 
-/// A ring's pages mapped from a frontend's grants: the intf page and the data pages.
+/// A ring's pages: the intf page and the data pages, as the backend mapped them from the
+/// frontend's grants (`map_ring`) or as the frontend shared them (`frontend::FrontendRing`).
 #[derive(Debug)]
 pub struct RingPages<M: GrantMapping> {
     intf: M,
@@ -207,6 +208,17 @@ pub struct RingPages<M: GrantMapping> {
 }
 
 impl<M: GrantMapping> RingPages<M> {
+    /// The pages of a ring. The caller has checked that `intf` is at least `PAGE_SIZE` bytes
+    /// (the safety of [`RingMemory`] for this type rests on it).
+    pub(crate) fn new(intf: M, data: M) -> Self {
+        assert!(
+            intf.len() >= PAGE_SIZE,
+            "an intf mapping of {} bytes",
+            intf.len()
+        );
+        RingPages { intf, data }
+    }
+
     /// The intf page's mapping.
     pub fn intf_mapping(&self) -> &M {
         &self.intf
@@ -218,8 +230,8 @@ impl<M: GrantMapping> RingPages<M> {
     }
 }
 
-// SAFETY: `map_ring`, the only constructor, checks that the intf mapping is at least PAGE_SIZE
-// bytes; `GrantMapping` guarantees both mappings are page-aligned (so 4-byte aligned) and valid
+// SAFETY: `RingPages::new`, the only constructor, asserts that the intf mapping is at least
+// PAGE_SIZE bytes; `GrantMapping` guarantees both mappings are page-aligned (so 4-byte aligned) and valid
 // for reads and writes of `len()` bytes until dropped, which happens only with `self`.
 unsafe impl<M: GrantMapping> RingMemory for RingPages<M> {
     fn intf(&self) -> *mut u8 {
@@ -320,7 +332,7 @@ pub fn map_ring<G: GrantMapper>(
             refs: RefList::new(&refs),
             error,
         })?;
-    Ring::with_order(RingPages { intf, data }, order).map_err(|error| MapRingError::Ring {
+    Ring::with_order(RingPages::new(intf, data), order).map_err(|error| MapRingError::Ring {
         domid,
         intf_ref,
         error,

@@ -25,7 +25,8 @@ use crate::evtchn::{EventChannel, EvtchnError, UnboundPorts};
 use crate::grant::{GrantError, GrantSharer, SharedGrants};
 use crate::ring::{
     IN_CONS, IN_PROD, MAX_RING_ORDER, MIN_MESSAGE, OUT_CONS, OUT_PROD, PAGE_SIZE, REFS, RING_ORDER,
-    RingError, RingMemory, copy_from_ring, put_message, ring_size, take_message, word_at,
+    RingError, RingMemory, RingPages, copy_from_ring, put_message, ring_size, take_message,
+    word_at,
 };
 
 /// Why a ring could not be set up.
@@ -50,32 +51,10 @@ pub enum FrontendError {
     Evtchn(#[from] EvtchnError),
 }
 
-/// The intf page and the data pages, as shared.
-struct Pages<S> {
-    intf: S,
-    data: S,
-}
-
-// SAFETY: `SharedGrants` (via `GrantMapping`) guarantees both mappings are page-aligned (so
-// 4-byte aligned) and valid for reads and writes of `len()` bytes until dropped, which happens
-// only with `self`; `FrontendRing::setup`, the only constructor, checks that the intf mapping
-// is at least PAGE_SIZE bytes.
-unsafe impl<S: SharedGrants> RingMemory for Pages<S> {
-    fn intf(&self) -> *mut u8 {
-        self.intf.as_ptr()
-    }
-    fn data(&self) -> *mut u8 {
-        self.data.as_ptr()
-    }
-    fn data_len(&self) -> usize {
-        self.data.len()
-    }
-}
-
 /// The guest's side of one 9pfs ring: the pages it shared and the port it allocated. Dropping
 /// it ends the grants and closes the port.
 pub struct FrontendRing<S: SharedGrants, P: EventChannel> {
-    mem: Pages<S>,
+    mem: RingPages<S>,
     order: u32,
     size: usize,
     port: u32,
@@ -116,7 +95,7 @@ impl<S: SharedGrants, P: EventChannel> FrontendRing<S, P> {
         let data = share("data pages", 1 << order)?;
         let (port, events) = events.alloc_unbound_port(backend_domid)?;
         let ring = FrontendRing {
-            mem: Pages { intf, data },
+            mem: RingPages::new(intf, data),
             order,
             size: ring_size(order),
             port,
@@ -128,7 +107,7 @@ impl<S: SharedGrants, P: EventChannel> FrontendRing<S, P> {
         for at in [IN_CONS, IN_PROD, OUT_CONS, OUT_PROD] {
             ring.poke_index(at, 0);
         }
-        for (i, r) in ring.mem.data.refs().iter().enumerate() {
+        for (i, r) in ring.mem.data_mapping().refs().iter().enumerate() {
             ring.poke_index(REFS + 4 * i, *r);
         }
         ring.poke_index(RING_ORDER, order);
@@ -137,12 +116,12 @@ impl<S: SharedGrants, P: EventChannel> FrontendRing<S, P> {
 
     /// The intf page's grant ref (what Linux writes to `ring-ref<N>`).
     pub fn intf_ref(&self) -> u32 {
-        self.mem.intf.refs()[0]
+        self.mem.intf_mapping().refs()[0]
     }
 
     /// The data pages' grant refs, as granted (the intf page may since have been corrupted).
     pub fn data_refs(&self) -> &[u32] {
-        self.mem.data.refs()
+        self.mem.data_mapping().refs()
     }
 
     /// The unbound port allocated for the backend (what Linux writes to `event-channel-<N>`).
@@ -172,12 +151,12 @@ impl<S: SharedGrants, P: EventChannel> FrontendRing<S, P> {
 
     /// The intf page as shared.
     pub fn intf_pages(&self) -> &S {
-        &self.mem.intf
+        self.mem.intf_mapping()
     }
 
     /// The data pages as shared.
     pub fn data_pages(&self) -> &S {
-        &self.mem.data
+        self.mem.data_mapping()
     }
 
     /// Queue one whole request in `out`; `false` when it does not fit yet (Linux waits).
