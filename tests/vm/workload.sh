@@ -3,6 +3,11 @@
 # One line per check: "ENVOY-CHECK: PASS name" or "ENVOY-CHECK: FAIL name: detail".
 # "ENVOY-HOST: md5 PATH HASH" lines ask the host to verify a file in its export.
 # Exit status: the number of failed checks.
+# Sizes (environment; the defaults are the VM suite's, the Xen suite's nested guest uses smaller):
+#   WL_FILES (1000) small files, WL_DIR_ENTRIES (5000) entries of the share's bigN directory,
+#   WL_BIG_BLOCKS (64) and WL_CW_BLOCKS (12) 1 MiB-ish blocks in big.bin and in each of cw1/cw2.
+FILES=${WL_FILES:-1000} DIR_ENTRIES=${WL_DIR_ENTRIES:-5000}
+BIG_BLOCKS=${WL_BIG_BLOCKS:-64} CW_BLOCKS=${WL_CW_BLOCKS:-12}
 
 fails=0
 pass() { echo "ENVOY-CHECK: PASS $1"; }
@@ -23,7 +28,7 @@ repeat() { i=0; while [ $i -lt "$2" ]; do cat "$1"; i=$((i + 1)); done; }
 # A 1,052,673-byte random block: repeated, its period does not align with msize or pages.
 dd if=/dev/urandom of=/tmp/blk bs=1052673 count=1 2>/dev/null
 dd if=/dev/urandom of=/tmp/blk2 bs=999983 count=1 2>/dev/null
-BIG_SUM=$(repeat /tmp/blk 64 | md5sum | cut -d' ' -f1)
+BIG_SUM=$(repeat /tmp/blk "$BIG_BLOCKS" | md5sum | cut -d' ' -f1)
 
 deep_mkdir() {
     mkdir -p deep/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/r/s/t || return 1
@@ -34,8 +39,8 @@ deep_mkdir() {
 small_files() {
     mkdir small || return 1
     i=0
-    while [ $i -lt 1000 ]; do echo "small file $i" > small/f$i || return 1; i=$((i + 1)); done
-    [ "$(ls small | wc -l)" -eq 1000 ] || { echo "count $(ls small | wc -l)"; return 1; }
+    while [ $i -lt "$FILES" ]; do echo "small file $i" > small/f$i || return 1; i=$((i + 1)); done
+    [ "$(ls small | wc -l)" -eq "$FILES" ] || { echo "count $(ls small | wc -l)"; return 1; }
     drop_caches
     # One reader for all files (busybox's `read` builtin would issue one 1-byte read per byte);
     # the expected bytes are derived from each name, in the same glob order.
@@ -46,8 +51,8 @@ small_files() {
 
 big_file() {
     want=$BIG_SUM
-    repeat /tmp/blk 64 > big.bin || return 1
-    [ "$(stat -c %s big.bin)" -eq $((1052673 * 64)) ] || { echo "size $(stat -c %s big.bin)"; return 1; }
+    repeat /tmp/blk "$BIG_BLOCKS" > big.bin || return 1
+    [ "$(stat -c %s big.bin)" -eq $((1052673 * BIG_BLOCKS)) ] || { echo "size $(stat -c %s big.bin)"; return 1; }
     drop_caches
     got=$(sha big.bin)
     [ "$got" = "$want" ] || { echo "read back $got, wrote $want"; return 1; }
@@ -98,28 +103,29 @@ fifo() {
 
 big_directory() {
     # Shell globs list through getdents alone (no stat, no fork per entry).
-    set -- big5000/*
-    [ "$#" -eq 5000 ] || { echo "listed $# of 5000"; return 1; }
-    [ "$(printf '%s\n' "$@" | md5sum | cut -d' ' -f1)" = "$(cat big5000.expected)" ] || { echo "names differ"; return 1; }
+    d=big$DIR_ENTRIES
+    set -- "$d"/*
+    [ "$#" -eq "$DIR_ENTRIES" ] || { echo "listed $# of $DIR_ENTRIES"; return 1; }
+    [ "$(printf '%s\n' "$@" | md5sum | cut -d' ' -f1)" = "$(cat "$d.expected")" ] || { echo "names differ"; return 1; }
     # A second listing (the directory offsets restart) gives the same names.
-    set -- big5000/*
-    [ "$(printf '%s\n' "$@" | md5sum | cut -d' ' -f1)" = "$(cat big5000.expected)" ] || { echo "second listing differs"; return 1; }
-    [ "$(ls big5000 | wc -l)" -eq 5000 ]
+    set -- "$d"/*
+    [ "$(printf '%s\n' "$@" | md5sum | cut -d' ' -f1)" = "$(cat "$d.expected")" ] || { echo "second listing differs"; return 1; }
+    [ "$(ls "$d" | wc -l)" -eq "$DIR_ENTRIES" ]
 }
 
 concurrent_writers() {
-    (repeat /tmp/blk 12 > cw1) & p1=$!
-    (repeat /tmp/blk2 12 > cw2) & p2=$!
+    (repeat /tmp/blk "$CW_BLOCKS" > cw1) & p1=$!
+    (repeat /tmp/blk2 "$CW_BLOCKS" > cw2) & p2=$!
     wait $p1 && wait $p2 || return 1
     drop_caches
-    [ "$(sha cw1)" = "$(repeat /tmp/blk 12 | md5sum | cut -d' ' -f1)" ] || { echo cw1; return 1; }
-    [ "$(sha cw2)" = "$(repeat /tmp/blk2 12 | md5sum | cut -d' ' -f1)" ] || { echo cw2; return 1; }
+    [ "$(sha cw1)" = "$(repeat /tmp/blk "$CW_BLOCKS" | md5sum | cut -d' ' -f1)" ] || { echo cw1; return 1; }
+    [ "$(sha cw2)" = "$(repeat /tmp/blk2 "$CW_BLOCKS" | md5sum | cut -d' ' -f1)" ] || { echo cw2; return 1; }
 }
 
 mmap_read() {
     drop_caches
     got=$(mmapcat cw1 | md5sum | cut -d' ' -f1)
-    [ "$got" = "$(repeat /tmp/blk 12 | md5sum | cut -d' ' -f1)" ] || { echo "mmap read $got"; return 1; }
+    [ "$got" = "$(repeat /tmp/blk "$CW_BLOCKS" | md5sum | cut -d' ' -f1)" ] || { echo "mmap read $got"; return 1; }
 }
 
 host_visible() {

@@ -199,7 +199,7 @@ if [ "${2:-}" = qemu ]; then
 fi
 
 STAMP="$XV $PKGS $(cat "$0" "$HERE"/dom0-init.sh "$HERE"/domu-init.sh "$HERE"/quick-data.sh "$HERE"/*.cfg \
-    "$HERE"/dom0-bench.sh "$HERE"/domu-bench.sh \
+    "$HERE"/dom0-bench.sh "$HERE"/domu-bench.sh "$HERE"/workload-sizes.env \
     "$ROOT"/tests/vm/workload.sh "$ROOT"/tests/vm/mmapcat.c | sha256sum | cut -c1-16)"
 if [ -f "$OUT/stamp" ] && [ "$(cat "$OUT/stamp")" = "$STAMP" ] \
     && [ -f "$OUT/xen" ] && [ -f "$OUT/vmlinuz" ] && [ -f "$OUT/dom0.cpio.gz" ]; then
@@ -229,39 +229,7 @@ install -m 0755 "$HERE/domu-init.sh" "$DU/init"
 install -m 0755 "$ROOT/tests/vm/workload.sh" "$DU/workload.sh"
 install -m 0755 "$HERE/quick-data.sh" "$DU/quick-data.sh"
 install -m 0755 "$HERE/domu-bench.sh" "$DU/bench.sh"
-# workload-short.sh: the workload's definitions (everything before its list of checks) and a
-# subset of its checks, plus a hundred small files instead of a thousand (see
-# docs/xen-harness.md: what each configuration runs).
-W_ALL=$ROOT/tests/vm/workload.sh
-grep -q '^exec 3>&1$' "$W_ALL" || { echo "build-images: workload.sh has no 'exec 3>&1' line" >&2; exit 1; }
-SHORT_CHECKS="deep_mkdir:deep_mkdir big_file:big_file append:append truncate:truncate_up_down rename:renames links:links attrs:attrs fifo:fifo concurrent_writers:concurrent_writers mmap_read:mmap_read host_visible_after_sync:host_visible"
-{
-    sed -n '1,/^exec 3>&1$/p' "$W_ALL" | sed '$d'
-    cat <<'EOF'
-# --- the short form (tests/xen/build-images.sh): 100 small files, a subset of the checks ---
-few_files() {
-    mkdir small || return 1
-    i=0
-    while [ $i -lt 100 ]; do echo "small file $i" > small/f$i || return 1; i=$((i + 1)); done
-    [ "$(ls small | wc -l)" -eq 100 ] || { echo "count $(ls small | wc -l)"; return 1; }
-    drop_caches
-    want=$(for f in small/*; do echo "small file ${f#small/f}"; done | md5sum)
-    got=$(cat small/* | md5sum)
-    [ "$got" = "$want" ] || { echo "contents differ"; return 1; }
-}
-exec 3>&1
-EOF
-    for c in $SHORT_CHECKS; do
-        grep -q "^${c#*:}() {" "$W_ALL" || { echo "build-images: workload.sh has no ${c#*:}()" >&2; exit 1; }
-        [ "${c%%:*}" = deep_mkdir ] && echo "run few_files few_files"
-        echo "run ${c%%:*} ${c#*:}"
-    done
-    echo "run rm_rf rm_rf"
-    # shellcheck disable=SC2016 # written into the script
-    printf '%s\n' 'echo "ENVOY-CHECKS-DONE failed=$fails"' 'exit $fails'
-} > "$DU/workload-short.sh"
-chmod 0755 "$DU/workload-short.sh"
-grep -q '^rm_rf() {' "$W_ALL" || { echo "build-images: workload.sh has no rm_rf()" >&2; exit 1; }
+install -m 0644 "$HERE/workload-sizes.env" "$DU/workload-sizes.env"
 gcc -static -O2 -Wall -o "$DU/bin/mmapcat" "$ROOT/tests/vm/mmapcat.c"
 pack "$DU" "$OUT/domu.cpio.gz"
 
@@ -286,15 +254,18 @@ find "$D0/usr/lib/xen-$XV" "$D0/lib" "$D0/usr/lib" -type f \( -name '*.so*' -o -
 mkdir -p "$D0"/etc/xen "$D0"/var/lib/xen "$D0"/var/lib/xenstored "$D0"/var/log/xen/console \
     "$D0"/guest "$D0"/usr/lib/envoy
 ln -s ../run "$D0/var/run"   # xenstored, xl and envoy-dm's QMP sockets live in /var/run/...
-# The shares. share and shareu (guest 1's boot devices) each hold the suite's host-made
-# 5,000-entry directory and its expected listing (made here, not in dom0 under TCG, where
-# 10,000 creates would cost seconds); share2 is guest 2's, hot the hot-plugged device's, fe the
-# dom0 frontend's (envoy-xen-frontend).
+# The shares. share and shareu (guest 1's boot devices) each hold the workload's host-made
+# directory of WL_DIR_ENTRIES entries and its expected listing (made here, not in dom0 under
+# TCG, where thousands of creates would cost seconds); share2 is guest 2's, hot the hot-plugged
+# device's, fe the dom0 frontend's (envoy-xen-frontend).
+# shellcheck source=workload-sizes.env
+. "$HERE/workload-sizes.env"
+BIGDIR=big$WL_DIR_ENTRIES
 for s in share shareu; do
-    mkdir -p "$D0/srv/$s/big5000"
-    (cd "$D0/srv/$s/big5000" && for i in $(seq -w 0 4999); do : > "entry-$i-with-a-longer-name"; done)
+    mkdir -p "$D0/srv/$s/$BIGDIR"
+    (cd "$D0/srv/$s/$BIGDIR" && for i in $(seq -w 0 $((WL_DIR_ENTRIES - 1))); do : > "entry-$i-with-a-longer-name"; done)
     # shellcheck disable=SC2012 # plain names; the same listing the VM suite makes
-    (cd "$D0/srv/$s" && ls big5000 | LC_ALL=C sort | sed 's|^|big5000/|' | md5sum | cut -d' ' -f1) > "$D0/srv/$s/big5000.expected"
+    (cd "$D0/srv/$s" && ls "$BIGDIR" | LC_ALL=C sort | sed "s|^|$BIGDIR/|" | md5sum | cut -d' ' -f1) > "$D0/srv/$s/$BIGDIR.expected"
 done
 mkdir -p "$D0/srv/share2/sub" "$D0/srv/hot" "$D0/srv/fe"
 echo "guest 2's own file" > "$D0/srv/share2/sub/own.txt"

@@ -320,7 +320,7 @@ for r in $RELAYS; do kill "$r" 2>/dev/null; done; RELAYS=
 
 # 6. What dom0 sees of the files the guests asked about ("[CASE] ENVOY-HOST: md5 PATH HASH").
 cat "$GLOG" "$GLOG2" 2>/dev/null | tr -d '\r' | sed -n 's/^\[\([A-Za-z]*\)\] ENVOY-HOST: md5 \([^ ]*\) .*/\1 \2/p' | while read -r c p; do
-    case $c in L|Ls|S|F) dir=/srv/share ;; u|us) dir=/srv/shareu ;; H) dir=/srv/hot ;; P) dir=/srv/share2 ;; *) continue ;; esac
+    case $c in L|S|F) dir=/srv/share ;; u) dir=/srv/shareu ;; H) dir=/srv/hot ;; P) dir=/srv/share2 ;; *) continue ;; esac
     echo "ENVOY-DOM0-MD5: $c $p $(md5sum "$dir/$p" 2>/dev/null | cut -d' ' -f1)"
 done
 

@@ -10,9 +10,9 @@
 #                 using its share until dom0 destroys it ([P])
 #   xrole=bench   a benchmark guest: /bench.sh (tests/xen/domu-bench.sh) with
 #                 xbench=SERVER:ROUND:MIB:READERS
-#   xcases=L,u    guest 1's cases: L = the VM suite's workload on tag share with 9p2000.L,
-#                 u = on tag shareu with 9p2000.u, Ls/us = the short workload
-#                 (workload-short.sh) on the same, S = a quick data check on share (self-test)
+#   xcases=L,u    guest 1's cases: L = the VM suite's workload (at the sizes of
+#                 /workload-sizes.env) on tag share with 9p2000.L, u = on tag shareu with
+#                 9p2000.u, S = a quick data check on share (self-test)
 #   xpar=0        run the cases one after another (default: side by side)
 #   xextras=1     guest 1 takes part in the hot-plug and the final check
 # Everything goes to hvc0, which xenconsoled logs in dom0 (only /init's output reaches that
@@ -255,14 +255,14 @@ elif [ "$role" = bench ]; then
     sh /bench.sh $(echo "$bench" | tr : ' ') "$MSIZE" || echo x > /tmp/fails-B
 else
     [ "$extras" = 1 ] && hot_job &
+    # The workload's sizes for this nested guest (tests/xen/workload-sizes.env).
+    set -a; . /workload-sizes.env; set +a
     # Cases run side by side (each on its own device and share): the guest and dom0 have two
     # vCPUs each, and much of a case is waiting for the other side.
     for c in $(echo "${cases:-L,u}" | tr , ' '); do
         case $c in
             L) run_case L share 9p2000.L sh /workload.sh & ;;
             u) run_case u shareu 9p2000.u sh /workload.sh & ;;
-            Ls) run_case Ls share 9p2000.L sh /workload-short.sh & ;;
-            us) run_case us shareu 9p2000.u sh /workload-short.sh & ;;
             S) run_case S share 9p2000.L sh /quick-data.sh & ;;
             *) check "$c" case 1 "unknown case $c" ;;
         esac

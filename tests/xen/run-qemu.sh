@@ -8,8 +8,7 @@
 #              type=xen_9pfsd, envoyd spawned by libxl as xen-9pfsd)
 #   -l LOG     serial console log (Xen + dom0 + the relayed domU consoles); default a temp file
 #   -c CASES   guest 1's cases, comma-separated (L = the workload with 9p2000.L on tag share,
-#              u = with 9p2000.u on shareu, Ls/us = the short workload on the same, S = the
-#              self-test's quick data check on share)
+#              u = with 9p2000.u on shareu, S = the self-test's quick data check on share)
 #   -p 0|1     run the cases one after another (0) or side by side (1, default)
 #   -E 0|1     the extras: hot-plug, guest 2, hostile frontends, guest 2's destruction (default 1)
 #   -e OPTS    extra envoyd options in dom0 (4.17 only; e.g. --debug-corrupt-reads)

@@ -6,15 +6,15 @@
 #         model and envoyd --xen started by dom0; guest 1 runs the full workload in 9p2000.L and
 #         9p2000.u side by side
 #   4.20  Debian trixie: Xen 4.20, Linux 6.12, xl type=xen_9pfsd devices served by the envoyd
-#         libxl spawns as xen-9pfsd; guest 1 runs the same full workload (XEN420_CASES=Ls,us: the
-#         short workload instead, ~2 minutes less)
+#         libxl spawns as xen-9pfsd; guest 1 runs the same full workload
+# (the workload's checks at the sizes of tests/xen/workload-sizes.env)
 # and in each, while guest 1 runs: a share hot-plugged into it and removed (envoy-xl), a second
 # guest confined to its own share, dom0 frontends correct and hostile (envoy-xen-frontend), the
 # second guest destroyed mid-I/O with nothing left behind while guest 1 is still served; then
 # guest 1's files checked from dom0 and its destruction leaving nothing behind (dom0-init.sh,
 # domu-init.sh; docs/xen-harness.md).
 #
-#   tests/xen/run-suite.sh              the suite (~7.5 minutes on 2 cores)
+#   tests/xen/run-suite.sh              the suite (~4-5 minutes on 2 cores)
 #   tests/xen/run-suite.sh --selftest   proves the suite can fail: envoyd corrupts every read
 #                                       reply on purpose and a quick data check must FAIL
 # env: ENVOYD, ENVOY_DM, ENVOY_XL, ENVOY_FE (default target/release/..., built if missing: a
@@ -63,9 +63,9 @@ GUEST_EXTRAS="H/hot_device H/hot_mount H/hot_read_dom0_file H/hot_write_read H/h
     F/dom0_sees_after-peer.txt F/dom0_sees_guest1-secret.txt P/other_tags_refused P/aname_confined
     P/mount P/one_device P/own_share P/dotdot_confined P/symlinks_confined P/served_after_hostile
     P/dom0_sees_g2-file.txt domU2/xenbus_9pfs-0"
-# Checks per case: mount + the workload's 14 (short: 13) + umount + dom0's view of the 3 files
+# Checks per case: mount + the workload's 14 + umount + dom0's view of the 3 files
 # the workload names; the self-test's case: mount, quick_data, umount and 1 file.
-case_checks() { case $1 in L|u) echo 19 ;; Ls|us) echo 18 ;; S) echo 4 ;; *) echo 1 ;; esac; }
+case_checks() { case $1 in L|u) echo 19 ;; S) echo 4 ;; *) echo 1 ;; esac; }
 
 # checks LOG: one "PASS who/name (detail)" or "FAIL who/name: detail" line per check in the log.
 checks() {
