@@ -49,18 +49,35 @@ impl BufPool {
         buf
     }
 
+    /// Like [`take_filled`](Self::take_filled), but only an idle buffer that already holds
+    /// `len` bytes (nothing to allocate or clear): `None` when the pool has none, and the
+    /// caller may size its request more carefully before taking a buffer that costs something.
+    pub fn take_warm(self: &Arc<Self>, len: usize) -> Option<PooledBuf> {
+        let mut buf = self.reuse(len, |b| b.len() >= len)?;
+        buf.truncate(len);
+        Some(PooledBuf {
+            buf,
+            pool: self.clone(),
+        })
+    }
+
     fn take_dirty(self: &Arc<Self>, capacity: usize) -> PooledBuf {
-        let mut reused = None;
-        if capacity >= RECYCLE_MIN {
-            let mut free = self.free.lock().unwrap();
-            if let Some(pos) = free.iter().rposition(|b| b.capacity() >= capacity) {
-                reused = Some(free.swap_remove(pos));
-            }
-        }
         PooledBuf {
-            buf: reused.unwrap_or_else(|| BytesMut::with_capacity(capacity)),
+            buf: self
+                .reuse(capacity, |b| b.capacity() >= capacity)
+                .unwrap_or_else(|| BytesMut::with_capacity(capacity)),
             pool: self.clone(),
         }
+    }
+
+    /// An idle buffer of at least `size` bytes that `fits`, if the pool has one.
+    fn reuse(&self, size: usize, fits: impl Fn(&BytesMut) -> bool) -> Option<BytesMut> {
+        if size < RECYCLE_MIN {
+            return None;
+        }
+        let mut free = self.free.lock().unwrap();
+        let pos = free.iter().rposition(fits)?;
+        Some(free.swap_remove(pos))
     }
 
     /// Keep `buf` for a later request if it is large and there is room.
@@ -142,6 +159,11 @@ mod tests {
         drop(again);
         let filled = pool.take_filled(48 * 1024);
         assert_eq!((filled.len(), filled.as_ptr()), (48 * 1024, ptr));
+        drop(filled);
+        assert!(pool.take_warm(60 * 1024).is_none(), "it holds 48 KiB, not 60");
+        let warm = pool.take_warm(20 * 1024).expect("the idle buffer");
+        assert_eq!((warm.len(), warm.as_ptr()), (20 * 1024, ptr));
+        assert!(pool.take_warm(20 * 1024).is_none(), "taken");
     }
 
     #[test]

@@ -167,7 +167,8 @@ pack() { # DIR OUTPUT: newc cpio, gzip -1 (the guest decompresses it under TCG: 
 }
 
 # --- `build-images.sh VER qemu`: QEMU's Xen device model (xen-qemu-system-i386, the libraries
-# it needs, its keymaps: libxl passes -vnc none and QEMU still loads en-us) as
+# it needs, its keymaps: libxl passes -vnc none and QEMU still loads en-us) and dmsetup (the
+# benchmark's dm-delay storage) as
 # $OUT/qemu-dm.cpio.gz, the benchmark's peer; run-qemu.sh -b appends it to dom0's initramfs.
 if [ "${2:-}" = qemu ]; then
     DM=/usr/libexec/xen-qemu-system-i386
@@ -182,13 +183,22 @@ if [ "${2:-}" = qemu ]; then
         fi
     fi
     QV=$(if [ -n "$SYSROOT" ]; then chroot "$SYSROOT" dpkg-query -W -f '${Version}' qemu-system-xen; else dpkg-query -W -f '${Version}' qemu-system-xen; fi)
+    QV="$QV + dmsetup"
     if [ -f "$OUT/qemu-dm.stamp" ] && [ "$(cat "$OUT/qemu-dm.stamp")" = "$QV" ] && [ -f "$OUT/qemu-dm.cpio.gz" ]; then
         echo "build-images: QEMU $QV for $XV up to date" >&2
         exit 0
     fi
     Q=$(mktemp -d /tmp/envoy-xenqemu-XXXXXX)
     trap 'rm -rf "$Q"' EXIT
-    copy_bin "$Q" "$DM"
+    if [ ! -x "$SYSROOT/usr/sbin/dmsetup" ]; then
+        echo "build-images: installing dmsetup${SYSROOT:+ in $SYSROOT}" >&2
+        if [ -n "$SYSROOT" ]; then
+            chroot "$SYSROOT" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dmsetup >&2
+        else
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dmsetup >&2
+        fi
+    fi
+    copy_bin "$Q" "$DM" /usr/sbin/dmsetup
     mkdir -p "$Q/usr/share/qemu"
     cp -a "$SYSROOT/usr/share/qemu/keymaps" "$Q/usr/share/qemu/"
     find "$Q" -type f \( -name '*.so*' -o -perm -u+x \) -exec strip --strip-unneeded {} + 2>/dev/null || true
@@ -237,7 +247,8 @@ pack "$DU" "$OUT/domu.cpio.gz"
 # toolstack and its libraries, /init, the guests.
 D0=$W/dom0
 base_root "$D0"
-add_modules "$D0" xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs
+# brd, dm-delay, ext4 (and the crc32c it loads by name): the benchmark's slow storage (dom0-bench.sh; its dmsetup comes with QEMU).
+add_modules "$D0" xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs brd dm-delay ext4 crc32c_generic
 copy_bin "$D0" "$XB/xl" "$XB/xenstored" "$XB/xenconsoled" "$XB/xen-init-dom0" /usr/bin/xenstore
 # envoyd and the other Envoy tools (appended at boot; built on a bookworm host, they run on
 # trixie's newer glibc too) need these beyond what the Xen tools pull in.

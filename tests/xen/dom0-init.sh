@@ -22,7 +22,7 @@
 #   xtimeout=420    seconds to wait for guest 1's result
 #   xenvoyd=BASE64  extra envoyd options (4.17 only; e.g. --debug-corrupt-reads for the self-test)
 #   xshell=1        a shell on the console at the end instead of powering off
-#   xbench=R:M:N    run the benchmark instead (dom0-bench.sh, domu-bench.sh; Xen 4.17 with QEMU)
+#   xbench=R:M:N[:D] run the benchmark instead (dom0-bench.sh, domu-bench.sh; Xen 4.17 with QEMU)
 # Machine-parsable lines (everything else is commentary):
 #   ENVOY-CHECK: PASS|FAIL name [detail]       dom0's own checks
 #   domU| LINE, domU2| LINE                    a line of guest 1's, guest 2's console

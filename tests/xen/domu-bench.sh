@@ -5,8 +5,9 @@
 #   seq_write   dd a MIB MiB file (seq.bin) from /dev/zero, 1 MiB blocks, fsync at the end
 #   seq_read    dd it back to /dev/null, 1 MiB blocks
 #   par_read    READERS dd's at once, each reading its 1/READERS of seq.bin
-# Page cache dropped before every operation; 9p's default cache=none sends every read and write
-# to the server anyway. Lines:
+# Page cache dropped before every operation, here and in dom0 (asked for by creating
+# .envoy-drop-caches in the share; dom0-bench.sh removes it when done); 9p's default cache=none
+# sends every read and write to the server anyway. Lines:
 #   ENVOY-BENCH: round=R server=S op=OP bytes=B secs=T
 #   [B] ENVOY-CHECK: PASS|FAIL ...      (mount, byte counts)
 # usage: domu-bench.sh SERVER ROUND MIB READERS MSIZE
@@ -18,6 +19,13 @@ check() {
 }
 now() { cut -d' ' -f1 /proc/uptime; }
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+# dom0_drop_caches MOUNT: ask dom0 to drop its page cache and wait (at most 20 s) until it has.
+dom0_drop_caches() {
+    : > "$1/.envoy-drop-caches" || return 1
+    n=0
+    while [ -e "$1/.envoy-drop-caches" ] && [ $n -lt 200 ]; do sleep 0.1; n=$((n + 1)); done
+    [ ! -e "$1/.envoy-drop-caches" ]
+}
 # bytes_of FILE: what busybox dd (bs=1M) says it copied: "F+P records out" is F whole MiB
 # (a partial record P makes the count wrong on purpose: never expected here).
 bytes_of() {
@@ -36,6 +44,7 @@ part=$((mib / readers))
 # op SERVER OP ROUND: one timed operation, one ENVOY-BENCH line.
 op() {
     m=/mnt/$1
+    dom0_drop_caches "$m" || check "dom0_drop_caches_$1_round$3" 1 "dom0 did not drop its cache"
     drop_caches
     case $2 in
         seq_write)

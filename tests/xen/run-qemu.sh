@@ -15,8 +15,9 @@
 #   -t SECS    how long dom0 waits for the guest's result (default 420)
 #   -T SECS    how long QEMU may run at all (default 540)
 #   -s         dom0 ends in a shell on the console (interactive debugging: use with -l /dev/stdout)
-#   -b R:M:N   the benchmark instead of the suite (Xen 4.17; needs build-images.sh 4.17 qemu):
-#              R rounds of M MiB sequential write/read and an N-reader read, envoyd vs QEMU
+#   -b R:M:N[:D]  the benchmark instead of the suite (Xen 4.17; needs build-images.sh 4.17 qemu):
+#              R rounds of M MiB sequential write/read and an N-reader read, envoyd vs QEMU;
+#              D > 0: dom0's files on storage with D ms latency (dm-delay), not in RAM
 # env: ENVOYD, ENVOY_DM (default target/debug/{envoyd,envoy-dm}), ENVOY_XL, ENVOY_FE (default
 #      target/{release,debug}/{envoy-xl,envoy-xen-frontend} if present; needed for -E 1),
 #      ENVOY_XEN_OUT (images, see build-images.sh), XEN_QEMU_CPU (QEMU's -cpu, see below)

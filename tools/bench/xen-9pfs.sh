@@ -5,15 +5,18 @@
 # msize 512 KiB, served by envoyd (envoy-dm as device model) or by QEMU (as device model), in
 # alternating phases (tests/xen/dom0-bench.sh; envoyd runs only in its phases). Per phase: a
 # MIB MiB sequential write (dd from /dev/zero, fsync), its sequential read, and READERS
-# concurrent readers of 1/READERS of it each (tests/xen/domu-bench.sh).
+# concurrent readers of 1/READERS of it each (tests/xen/domu-bench.sh). The files live in dom0's
+# RAM, or with DELAY_MS > 0 on storage that takes DELAY_MS ms per read and write (an ext2 on a
+# RAM disk behind dm-delay: a disk's or a remote store's latency without its CPU); dom0's and
+# the guest's page caches are dropped before every operation.
 #
-#   tools/bench/xen-9pfs.sh                 ROUNDS=3 MIB=256 READERS=4
+#   tools/bench/xen-9pfs.sh                 ROUNDS=3 MIB=256 READERS=4 DELAY_MS=0
 # Prints each measurement, the median MiB/s per server and operation with the ratio
 # envoyd / QEMU, and each server process's CPU seconds and peak RSS over the whole run.
 # ENVOY_XEN_KEEP=1 keeps the serial log.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ROUNDS=${ROUNDS:-3} MIB=${MIB:-256} READERS=${READERS:-4}
+ROUNDS=${ROUNDS:-3} MIB=${MIB:-256} READERS=${READERS:-4} DELAY_MS=${DELAY_MS:-0}
 cargo build --release --quiet -p envoy-dom0-agent -p envoy-tools
 tests/xen/build-images.sh 4.17
 tests/xen/build-images.sh 4.17 qemu
@@ -22,7 +25,7 @@ log=$(mktemp /tmp/envoy-xen-bench-XXXXXX.log)
 R=target/release
 set +e
 ENVOYD=$R/envoyd ENVOY_DM=$R/envoy-dm tests/xen/run-qemu.sh -x 4.17 -l "$log" \
-    -b "$ROUNDS:$MIB:$READERS" -t 400 -T $((ROUNDS * 2 * 240 + 120))
+    -b "$ROUNDS:$MIB:$READERS:$DELAY_MS" -t 400 -T $((ROUNDS * 2 * 240 + 120))
 rc=$?
 set -e
 tr -d '\r' < "$log" | python3 -c '
@@ -36,6 +39,9 @@ for line in sys.stdin:
     m = re.search(r"ENVOY-BENCH-SERVER: round=(\d+) server=(\w+) cpu_secs=([\d.]+) hwm_kib=(\d+)", line)
     if m:
         servers.append((m.group(2), float(m.group(3)), int(m.group(4))))
+    m = re.search(r"ENVOY-BENCH-STORAGE: (.*)", line)
+    if m:
+        print("storage:", m.group(1).strip())
     if re.search(r"ENVOY-CHECK: FAIL", line):
         checks.append(line.strip())
 for r, s, op, b, t in rows:

@@ -306,9 +306,16 @@ impl<M: RingMemory, E: EventChannel> RingTask<M, E> {
         // Requests taken and not yet answered (only tracked for `one_at_a_time`).
         let mut unanswered = 0usize;
         let mut written = 0u64;
+        // The guest may have rung before the task started.
+        let mut doorbell = true;
         loop {
-            // Consume the doorbell before looking, so a ring after this point is not lost.
-            self.events.ack()?;
+            // Consume the doorbell before looking, so a ring after this point is not lost. Only
+            // when it rang: a wake for replies leaves it alone (on real Xen an ack is a read and
+            // an unmask write on /dev/xen/evtchn, two syscalls per reply for nothing); a ring
+            // that came meanwhile keeps the descriptor readable, so the select below sees it.
+            if std::mem::take(&mut doorbell) {
+                self.events.ack()?;
+            }
             let mut rang = false;
             while let Ok(reply) = self.replies.try_recv() {
                 held.push_back(reply);
@@ -348,7 +355,10 @@ impl<M: RingMemory, E: EventChannel> RingTask<M, E> {
                 self.events.notify()?;
             }
             tokio::select! {
-                rung = bell.rung() => rung?,
+                rung = bell.rung() => {
+                    rung?;
+                    doorbell = true;
+                }
                 reply = self.replies.recv() => match reply {
                     Some(reply) => held.push_back(reply),
                     // The sending half is gone: nothing more will be answered.

@@ -270,9 +270,13 @@ impl<F: FileSystem> Session<F> {
         if open.access == libc::O_WRONLY {
             return Err(Errno::EBADF);
         }
-        let count = self.fs.read_size_hint(&open.file, m.offset, count);
-        let mut buf = self.data_reply(count);
         let head = envoy_protocol::DATA_REPLY_HEADER_LEN;
+        // A warm pooled buffer costs nothing to fill; only without one is it worth asking the
+        // backend how much there is to read (a syscall) before preparing a buffer.
+        let mut buf = match self.pool.take_warm(head + count) {
+            Some(buf) => buf,
+            None => self.data_reply(self.fs.read_size_hint(&open.file, m.offset, count)),
+        };
         if let Some(delay) = self.limits.debug_read_delay {
             std::thread::sleep(delay);
         }
