@@ -160,7 +160,10 @@ mod tests {
         let filled = pool.take_filled(48 * 1024);
         assert_eq!((filled.len(), filled.as_ptr()), (48 * 1024, ptr));
         drop(filled);
-        assert!(pool.take_warm(60 * 1024).is_none(), "it holds 48 KiB, not 60");
+        assert!(
+            pool.take_warm(60 * 1024).is_none(),
+            "it holds 48 KiB, not 60"
+        );
         let warm = pool.take_warm(20 * 1024).expect("the idle buffer");
         assert_eq!((warm.len(), warm.as_ptr()), (20 * 1024, ptr));
         assert!(pool.take_warm(20 * 1024).is_none(), "taken");
