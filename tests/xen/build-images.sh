@@ -12,8 +12,8 @@
 #                        run-qemu.sh appends those as a second archive at boot, so rebuilding
 #                        envoyd does not rebuild this.
 #       domu.cpio.gz     busybox PV domU: the 9p modules, tests/xen/domu-init.sh as /init, the
-#                        VM suite's workload (tests/vm/workload.sh, mmapcat) and its short form
-#       qemu-dm.cpio.gz  with `qemu` only (and only that): QEMU's Xen device model for dom0,
+#                        VM suite's workload (tests/vm/workload.sh, mmapcat) and its sizes here
+#       qemu-dm.cpio.gz  with `qemu` only (and only that): QEMU's Xen device model and dmsetup for dom0,
 #                        the benchmark's peer (tools/bench/xen-9pfs.sh)
 #
 # 4.17 (Debian bookworm, the host's release): xen-hypervisor-4.17-amd64 (unpacked, never
@@ -231,7 +231,7 @@ cp "$KROOT/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
 W=$(mktemp -d /tmp/envoy-xenbuild-XXXXXX)
 trap 'rm -rf "$W"' EXIT
 
-# 1. domU: busybox, the 9p-over-Xen modules, /init, the workload and its short form.
+# 1. domU: busybox, the 9p-over-Xen modules, /init, the workload and its sizes here.
 DU=$W/domu
 base_root "$DU"
 add_modules "$DU" 9pnet_xen 9p

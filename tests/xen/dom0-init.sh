@@ -113,6 +113,17 @@ envoyd_alive() { [ -n "$ENVOYD_PID" ] && kill -0 "$ENVOYD_PID" 2>/dev/null; }
 # Closed; a backend that never does costs 10 s and an error in libxl's log.
 timeouts() { grep -ai 'timed out\|timeout reached\|unable to remove' "$1" | head -n 2 | cut -c1-200; }
 no_timeout() { [ -z "$(timeouts "$1")" ]; }
+# destroy_checked DOMAIN [PREFIX [DETAIL]]: xl destroy DOMAIN; checks PREFIXxl_destroy (rc,
+# time, DETAIL), PREFIXxl_destroy_no_timeout (libxl's log) and PREFIXdomain_gone.
+destroy_checked() {
+    dc_dom=$1 dc_log=/run/xl-destroy-$1.log dc_t=$(up)
+    xl -vvv destroy "$dc_dom" >"$dc_log" 2>&1
+    dc_rc=$?
+    check "${2:-}xl_destroy" $dc_rc "rc=$dc_rc, $(elapsed "$dc_t")${3:-}"
+    no_timeout "$dc_log"; check "${2:-}xl_destroy_no_timeout" $? "$(timeouts "$dc_log")"
+    dc_gone() { ! xl list "$dc_dom"; }
+    wait_for 10 dc_gone; check "${2:-}domain_gone" $?
+}
 
 # The benchmark instead of the suite (xbench=ROUNDS:MIB:READERS, Xen 4.17; starts and stops
 # envoyd itself; ends in finish).
@@ -248,13 +259,7 @@ peer_destroy() {
     : > /srv/share2/after-hostile
     peer_served() { in_log "$GLOG2" 'served_after_hostile'; }
     wait_for 30 peer_served; check peer_served_after_hostile $? "guest 2 wrote and read its share after the hostile frontends"
-    t=$(up)
-    xl -vvv destroy domu2 >/run/xl-destroy2.log 2>&1
-    rc=$?
-    check peer_xl_destroy $rc "rc=$rc, $(elapsed "$t"), guest 2 in the middle of its I/O loop"
-    no_timeout /run/xl-destroy2.log; check peer_xl_destroy_no_timeout $? "$(timeouts /run/xl-destroy2.log)"
-    gone2() { ! xl list domu2; }
-    wait_for 10 gone2; check peer_domain_gone $?
+    destroy_checked domu2 peer_ ", guest 2 in the middle of its I/O loop"
     peer_clean() {
         ! xenstore-exists "/local/domain/0/backend/9pfs/$DOMID2" \
             && ! xenstore-exists "/local/domain/0/backend/xen_9pfs/$DOMID2"
@@ -328,13 +333,7 @@ DURING=$(counts)
 
 # 7. Tear down: xl destroy removes the devices (and on 4.17 kills envoy-dm); envoyd must let go
 # of them (unmap, unbind) and never write them back.
-t1=$(up)
-xl -vvv destroy domu >/run/xl-destroy.log 2>&1
-rc=$?
-check xl_destroy $rc "rc=$rc, $(elapsed "$t1")"
-no_timeout /run/xl-destroy.log; check xl_destroy_no_timeout $? "$(timeouts /run/xl-destroy.log)"
-gone() { ! xl list domu; }
-wait_for 10 gone; check domain_gone $?
+destroy_checked domu
 backend_clean() { ! xenstore-ls /local/domain/0/backend 2>/dev/null | grep -q 9pfs; }
 wait_for 10 backend_clean; check backend_nodes_removed $? "$(xenstore-ls -f /local/domain/0/backend 2>/dev/null | grep 9pfs | head -n 3)"
 sleep 1   # a late write by envoyd would show up now

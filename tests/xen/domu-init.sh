@@ -19,7 +19,7 @@
 # log, not the kernel's); dom0 relays it to the serial console. Lines:
 #   ENVOY-XENBUS: 9pfs-N nodename=... state=...      the frontends' xenbus view after loading
 #   ENVOY-BOOT-DEVICES: PATH...                       after those: dom0 may hot-plug now
-#   [CASE] ENVOY-CHECK: PASS|FAIL name ...            the checks (CASE: L u Ls us S H F P)
+#   [CASE] ENVOY-CHECK: PASS|FAIL name ...            the checks (CASE: L u S H F P)
 #   [CASE] ENVOY-HOST: md5 PATH HASH                  files dom0 should checksum in CASE's share
 #   [H] ENVOY-HOT: unmounted                          dom0 may detach the hot-plugged device now
 #   [P] ENVOY-PEER: ready                             guest 2's isolation checks are done

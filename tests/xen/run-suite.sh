@@ -3,11 +3,10 @@
 # envoyd, and PV domUs whose Linux 9pfs frontend (9pnet_xen) mounts shares over Xen shared rings.
 # Two configurations, one boot each, one after the other:
 #   4.17  Debian bookworm: Xen 4.17, Linux 6.1, xl type=qemu devices with envoy-dm as the device
-#         model and envoyd --xen started by dom0; guest 1 runs the full workload in 9p2000.L and
-#         9p2000.u side by side
+#         model and envoyd --xen started by dom0; guest 1 runs the VM suite's workload in
+#         9p2000.L and 9p2000.u side by side (every check, at tests/xen/workload-sizes.env's sizes)
 #   4.20  Debian trixie: Xen 4.20, Linux 6.12, xl type=xen_9pfsd devices served by the envoyd
-#         libxl spawns as xen-9pfsd; guest 1 runs the same full workload
-# (the workload's checks at the sizes of tests/xen/workload-sizes.env)
+#         libxl spawns as xen-9pfsd; guest 1 runs the same workload
 # and in each, while guest 1 runs: a share hot-plugged into it and removed (envoy-xl), a second
 # guest confined to its own share, dom0 frontends correct and hostile (envoy-xen-frontend), the
 # second guest destroyed mid-I/O with nothing left behind while guest 1 is still served; then

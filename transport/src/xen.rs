@@ -310,9 +310,9 @@ impl<M: RingMemory, E: EventChannel> RingTask<M, E> {
         let mut doorbell = true;
         loop {
             // Consume the doorbell before looking, so a ring after this point is not lost. Only
-            // when it rang: a wake for replies leaves it alone (on real Xen an ack is a read and
-            // an unmask write on /dev/xen/evtchn, two syscalls per reply for nothing); a ring
-            // that came meanwhile keeps the descriptor readable, so the select below sees it.
+            // when it rang: a wake for replies leaves it alone (on real Xen an ack reads
+            // /dev/xen/evtchn, a syscall per reply for nothing); a ring that came meanwhile keeps
+            // the descriptor readable, so the select below sees it.
             if std::mem::take(&mut doorbell) {
                 self.events.ack()?;
             }
