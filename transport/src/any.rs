@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use crate::fd::{FdListener, FdRx, FdTx, fd_endpoint_channel};
 use crate::frame::{Channel, FrameRx, FrameTx, Listener};
+use crate::sctp::{SctpListener, SctpRx, SctpTx, sctp_connect};
 use crate::tcp::{TcpListener, TcpRx, TcpTx, tcp_connect};
 use crate::unix::{UnixListener, UnixRx, UnixTx, unix_connect};
 use crate::{Endpoint, Result};
@@ -18,6 +19,8 @@ use crate::{Endpoint, Result};
 pub enum AnyRx {
     /// TCP.
     Tcp(TcpRx),
+    /// SCTP.
+    Sctp(SctpRx),
     /// Unix-domain socket.
     Unix(UnixRx),
     /// Descriptor pair.
@@ -29,6 +32,8 @@ pub enum AnyRx {
 pub enum AnyTx {
     /// TCP.
     Tcp(TcpTx),
+    /// SCTP.
+    Sctp(SctpTx),
     /// Unix-domain socket.
     Unix(UnixTx),
     /// Descriptor pair.
@@ -40,6 +45,8 @@ pub enum AnyTx {
 pub enum AnyListener {
     /// TCP.
     Tcp(TcpListener),
+    /// SCTP.
+    Sctp(SctpListener),
     /// Unix-domain socket.
     Unix(UnixListener),
     /// Descriptor pair (yields one channel).
@@ -50,6 +57,7 @@ impl FrameRx for AnyRx {
     async fn recv(&mut self) -> Result<Option<Bytes>> {
         match self {
             AnyRx::Tcp(rx) => rx.recv().await,
+            AnyRx::Sctp(rx) => rx.recv().await,
             AnyRx::Unix(rx) => rx.recv().await,
             AnyRx::Fd(rx) => rx.recv().await,
         }
@@ -58,6 +66,7 @@ impl FrameRx for AnyRx {
     fn set_max_frame(&mut self, max: u32) {
         match self {
             AnyRx::Tcp(rx) => rx.set_max_frame(max),
+            AnyRx::Sctp(rx) => rx.set_max_frame(max),
             AnyRx::Unix(rx) => rx.set_max_frame(max),
             AnyRx::Fd(rx) => rx.set_max_frame(max),
         }
@@ -68,6 +77,7 @@ impl FrameTx for AnyTx {
     async fn send(&mut self, frames: &mut Vec<Bytes>) -> Result<()> {
         match self {
             AnyTx::Tcp(tx) => tx.send(frames).await,
+            AnyTx::Sctp(tx) => tx.send(frames).await,
             AnyTx::Unix(tx) => tx.send(frames).await,
             AnyTx::Fd(tx) => tx.send(frames).await,
         }
@@ -76,6 +86,7 @@ impl FrameTx for AnyTx {
     async fn close(&mut self) -> Result<()> {
         match self {
             AnyTx::Tcp(tx) => tx.close().await,
+            AnyTx::Sctp(tx) => tx.close().await,
             AnyTx::Unix(tx) => tx.close().await,
             AnyTx::Fd(tx) => tx.close().await,
         }
@@ -87,6 +98,16 @@ impl From<Channel<TcpRx, TcpTx>> for Channel<AnyRx, AnyTx> {
         Channel {
             rx: AnyRx::Tcp(c.rx),
             tx: AnyTx::Tcp(c.tx),
+            peer: c.peer,
+        }
+    }
+}
+
+impl From<Channel<SctpRx, SctpTx>> for Channel<AnyRx, AnyTx> {
+    fn from(c: Channel<SctpRx, SctpTx>) -> Self {
+        Channel {
+            rx: AnyRx::Sctp(c.rx),
+            tx: AnyTx::Sctp(c.tx),
             peer: c.peer,
         }
     }
@@ -127,6 +148,7 @@ impl Listener for AnyListener {
     async fn accept(&mut self) -> Result<Channel<AnyRx, AnyTx>> {
         Ok(match self {
             AnyListener::Tcp(l) => l.accept().await?.into(),
+            AnyListener::Sctp(l) => l.accept().await?.into(),
             AnyListener::Unix(l) => l.accept().await?.into(),
             AnyListener::Fd(l) => l.accept().await?.into(),
         })
@@ -135,6 +157,7 @@ impl Listener for AnyListener {
     fn local_endpoint(&self) -> Endpoint {
         match self {
             AnyListener::Tcp(l) => l.local_endpoint(),
+            AnyListener::Sctp(l) => l.local_endpoint(),
             AnyListener::Unix(l) => l.local_endpoint(),
             AnyListener::Fd(l) => l.local_endpoint(),
         }
@@ -146,6 +169,7 @@ impl Listener for AnyListener {
 pub async fn bind(ep: &Endpoint) -> Result<AnyListener> {
     Ok(match ep {
         Endpoint::Tcp(addr) => AnyListener::Tcp(TcpListener::bind(*addr).await?),
+        Endpoint::Sctp(addrs) => AnyListener::Sctp(SctpListener::bind(addrs)?),
         Endpoint::Unix(path) => AnyListener::Unix(UnixListener::bind(path).await?),
         Endpoint::Fd { read, write } => AnyListener::Fd(FdListener::from_raw(*read, *write)?),
     })
@@ -155,6 +179,7 @@ pub async fn bind(ep: &Endpoint) -> Result<AnyListener> {
 pub async fn connect(ep: &Endpoint) -> Result<Channel<AnyRx, AnyTx>> {
     Ok(match ep {
         Endpoint::Tcp(addr) => tcp_connect(*addr).await?.into(),
+        Endpoint::Sctp(addrs) => sctp_connect(addrs).await?.into(),
         Endpoint::Unix(path) => unix_connect(path).await?.into(),
         Endpoint::Fd { read, write } => fd_endpoint_channel(*read, *write)?.into(),
     })

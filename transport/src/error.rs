@@ -30,6 +30,21 @@ pub enum TransportError {
         /// How many bytes of the incomplete frame had arrived.
         buffered: usize,
     },
+    /// An SCTP message did not hold exactly one frame: it ended before the frame its size
+    /// field announced (`size` is `None` when it ended before the size field), or went on
+    /// after it. The association should be closed.
+    #[error("{}", mismatch(*size, *message))]
+    MessageMismatch {
+        /// The frame's size field, if the message got that far.
+        size: Option<u32>,
+        /// How long the message was (at least; a longer one is cut where its frame ends + 1).
+        message: usize,
+    },
+    /// The kernel has no SCTP (socket creation failed with the error inside).
+    #[error(
+        "this kernel has no SCTP ({0}): load it with `modprobe sctp` (Debian kernels ship it as a module), or use a tcp: endpoint"
+    )]
+    SctpUnavailable(std::io::Error),
     /// A Xen guest broke the shared-ring protocol (the device is disconnected).
     #[error("xen ring: {0}")]
     Ring(#[from] envoy_xen::ring::RingError),
@@ -46,6 +61,18 @@ pub enum TransportError {
         /// What it is instead (e.g. "a regular file").
         kind: &'static str,
     },
+}
+
+fn mismatch(size: Option<u32>, message: usize) -> String {
+    match size {
+        Some(size) if message > size as usize => format!(
+            "an SCTP message goes on past the {size}-byte frame it carries (a message must hold exactly one frame)"
+        ),
+        Some(size) => format!(
+            "an SCTP message ended after {message} bytes, inside a {size}-byte frame (truncated)"
+        ),
+        None => format!("an SCTP message of {message} bytes is too short to hold a frame"),
+    }
 }
 
 /// The transport's result type.

@@ -25,6 +25,8 @@ pub const DEFAULT_MAX_FRAME: u32 = 64 * 1024;
 pub enum Peer {
     /// A TCP peer at this address.
     Tcp(SocketAddr),
+    /// An SCTP peer, by its primary address (it may have others).
+    Sctp(SocketAddr),
     /// A unix-socket peer with the credentials the kernel reported (`SO_PEERCRED`), where known.
     Unix {
         /// The peer's process id.
@@ -58,6 +60,7 @@ impl fmt::Display for Peer {
         }
         match self {
             Peer::Tcp(addr) => write!(f, "tcp:{addr}"),
+            Peer::Sctp(addr) => write!(f, "sctp:{addr}"),
             Peer::Unix { pid, uid, gid } => {
                 write!(f, "unix:pid={},uid={},gid={}", opt(pid), opt(uid), opt(gid))
             }

@@ -8,15 +8,18 @@
 //! The pieces:
 //!
 //! - [`FrameRx`] / [`FrameTx`]: the receiving and sending halves of a connection. They are
-//!   traits so that media other than byte streams (SCTP, Xen shared rings) can implement them
-//!   later without the server changing.
+//!   traits so that media other than byte streams (SCTP, Xen shared rings) implement them
+//!   without the server changing.
 //! - [`Listener`]: yields [`Channel`]s (both halves plus the [`Peer`] they lead to).
 //! - [`StreamRx`] / [`StreamTx`]: the framing over any byte stream, shared by TCP, unix sockets
 //!   and descriptor pairs. Receiving is zero-copy (frames are slices of one read buffer) and
 //!   never allocates in proportion to a length it has not validated; sending gathers many frames
 //!   into vectored writes.
-//! - [`TcpListener`], [`UnixListener`], [`FdListener`] / [`fd_channel`]: the concrete media.
-//! - [`Endpoint`] (`tcp:127.0.0.1:5640`, `unix:/run/envoy.sock`, `fd:3,4`), [`bind`] and
+//! - [`TcpListener`], [`UnixListener`], [`FdListener`] / [`fd_channel`]: the byte-stream media.
+//! - [`SctpListener`] ([`sctp`]): kernel SCTP, one frame per message, requests spread over
+//!   streams, multi-homed.
+//! - [`Endpoint`] (`tcp:127.0.0.1:5640`, `sctp:10.0.0.1,10.0.1.1:5640`, `unix:/run/envoy.sock`,
+//!   `fd:3,4`), [`bind`] and
 //!   [`connect`], which hide the medium behind the [`AnyListener`] / [`AnyRx`] / [`AnyTx`] enums
 //!   so that a daemon can hold listeners of several kinds uniformly (static dispatch).
 //!
@@ -32,6 +35,7 @@ mod error;
 mod fd;
 mod frame;
 mod stream;
+pub mod sctp;
 mod tcp;
 mod unix;
 pub mod xen;
@@ -42,5 +46,6 @@ pub use error::{Result, TransportError};
 pub use fd::{FdListener, FdReader, FdRx, FdTx, FdWriter, fd_channel, fd_channel_shared};
 pub use frame::{Channel, DEFAULT_MAX_FRAME, FrameRx, FrameTx, Listener, MIN_FRAME, Peer};
 pub use stream::{StreamRx, StreamTx};
+pub use sctp::{SctpListener, SctpRx, SctpTx};
 pub use tcp::{TcpListener, TcpRx, TcpTx};
 pub use unix::{UnixListener, UnixRx, UnixTx};
