@@ -43,6 +43,8 @@ const GRACE: Duration = Duration::from_secs(30);
 pub enum Target {
     /// A TCP address.
     Tcp(String),
+    /// An SCTP association to these addresses (`ADDR[,ADDR...]:PORT`).
+    Sctp(envoy_transport::Endpoint),
     /// A unix socket path.
     Unix(PathBuf),
     /// The server in this process over simulated Xen rings.
@@ -53,6 +55,7 @@ impl Target {
     fn transport(&self) -> &'static str {
         match self {
             Target::Tcp(_) => "tcp",
+            Target::Sctp(_) => "sctp",
             Target::Unix(_) => "unix",
             Target::XenSim(_) => "xen-sim",
         }
@@ -220,6 +223,7 @@ struct LaneStats {
 async fn connect(cfg: &Config) -> Result<Client> {
     let c = match &cfg.target {
         Target::Tcp(addr) => Client::connect_tcp(addr.as_str(), cfg.dialect, cfg.msize).await,
+        Target::Sctp(ep) => Client::connect(ep, cfg.dialect, cfg.msize).await,
         Target::Unix(path) => Client::connect_unix(path, cfg.dialect, cfg.msize).await,
         Target::XenSim(host) => Client::over_stream(host.connect()?, cfg.dialect, cfg.msize).await,
     };

@@ -1,7 +1,7 @@
 //! `envoy-bench`: a 9P load generator and the performance baseline tools.
 //!
 //! ```text
-//! envoy-bench --tcp ADDR | --unix PATH
+//! envoy-bench --tcp ADDR | --sctp ADDR[,ADDR...]:PORT | --unix PATH
 //!             | --xen-sim DIR [--rings 2] [--one-request-per-ring] [--read-delay-us US]
 //!             --workload W  [--dialect L|u] [--aname A]
 //!             [--conns N] [--depth M] [--seconds S] [--count C] [--msize B]
@@ -49,16 +49,19 @@ struct RunArgs {
     #[arg(
         long,
         value_name = "ADDR",
-        conflicts_with = "unix",
-        required_unless_present_any = ["unix", "xen_sim"]
+        conflicts_with_all = ["unix", "sctp"],
+        required_unless_present_any = ["unix", "xen_sim", "sctp"]
     )]
     tcp: Option<String>,
+    /// Server SCTP addresses (one association per connection, multi-homed when several)
+    #[arg(long, value_name = "ADDR[,ADDR...]:PORT", conflicts_with = "unix")]
+    sctp: Option<String>,
     /// Server unix socket
     #[arg(long, value_name = "PATH")]
     unix: Option<PathBuf>,
     /// Serve DIR in this process over simulated Xen 9pfs rings (2 rings of order 9 per
     /// connection, a model of Linux's frontend) and measure that
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["tcp", "unix"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["tcp", "unix", "sctp"])]
     xen_sim: Option<PathBuf>,
     /// With --xen-sim: take a ring's next request only after answering the previous one (how
     /// QEMU's and xen-9pfsd's backends work), for comparison
@@ -223,16 +226,21 @@ fn main() -> Result<()> {
 
 fn run(a: RunArgs) -> Result<()> {
     let workload = a.workload.context("--workload is required")?;
-    let target = match (a.tcp, a.unix, a.xen_sim) {
-        (Some(addr), None, None) => Target::Tcp(addr),
-        (None, Some(path), None) => Target::Unix(path),
-        (None, None, Some(dir)) => Target::XenSim(std::sync::Arc::new(bench::xensim::XenSim::new(
+    let target = match (a.tcp, a.sctp, a.unix, a.xen_sim) {
+        (Some(addr), None, None, None) => Target::Tcp(addr),
+        (None, Some(addrs), None, None) => Target::Sctp(
+            format!("sctp:{addrs}")
+                .parse()
+                .with_context(|| format!("bad --sctp {addrs:?}"))?,
+        ),
+        (None, None, Some(path), None) => Target::Unix(path),
+        (None, None, None, Some(dir)) => Target::XenSim(std::sync::Arc::new(bench::xensim::XenSim::new(
             &dir,
             a.rings.into(),
             a.one_request_per_ring,
             a.read_delay_us.map(std::time::Duration::from_micros),
         )?)),
-        _ => bail!("give exactly one of --tcp ADDR, --unix PATH and --xen-sim DIR"),
+        _ => bail!("give exactly one of --tcp ADDR, --sctp ADDRS:PORT, --unix PATH and --xen-sim DIR"),
     };
     let uid = a.uid.unwrap_or_else(|| rustix::process::geteuid().as_raw());
     let uname = a.uname.unwrap_or_else(|| match std::env::var("USER") {

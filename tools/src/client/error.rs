@@ -8,6 +8,10 @@ pub enum ClientError {
     /// Connecting, reading or writing the stream failed.
     #[error("i/o error: {0}")]
     Io(std::io::Error),
+    /// The transport failed other than by an I/O error: a framing violation by the server,
+    /// a bad endpoint, a kernel without SCTP.
+    #[error("transport: {0}")]
+    Transport(envoy_transport::TransportError),
     /// The server sent a frame that does not decode.
     #[error("malformed reply: {0}")]
     Decode(DecodeError),
@@ -55,6 +59,15 @@ pub enum ClientError {
 impl From<std::io::Error> for ClientError {
     fn from(e: std::io::Error) -> ClientError {
         ClientError::Io(e)
+    }
+}
+
+impl From<envoy_transport::TransportError> for ClientError {
+    fn from(e: envoy_transport::TransportError) -> ClientError {
+        match e {
+            envoy_transport::TransportError::Io(e) => ClientError::Io(e),
+            e => ClientError::Transport(e),
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! An async 9P client over any byte stream (TCP, unix socket, an in-memory duplex).
+//! An async 9P client over any transport channel (TCP, SCTP, unix socket, descriptors) or
+//! byte stream (an in-memory duplex).
 //!
 //! [`Client`] negotiates the version when it connects, then lets any number of requests be
 //! in flight at once: each gets a free tag, its frame is queued to a writer task, and a
@@ -7,8 +8,8 @@
 //! per operation (`walk`, `lopen`, `read`, ...), that also loop where 9P needs it (reads and
 //! writes larger than the msize, whole-directory reads).
 //!
-//! Envoy's integration tests and tools use it; it frames messages itself and shares only
-//! the codec with the server.
+//! Envoy's integration tests and tools use it; it shares the codec and the transport's
+//! framing with the server, not its session logic.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), envoy_tools::client::ClientError> {
@@ -35,14 +36,15 @@ mod tests;
 
 pub use error::ClientError;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use envoy_protocol::consts::{IOHDRSZ, NOTAG, VERSION_UNKNOWN};
 use envoy_protocol::{Dialect, Fcall, Tflush, Tversion};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use envoy_transport::{Endpoint, FrameRx, FrameTx, StreamRx, StreamTx};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -53,8 +55,8 @@ pub type Result<T> = std::result::Result<T, ClientError>;
 const TAGS: usize = NOTAG as usize;
 /// Frames queued for the writer before senders wait.
 const WRITE_QUEUE: usize = 1024;
-/// At most this many bytes are gathered into one write.
-const WRITE_BATCH: usize = 256 * 1024;
+/// At most this many queued frames are handed to the transport at once.
+const WRITE_BATCH: usize = 64;
 
 /// A connected 9P client. Cheap to share by reference: every method takes `&self`.
 pub struct Client {
@@ -162,31 +164,45 @@ impl Client {
         Client::over_stream(stream, dialect, msize).await
     }
 
-    /// Speak 9P over an already connected stream: send Tversion proposing `dialect` and
-    /// `msize`, and start the reader and writer tasks (so this needs a tokio runtime).
+    /// Connect to any transport endpoint (`tcp:`, `sctp:`, `unix:`, `fd:`) and negotiate
+    /// `dialect` and `msize`.
+    pub async fn connect(ep: &Endpoint, dialect: Dialect, msize: u32) -> Result<Client> {
+        let c = envoy_transport::connect(ep).await?;
+        Client::over_channel(c.rx, c.tx, dialect, msize).await
+    }
+
+    /// Speak 9P over an already connected byte stream (see [`Client::over_channel`]).
+    pub async fn over_stream<S>(stream: S, dialect: Dialect, msize: u32) -> Result<Client>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (rd, wr) = tokio::io::split(stream);
+        Client::over_channel(StreamRx::new(rd), StreamTx::new(wr), dialect, msize).await
+    }
+
+    /// Speak 9P over a transport channel: send Tversion proposing `dialect` and `msize`, and
+    /// start the reader and writer tasks (so this needs a tokio runtime).
     ///
     /// The server may lower the msize and may answer an older dialect (9P2000 for
     /// 9P2000.u); [`Client::msize`] and [`Client::dialect`] give what was agreed. An answer
     /// of "unknown", or of a version this client does not know, is
     /// [`ClientError::VersionRejected`].
-    pub async fn over_stream<S>(stream: S, dialect: Dialect, msize: u32) -> Result<Client>
-    where
-        S: AsyncRead + AsyncWrite + Send + 'static,
-    {
-        let (mut rd, mut wr) = tokio::io::split(stream);
+    pub async fn over_channel<R: FrameRx, T: FrameTx>(
+        mut rx: R,
+        mut tx: T,
+        dialect: Dialect,
+        msize: u32,
+    ) -> Result<Client> {
         let mut out = BytesMut::new();
         let version = Tversion {
             msize,
             version: dialect.as_str().to_owned(),
         };
         Fcall::Tversion(version).encode(NOTAG, dialect, &mut out);
-        wr.write_all(&out).await?;
-        wr.flush().await?;
+        tx.send(&mut vec![out.freeze()]).await?;
 
-        let mut buf = BytesMut::new();
-        let frame = read_frame(&mut rd, &mut buf, msize.max(8192))
-            .await?
-            .ok_or(ClientError::Closed)?;
+        rx.set_max_frame(msize.max(8192));
+        let frame = rx.recv().await?.ok_or(ClientError::Closed)?;
         let (tag, reply) = envoy_protocol::decode(frame, dialect)?;
         let reply = into_result(reply)?;
         let Fcall::Rversion(rv) = reply else {
@@ -211,6 +227,7 @@ impl Client {
                 "msize {msize} leaves no room for data"
             )));
         }
+        rx.set_max_frame(msize);
 
         let (frames, queue) = mpsc::channel(WRITE_QUEUE);
         let shared = Arc::new(Shared {
@@ -220,8 +237,8 @@ impl Client {
             state: Mutex::new(State::default()),
             unsolicited: AtomicU64::new(0),
         });
-        let writer = tokio::spawn(write_loop(wr, queue, Arc::downgrade(&shared)));
-        let reader = tokio::spawn(read_loop(rd, buf, shared.clone(), msize));
+        let writer = tokio::spawn(write_loop(tx, queue, Arc::downgrade(&shared)));
+        let reader = tokio::spawn(read_loop(rx, shared.clone()));
         Ok(Client {
             shared,
             msize,
@@ -450,88 +467,25 @@ fn into_result(msg: Fcall) -> Result<Fcall> {
     }
 }
 
-/// Read one whole frame (at most `max` bytes) from `rd`, using `buf` for what has been
-/// read but not consumed. `Ok(None)` on a clean EOF between frames.
-async fn read_frame<R: AsyncRead + Unpin>(
-    rd: &mut R,
-    buf: &mut BytesMut,
-    max: u32,
-) -> Result<Option<Bytes>> {
-    loop {
-        if buf.len() >= 4 {
-            let size = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
-            if size < 7 || size > max {
-                let e = std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("server sent a {size}-byte frame (msize {max})"),
-                );
-                return Err(e.into());
-            }
-            let size = size as usize;
-            if buf.len() >= size {
-                return Ok(Some(buf.split_to(size).freeze()));
-            }
-            buf.reserve(size - buf.len());
-        } else {
-            buf.reserve(4096);
-        }
-        if rd.read_buf(buf).await? == 0 {
-            if buf.is_empty() {
-                return Ok(None);
-            }
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "connection closed mid-frame",
-            )
-            .into());
-        }
-    }
-}
-
-/// Receive replies until the stream ends or breaks, then fail whatever is still waiting.
-async fn read_loop<S: AsyncRead>(
-    mut rd: ReadHalf<S>,
-    mut buf: BytesMut,
-    shared: Arc<Shared>,
-    msize: u32,
-) {
-    while let Ok(Some(frame)) = read_frame(&mut rd, &mut buf, msize).await {
+/// Receive replies until the channel ends or breaks, then fail whatever is still waiting.
+async fn read_loop<R: FrameRx>(mut rx: R, shared: Arc<Shared>) {
+    while let Ok(Some(frame)) = rx.recv().await {
         shared.deliver(frame);
     }
     shared.close();
 }
 
-/// Write queued frames, gathering whatever is queued into one write, until every sender
-/// is gone; then shut the write side down.
-async fn write_loop<S: AsyncWrite>(
-    mut wr: WriteHalf<S>,
-    mut queue: mpsc::Receiver<Bytes>,
-    shared: Weak<Shared>,
-) {
-    let mut batch = BytesMut::new();
-    while let Some(first) = queue.recv().await {
-        let ok = if first.len() >= WRITE_BATCH {
-            wr.write_all(&first).await.is_ok()
-        } else {
-            batch.extend_from_slice(&first);
-            while batch.len() < WRITE_BATCH {
-                match queue.try_recv() {
-                    Ok(more) => batch.extend_from_slice(&more),
-                    Err(_) => break,
-                }
-            }
-            let ok = wr.write_all_buf(&mut batch).await.is_ok();
-            batch.clear();
-            ok
-        };
-        if !ok || wr.flush().await.is_err() {
+/// Send queued frames, handing whatever is queued (up to [`WRITE_BATCH`] frames) to the
+/// transport at once, until every sender is gone; then close the sending direction.
+async fn write_loop<T: FrameTx>(mut tx: T, mut queue: mpsc::Receiver<Bytes>, shared: Weak<Shared>) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        if tx.send(&mut batch).await.is_err() {
             if let Some(s) = shared.upgrade() {
                 s.close();
             }
             return;
         }
-        // Nothing buffered is kept between batches.
-        debug_assert!(!batch.has_remaining());
     }
-    let _ = wr.shutdown().await;
+    let _ = tx.close().await;
 }

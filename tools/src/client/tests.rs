@@ -4,36 +4,41 @@
 use super::*;
 use envoy_protocol::consts::*;
 use envoy_protocol::*;
-use tokio::io::DuplexStream;
+use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
 
 /// The server end of the connection, driven by the test.
 struct Fake {
-    stream: DuplexStream,
-    buf: BytesMut,
+    rx: StreamRx<ReadHalf<DuplexStream>>,
+    tx: StreamTx<WriteHalf<DuplexStream>>,
     dialect: Dialect,
 }
 
 impl Fake {
+    fn new(stream: DuplexStream, dialect: Dialect) -> Fake {
+        let (r, w) = tokio::io::split(stream);
+        let mut rx = StreamRx::new(r);
+        rx.set_max_frame(1 << 24);
+        Fake {
+            rx,
+            tx: StreamTx::new(w),
+            dialect,
+        }
+    }
+
     async fn recv(&mut self) -> (u16, Fcall) {
-        let frame = read_frame(&mut self.stream, &mut self.buf, 1 << 24)
-            .await
-            .unwrap()
-            .expect("a frame");
+        let frame = self.rx.recv().await.unwrap().expect("a frame");
         decode(frame, self.dialect).expect("client sent a valid frame")
     }
 
     async fn send(&mut self, tag: u16, msg: impl Into<Fcall>) {
         let mut b = BytesMut::new();
         msg.into().encode(tag, self.dialect, &mut b);
-        self.stream.write_all(&b).await.unwrap();
+        self.tx.send(&mut vec![b.freeze()]).await.unwrap();
     }
 
     /// True once the client has closed its side.
     async fn eof(&mut self) -> bool {
-        matches!(
-            read_frame(&mut self.stream, &mut self.buf, 1 << 24).await,
-            Ok(None)
-        )
+        matches!(self.rx.recv().await, Ok(None))
     }
 }
 
@@ -46,11 +51,7 @@ async fn pair_with(
     server_msize: u32,
 ) -> (Result<Client>, Fake) {
     let (a, b) = tokio::io::duplex(1 << 20);
-    let mut fake = Fake {
-        stream: b,
-        buf: BytesMut::new(),
-        dialect,
-    };
+    let mut fake = Fake::new(b, dialect);
     let server = async {
         let (tag, msg) = fake.recv().await;
         assert_eq!(tag, NOTAG);

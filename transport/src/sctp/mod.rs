@@ -16,9 +16,8 @@ mod message;
 mod streams;
 mod sys;
 
-use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -278,9 +277,4 @@ pub async fn associate(addrs: &[SocketAddr]) -> Result<(OwnedFd, SocketAddr)> {
 pub(crate) async fn sctp_connect(addrs: &[SocketAddr]) -> Result<Channel<SctpRx, SctpTx>> {
     let (fd, peer) = associate(addrs).await?;
     channel(fd, peer, false)
-}
-
-/// Let a program this process execs inherit `fd` (clears close-on-exec).
-pub fn inherit_across_exec(fd: &OwnedFd) -> io::Result<()> {
-    sys::inherit_across_exec(fd.as_raw_fd())
 }

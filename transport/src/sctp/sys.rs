@@ -12,7 +12,7 @@
 use std::io;
 use std::mem::{MaybeUninit, size_of};
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use nix::sys::socket::{SockaddrIn, SockaddrIn6, SockaddrLike, SockaddrStorage};
 use tokio::io::unix::AsyncFd;
@@ -249,12 +249,6 @@ pub(crate) fn stream_counts(fd: &OwnedFd) -> io::Result<(u16, u16)> {
 /// gracefully once queued data is acknowledged.
 pub(crate) fn shutdown_write(fd: &OwnedFd) -> io::Result<()> {
     nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Write).map_err(io::Error::from)
-}
-
-/// Clear close-on-exec, so that a program this process execs inherits the descriptor.
-pub(crate) fn inherit_across_exec(fd: RawFd) -> io::Result<()> {
-    // SAFETY: F_SETFD on a descriptor number changes only its flags.
-    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }).map(drop)
 }
 
 /// What one `recvmsg` brought in.
