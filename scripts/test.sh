@@ -11,6 +11,8 @@ step() { printf '\n== %s\n' "$*"; }
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 command -v cc >/dev/null || need_apt+=(gcc libc6-dev)
+# iproute2's ip: the SCTP multi-homing case builds a network namespace and veth pairs in the guest.
+command -v ip >/dev/null || need_apt+=(iproute2)
 # The real C xenstored (run on the host under a test shim), the xenstore-* tools and Xen's
 # public headers (ioctl ABI check) for the Xen layer's tests.
 compgen -G '/usr/lib/xen-*/bin/xenstored' >/dev/null || need_apt+=(xen-utils-4.17)

@@ -5,8 +5,10 @@
 //! of Linux's frontend, inside the test process, so tests can also inspect the export on the
 //! host side. It stops when dropped.
 //!
-//! `ENVOY_TEST_MEDIUM=xen-sim` makes [`TestServer::start`] serve over simulated Xen rings
-//! (the README's test command runs the protocol suites both ways).
+//! `ENVOY_TEST_MEDIUM=xen-sim` makes [`TestServer::start`] serve over simulated Xen rings, and
+//! `ENVOY_TEST_MEDIUM=sctp` over kernel SCTP on 127.0.0.1 (the README's test command runs the
+//! protocol suites over TCP and simulated rings on the host, and over SCTP in the Linux guest,
+//! whose kernel has SCTP).
 
 #![forbid(unsafe_code)]
 
@@ -40,6 +42,8 @@ pub enum Medium {
     Tcp,
     /// A unix socket in the temporary directory.
     Unix,
+    /// Kernel SCTP on 127.0.0.1 (needs a kernel with SCTP: the Linux guest of tests/vm).
+    Sctp,
     /// A simulated Xen 9pfs device per client: two rings of order 9 (Linux's choice), mapped
     /// through the simulated grant table and served by the ring transport, with a model of
     /// Linux's frontend between the rings and the client.
@@ -47,13 +51,14 @@ pub enum Medium {
 }
 
 impl Medium {
-    /// The medium chosen by `ENVOY_TEST_MEDIUM` (`tcp`, `unix`, `xen-sim`; default TCP).
+    /// The medium chosen by `ENVOY_TEST_MEDIUM` (`tcp`, `unix`, `sctp`, `xen-sim`; default TCP).
     pub fn from_env() -> Medium {
         match std::env::var("ENVOY_TEST_MEDIUM").as_deref() {
             Ok("xen-sim") => Medium::XenSim,
             Ok("unix") => Medium::Unix,
+            Ok("sctp") => Medium::Sctp,
             Ok("tcp") | Ok("") | Err(_) => Medium::Tcp,
-            Ok(other) => panic!("ENVOY_TEST_MEDIUM={other}: expected tcp, unix or xen-sim"),
+            Ok(other) => panic!("ENVOY_TEST_MEDIUM={other}: expected tcp, unix, sctp or xen-sim"),
         }
     }
 }
@@ -75,8 +80,15 @@ impl TestServer {
         Self::start_with(Options::default()).await
     }
 
-    /// A server with `opts`.
+    /// A server with `opts`. With `ENVOY_TEST_LOG=FILTER` (e.g. `debug`), the server logs to
+    /// stderr, which libtest shows for failed tests.
     pub async fn start_with(opts: Options) -> TestServer {
+        if let Ok(filter) = std::env::var("ENVOY_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let dir = tempfile::tempdir().expect("tempdir");
         let export = dir.path().join("export");
         std::fs::create_dir(&export).unwrap();
@@ -87,10 +99,10 @@ impl TestServer {
         let fs = ExportFs::new(&export, opts.read_only).expect("export");
         let server = Server::new(Arc::new(fs), opts.config.unwrap_or_default());
         let medium = opts.medium.unwrap_or_else(Medium::from_env);
-        let ep: Endpoint = if medium == Medium::Unix {
-            Endpoint::Unix(dir.path().join("envoy.sock"))
-        } else {
-            "tcp:127.0.0.1:0".parse().unwrap()
+        let ep: Endpoint = match medium {
+            Medium::Unix => Endpoint::Unix(dir.path().join("envoy.sock")),
+            Medium::Sctp => "sctp:127.0.0.1:0".parse().unwrap(),
+            Medium::Tcp | Medium::XenSim => "tcp:127.0.0.1:0".parse().unwrap(),
         };
         // A listener even for XenSim, so `raw()` keeps working for hand-made frames.
         let listener = envoy_transport::bind(&ep).await.expect("bind");
@@ -156,6 +168,7 @@ impl TestServer {
             Endpoint::Unix(path) => Client::connect_unix(path, dialect, msize)
                 .await
                 .expect("connect"),
+            ep @ Endpoint::Sctp(_) => Client::connect(ep, dialect, msize).await.expect("connect"),
             other => panic!("unexpected endpoint {other}"),
         }
     }
@@ -188,6 +201,19 @@ impl TestServer {
             }
             other => panic!("raw connections are TCP only, not {other}"),
         }
+    }
+
+    /// A raw SCTP association to an SCTP server, as a byte stream each of whose writes is one
+    /// SCTP message (tokio's `TcpStream` drives any connected stream socket; SCTP's one-to-one
+    /// sockets are such). For hand-made and malformed messages.
+    pub async fn raw_sctp(&self) -> tokio::net::TcpStream {
+        let Endpoint::Sctp(addrs) = &self.endpoint else {
+            panic!("raw_sctp needs an SCTP server, not {}", self.endpoint);
+        };
+        let (fd, _) = envoy_transport::sctp::associate(addrs)
+            .await
+            .expect("sctp association");
+        tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd)).expect("register")
     }
 
     /// Stop the server and wait for it.

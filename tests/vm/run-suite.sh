@@ -2,10 +2,16 @@
 # The Linux-guest suite: the kernel's own v9fs client, in a QEMU guest, against envoyd.
 #
 #   tests/vm/run-suite.sh              the matrix: trans=tcp and trans=fd x 9p2000.u and 9p2000.L,
-#                                      msize 512 KiB (tcp also 1 MiB); two VMs at a time
+#                                      msize 512 KiB (tcp also 1 MiB); and the SCTP cases, run
+#                                      inside the guest because its kernel has SCTP and the hosts'
+#                                      does not (tests/vm/sctp-guest.sh: envoy-mount over loopback
+#                                      in .L and .u, a multi-homed association losing a path
+#                                      mid-workload, the Rust SCTP and protocol suites over SCTP);
+#                                      two VMs at a time
 #   tests/vm/run-suite.sh --selftest   proves the suite can fail: envoyd corrupts read data on
 #                                      purpose and the suite must report FAIL
-# env: ENVOYD (default target/debug/envoyd), VM_JOBS (default 2), VM_CASES (filter, e.g. "tcp-L-512k")
+# env: ENVOYD (default target/debug/envoyd; envoy-mount is taken from beside it), VM_JOBS
+#      (default 2), VM_CASES (filter, e.g. "tcp-L-512k sctp-rust")
 # Each case gets its own export (with a host-made 5,000-entry directory) and its own envoyd.
 # The guest prints one line per check; the host then verifies the files the guest asked for
 # (ENVOY-HOST lines) in the export. On any failure the guest console and envoyd log are printed.
@@ -18,6 +24,7 @@ SELFTEST=0
 EXPECTED_CHECKS=14
 
 [ -x "$ENVOYD" ] || { echo "run-suite: build envoyd first ($ENVOYD)" >&2; exit 3; }
+ENVOY_MOUNT=$(dirname "$ENVOYD")/envoy-mount
 "$ROOT/tools/vm/build.sh" || exit 3
 W=$(mktemp -d /tmp/envoy-vmsuite-XXXXXX)
 cleanup() { pkill -f "envoyd --export $W/" 2>/dev/null; rm -rf "$W"; }
@@ -31,9 +38,7 @@ install -m 0755 "$ROOT/tests/vm/workload.sh" "$W/payload/workload.sh"
 run_case() {
     local name=$1 mode=$2 ver=$3 msize=$4; shift 4
     local d=$W/$name
-    mkdir -p "$d/export/big5000"
-    (cd "$d/export/big5000" && for i in $(seq -w 0 4999); do : > "entry-$i-with-a-longer-name"; done)
-    (cd "$d/export" && ls big5000 | LC_ALL=C sort | sed 's|^|big5000/|' | md5sum | cut -d' ' -f1) > "$d/export/big5000.expected"
+    "$ROOT/tests/vm/bigdir.sh" "$d/export" 5000
     local listen target
     if [ "$mode" = tcp ]; then listen=tcp:127.0.0.1:0; else listen=unix:$d/envoy.sock; fi
     "$ENVOYD" --export "$d/export/" --listen "$listen" "$@" >"$d/envoyd.out" 2>"$d/envoyd.log" &
@@ -59,15 +64,58 @@ run_case() {
             if [ "$have" = "$hash" ]; then echo "PASS host_sees_$path"; else echo "FAIL host_sees_$path: host has ${have:-nothing}, guest wrote $hash"; fi
         done
     } > "$d/checks"
-    local passed failed
-    passed=$(grep -c '^PASS' "$d/checks"); failed=$(grep -c '^FAIL' "$d/checks")
-    local verdict=PASS
-    if [ "$vmrc" != 0 ] || [ "$failed" != 0 ] || [ "$(grep -c '^PASS\|^FAIL' "$d/checks")" -lt $((EXPECTED_CHECKS + 3)) ]; then
-        verdict=FAIL
-    fi
-    echo "$verdict" > "$d/verdict"
-    printf '%-22s %s  %2d passed, %d failed  (%ds, vm rc=%s)\n' "$name" "$verdict" "$passed" "$failed" $((SECONDS - start)) "$vmrc" > "$d/summary"
+    verdict "$d" "$name" "$vmrc" $((EXPECTED_CHECKS + 3)) "$start"
 }
+
+# verdict DIR NAME VMRC MIN_CHECKS START: PASS when the VM passed, no check failed and at least
+# MIN_CHECKS checks ran; writes DIR/verdict and DIR/summary.
+verdict() {
+    local d=$1 name=$2 vmrc=$3 min=$4 start=$5 passed failed v=PASS
+    passed=$(grep -c '^PASS' "$d/checks"); failed=$(grep -c '^FAIL' "$d/checks")
+    if [ "$vmrc" != 0 ] || [ "$failed" != 0 ] || [ $((passed + failed)) -lt "$min" ]; then v=FAIL; fi
+    echo "$v" > "$d/verdict"
+    printf '%-22s %s  %2d passed, %d failed  (%ds, vm rc=%s)\n' "$name" "$v" "$passed" "$failed" $((SECONDS - start)) "$vmrc" > "$d/summary"
+}
+
+# The SCTP cases' payload: envoyd, envoy-mount, the Rust test binaries and iproute2's ip (for
+# the network namespace and veth pairs), with the shared libraries they load, and the scripts.
+sctp_payload() {
+    local p=$W/sctp-payload
+    mkdir -p "$p/bin" "$p/tests"
+    cp "$W/payload/bin/mmapcat" "$p/bin/"
+    install -m 0755 "$ROOT/tests/vm/workload.sh" "$ROOT/tests/vm/sctp-guest.sh" "$ROOT/tests/vm/bigdir.sh" "$p/"
+    cp "$ROOT/tests/xen/workload-sizes.env" "$p/"
+    strip -o "$p/bin/envoyd" "$ENVOYD" && strip -o "$p/bin/envoy-mount" "$ENVOY_MOUNT" || return 1
+    # Not in PATH: busybox sh runs its own ip applet for a bare "ip" (sctp-guest.sh gives the path).
+    mkdir -p "$p/opt/iproute2" && cp "$(command -v ip)" "$p/opt/iproute2/ip" || return 1
+    # The test binaries cargo built (cargo test builds them; this only lists them).
+    (cd "$ROOT" && cargo test -q -p envoy-tests --test sctp --test dotl --test dotu --test inflight --no-run --message-format=json 2>/dev/null) |
+        python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and "test" in m["target"]["kind"]:
+        print(m["target"]["name"], m["executable"])' |
+        while read -r name exe; do strip -o "$p/tests/$name" "$exe"; done
+    [ "$(ls "$p/tests" | wc -l)" = 4 ] || { echo "run-suite: SCTP test binaries missing: $(ls "$p/tests")" >&2; return 1; }
+    # Their libraries, at the paths the dynamic loader looks in.
+    for b in "$p"/bin/* "$p"/tests/* "$p"/opt/iproute2/ip; do ldd "$b" 2>/dev/null; done | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | sort -u |
+        while read -r lib; do mkdir -p "$p$(dirname "$lib")"; cp -L "$lib" "$p$lib"; done
+}
+
+# run_sctp_case NAME KIND VERSION MIN_CHECKS: tests/vm/sctp-guest.sh KIND VERSION in a guest.
+run_sctp_case() {
+    local name=$1 kind=$2 ver=$3 min=$4 d=$W/$1 start=$SECONDS
+    mkdir -p "$d"
+    "$ROOT/tools/vm/run-vm.sh" -t none -x "evmods=sctp,veth" -M 1024 -P "$W/sctp-payload" \
+        -l "$d/console.log" -T 420 -- "sh /sctp-guest.sh $kind $ver" 2>"$d/run-vm.log"
+    local vmrc=$?
+    tr -d '\r' < "$d/console.log" | grep -a '^ENVOY-CHECK: ' | sed 's/^ENVOY-CHECK: //' > "$d/checks"
+    tr -d '\r' < "$d/console.log" | grep -aq '^ENVOY-SCTP-DONE' || echo "FAIL sctp-guest.sh did not finish" >> "$d/checks"
+    # envoyd ran in the guest; sctp-guest.sh prints its log's tail.
+    tr -d '\r' < "$d/console.log" | sed -n 's/^envoyd| //p' > "$d/envoyd.log"
+    verdict "$d" "$name" "$vmrc" "$min" "$start"
+}
+
 
 report() { # NAME: the case's checks, and its logs when it failed
     local d=$W/$1
@@ -92,16 +140,26 @@ if [ "$SELFTEST" = 1 ]; then
     exit 1
 fi
 
-CASES=("tcp-u-512k tcp 9p2000.u 524288" "tcp-L-512k tcp 9p2000.L 524288"
+# The SCTP cases first (the longest), then the host-envoyd matrix. SCTP minimum checks: the
+# workload's 14 + 3 export files + listen, mount, umount; + 3 for multi-homing; the Rust case's
+# tests (sctp 6, dotl 17, dotu 6, inflight 4).
+CASES=("sctp-rust sctp rust - 33" "sctp-multihome-L sctp multihome 9p2000.L 23"
+       "sctp-loop-L sctp loop 9p2000.L 20" "sctp-loop-u sctp loop 9p2000.u 20"
+       "tcp-u-512k tcp 9p2000.u 524288" "tcp-L-512k tcp 9p2000.L 524288"
        "fd-u-512k fd 9p2000.u 524288" "fd-L-512k fd 9p2000.L 524288"
        "tcp-u-1m tcp 9p2000.u 1048576" "tcp-L-1m tcp 9p2000.L 1048576")
 names=()
 t0=$SECONDS
+payload_built=0
 for c in "${CASES[@]}"; do
     set -- $c
     [ -n "${VM_CASES:-}" ] && [[ " $VM_CASES " != *" $1 "* ]] && continue
+    if [ "$2" = sctp ] && [ $payload_built = 0 ]; then
+        sctp_payload || { echo "run-suite: cannot build the SCTP payload" >&2; exit 3; }
+        payload_built=1
+    fi
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
-    run_case "$@" &
+    if [ "$2" = sctp ]; then run_sctp_case "$1" "$3" "$4" "$5" & else run_case "$@" & fi
     names+=("$1")
 done
 wait

@@ -271,12 +271,8 @@ ln -s ../run "$D0/var/run"   # xenstored, xl and envoy-dm's QMP sockets live in 
 # device's, fe the dom0 frontend's (envoy-xen-frontend).
 # shellcheck source=workload-sizes.env
 . "$HERE/workload-sizes.env"
-BIGDIR=big$WL_DIR_ENTRIES
 for s in share shareu; do
-    mkdir -p "$D0/srv/$s/$BIGDIR"
-    (cd "$D0/srv/$s/$BIGDIR" && for i in $(seq -w 0 $((WL_DIR_ENTRIES - 1))); do : > "entry-$i-with-a-longer-name"; done)
-    # shellcheck disable=SC2012 # plain names; the same listing the VM suite makes
-    (cd "$D0/srv/$s" && ls "$BIGDIR" | LC_ALL=C sort | sed "s|^|$BIGDIR/|" | md5sum | cut -d' ' -f1) > "$D0/srv/$s/$BIGDIR.expected"
+    "$HERE/../vm/bigdir.sh" "$D0/srv/$s" "$WL_DIR_ENTRIES"
 done
 mkdir -p "$D0/srv/share2/sub" "$D0/srv/hot" "$D0/srv/fe"
 echo "guest 2's own file" > "$D0/srv/share2/sub/own.txt"

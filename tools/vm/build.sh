@@ -5,7 +5,7 @@
 #
 # The base holds busybox-static, the guest /init (tools/vm/init), fdrelay (trans=fd over a
 # virtio-serial port) and the kernel modules for 9P
-# (tcp, fd, virtio), virtio net/console and SCTP, with their dependencies. Suites add their own
+# (tcp, fd, virtio), virtio net/console, SCTP and veth, with their dependencies. Suites add their own
 # files as a payload archive at boot (run-vm.sh -P DIR). Installs missing Debian packages
 # (apt-get update first). The kernel .deb is downloaded and unpacked, never installed.
 # Outputs are reused while the kernel package and the inputs are unchanged.
@@ -69,11 +69,12 @@ cp /bin/busybox "$R/bin/busybox"
 for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$R/bin/$a"; done
 install -m 0755 "$HERE/init" "$R/init"
 gcc -static -O2 -Wall -o "$R/bin/fdrelay" "$HERE/fdrelay.c"
-echo 'root:x:0:0:root:/root:/bin/sh' > "$R/etc/passwd"
-echo 'root:x:0:' > "$R/etc/group"
+# root and Debian's nobody/nogroup: the kernel's 9P client attaches as "nobody" first.
+printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$R/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' > "$R/etc/group"
 
 # 3. Modules and their dependencies, resolved by the host's modprobe against the unpacked tree.
-MODS="9p 9pnet 9pnet_fd 9pnet_virtio netfs fscache virtio_pci virtio_net virtio_console sctp sctp_diag crc32c_generic"
+MODS="9p 9pnet 9pnet_fd 9pnet_virtio netfs fscache virtio_pci virtio_net virtio_console sctp sctp_diag crc32c_generic veth"
 MD=$R/lib/modules/$KVER; mkdir -p "$MD"
 for m in $MODS; do
     modprobe -d "$KROOT" -S "$KVER" --show-depends "$m" | awk '$1=="insmod"{print $2}'

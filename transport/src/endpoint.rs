@@ -48,11 +48,15 @@ fn parse_fd(s: &str, which: &str, whole: &str) -> Result<RawFd, TransportError> 
 fn parse_sctp(rest: &str, whole: &str) -> Result<Endpoint, TransportError> {
     let usage = "expected sctp:ADDR[,ADDR...]:PORT, IPv6 in brackets";
     let Some((list, port)) = rest.rsplit_once(':') else {
-        return Err(bad(format!("sctp endpoint {whole:?} has no :PORT ({usage})")));
+        return Err(bad(format!(
+            "sctp endpoint {whole:?} has no :PORT ({usage})"
+        )));
     };
-    let port: u16 = port
-        .parse()
-        .map_err(|_| bad(format!("port {port:?} in {whole:?} is not a number 0-65535 ({usage})")))?;
+    let port: u16 = port.parse().map_err(|_| {
+        bad(format!(
+            "port {port:?} in {whole:?} is not a number 0-65535 ({usage})"
+        ))
+    })?;
     let mut addrs = Vec::new();
     for a in list.split(',') {
         let ip = a

@@ -170,11 +170,18 @@ async fn sctp_without_kernel_support_says_so() {
     let ep: Endpoint = "sctp:127.0.0.1:0".parse().unwrap();
     let kernel_has_sctp = std::path::Path::new("/proc/net/sctp").exists();
     match envoy_transport::bind(&ep).await {
-        Ok(l) => assert!(kernel_has_sctp, "bound {} without /proc/net/sctp", envoy_transport::Listener::local_endpoint(&l)),
+        Ok(l) => assert!(
+            kernel_has_sctp,
+            "bound {} without /proc/net/sctp",
+            envoy_transport::Listener::local_endpoint(&l)
+        ),
         Err(e @ TransportError::SctpUnavailable(_)) => {
             assert!(!kernel_has_sctp, "{e}");
             let msg = e.to_string();
-            assert!(msg.contains("modprobe sctp") && msg.contains("tcp:"), "{msg}");
+            assert!(
+                msg.contains("modprobe sctp") && msg.contains("tcp:"),
+                "{msg}"
+            );
             match envoy_transport::connect(&ep).await {
                 Err(TransportError::SctpUnavailable(_)) => {}
                 other => panic!("connect: {other:?}"),

@@ -234,13 +234,17 @@ fn run(a: RunArgs) -> Result<()> {
                 .with_context(|| format!("bad --sctp {addrs:?}"))?,
         ),
         (None, None, Some(path), None) => Target::Unix(path),
-        (None, None, None, Some(dir)) => Target::XenSim(std::sync::Arc::new(bench::xensim::XenSim::new(
-            &dir,
-            a.rings.into(),
-            a.one_request_per_ring,
-            a.read_delay_us.map(std::time::Duration::from_micros),
-        )?)),
-        _ => bail!("give exactly one of --tcp ADDR, --sctp ADDRS:PORT, --unix PATH and --xen-sim DIR"),
+        (None, None, None, Some(dir)) => {
+            Target::XenSim(std::sync::Arc::new(bench::xensim::XenSim::new(
+                &dir,
+                a.rings.into(),
+                a.one_request_per_ring,
+                a.read_delay_us.map(std::time::Duration::from_micros),
+            )?))
+        }
+        _ => bail!(
+            "give exactly one of --tcp ADDR, --sctp ADDRS:PORT, --unix PATH and --xen-sim DIR"
+        ),
     };
     let uid = a.uid.unwrap_or_else(|| rustix::process::geteuid().as_raw());
     let uname = a.uname.unwrap_or_else(|| match std::env::var("USER") {

@@ -54,8 +54,13 @@ async fn open(ep: &Endpoint) -> Result<OwnedFd> {
             s.set_nodelay(true)?;
             s.into_std()?.into()
         }
-        Endpoint::Unix(path) => tokio::net::UnixStream::connect(path).await?.into_std()?.into(),
-        Endpoint::Fd { .. } => bail!("an fd: endpoint is already a descriptor: use mount -t 9p -o trans=fd directly"),
+        Endpoint::Unix(path) => tokio::net::UnixStream::connect(path)
+            .await?
+            .into_std()?
+            .into(),
+        Endpoint::Fd { .. } => {
+            bail!("an fd: endpoint is already a descriptor: use mount -t 9p -o trans=fd directly")
+        }
     })
 }
 
@@ -85,7 +90,8 @@ fn run(args: Args) -> Result<()> {
         .block_on(open(&ep))
         .with_context(|| format!("cannot connect to {ep}"))?;
     drop(runtime);
-    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty()).context("cannot pass the descriptor to mount")?;
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty())
+        .context("cannot pass the descriptor to mount")?;
     let n = fd.as_raw_fd();
     let mut options = format!("trans=fd,rfdno={n},wfdno={n}");
     if !args.options.is_empty() {

@@ -231,7 +231,9 @@ mod tests {
         f.extend_from_slice(&frame(10, 0));
         // The window ends at 100 bytes, so the read stops there without end-of-record.
         match deliver(&mut r, &f, usize::MAX, 0) {
-            Err(TransportError::MessageMismatch { size: Some(100), .. }) => {}
+            Err(TransportError::MessageMismatch {
+                size: Some(100), ..
+            }) => {}
             other => panic!("{other:?}"),
         }
     }
@@ -260,7 +262,12 @@ mod tests {
         }
         assert!(r.capacity() <= CHUNK);
         let mut r = Reassembly::default();
-        match deliver(&mut r, &frame(7, 0)[..4].iter().map(|_| 0).collect::<Vec<_>>(), 4, 0) {
+        match deliver(
+            &mut r,
+            &frame(7, 0)[..4].iter().map(|_| 0).collect::<Vec<_>>(),
+            4,
+            0,
+        ) {
             Err(TransportError::FrameTooShort { size: 0 }) => {}
             other => panic!("{other:?}"),
         }
@@ -292,9 +299,14 @@ mod tests {
         drop(got);
         // 100 small messages land in the big frame's allocation: nothing is allocated for them.
         for _ in 0..100 {
-            let (got, _) = deliver(&mut r, &frame(100, 9), usize::MAX, 0).unwrap().unwrap();
+            let (got, _) = deliver(&mut r, &frame(100, 9), usize::MAX, 0)
+                .unwrap()
+                .unwrap();
             let at = got.as_ptr() as usize;
-            assert!((base..base + 200_000).contains(&at), "frame outside the first buffer");
+            assert!(
+                (base..base + 200_000).contains(&at),
+                "frame outside the first buffer"
+            );
         }
     }
 }

@@ -21,6 +21,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tracing::debug;
 
@@ -34,6 +35,12 @@ pub use streams::{ReplyStreams, STREAMS, request_stream};
 /// to 1 MiB) with room to spare. Needs `CAP_NET_ADMIN` to exceed `net.core.[rw]mem_max`;
 /// without it the kernel's maximum is used.
 const BUFFER: usize = 4 << 20;
+
+/// What a half waits for. An association the peer aborts (an ABORT chunk) only raises
+/// `EPOLLERR` on a one-to-one socket, which tokio reports as neither readable nor writable:
+/// without `ERROR` a half would wait forever instead of reading the `ECONNRESET`.
+const READ: Interest = Interest::READABLE.add(Interest::ERROR);
+const WRITE: Interest = Interest::WRITABLE.add(Interest::ERROR);
 
 /// Pending associations a listener queues.
 const BACKLOG: i32 = 128;
@@ -100,11 +107,12 @@ fn channel(fd: OwnedFd, peer: SocketAddr, server: bool) -> Result<Channel<SctpRx
     })
 }
 
-impl FrameRx for SctpRx {
-    /// Cancel-safe: a read lands in the reassembly buffer before anything else can wait.
-    async fn recv(&mut self) -> Result<Option<Bytes>> {
+impl SctpRx {
+    /// The next whole frame and the stream it came on (what [`FrameRx::recv`] gives, plus the
+    /// stream). Cancel-safe.
+    pub async fn recv_with_stream(&mut self) -> Result<Option<(Bytes, u16)>> {
         loop {
-            let mut ready = self.fd.readable().await?;
+            let mut ready = self.fd.ready(READ).await?;
             let window = self.messages.window()?;
             let got = match ready.try_io(|fd| sys::recv(fd.get_ref(), window)) {
                 Ok(got) => got?,
@@ -122,13 +130,18 @@ impl FrameRx for SctpRx {
                     None => continue,
                 }
             };
-            return Ok(frame.map(|(frame, stream)| {
-                if let Some(r) = &self.replies {
-                    r.record(&frame, stream);
-                }
-                frame
-            }));
+            if let (Some(r), Some((frame, stream))) = (&self.replies, &frame) {
+                r.record(frame, *stream);
+            }
+            return Ok(frame);
         }
+    }
+}
+
+impl FrameRx for SctpRx {
+    /// Cancel-safe: a read lands in the reassembly buffer before anything else can wait.
+    async fn recv(&mut self) -> Result<Option<Bytes>> {
+        Ok(self.recv_with_stream().await?.map(|(frame, _)| frame))
     }
 
     fn set_max_frame(&mut self, max: u32) {
@@ -156,18 +169,32 @@ impl FrameTx for SctpTx {
 
 impl SctpTx {
     async fn send_all(&mut self, frames: &[Bytes]) -> Result<()> {
+        self.send_with(frames, |tx, frame| match &tx.replies {
+            Some(r) => r.reply_stream(frame, tx.streams),
+            None => request_stream(frame, tx.streams),
+        })
+        .await
+    }
+
+    /// Send `frame` as one message on `stream`, whatever the usual assignment would be (for
+    /// tests of a server's stream handling). A stream the association lacks is an error.
+    pub async fn send_on_stream(&mut self, stream: u16, frame: Bytes) -> Result<()> {
+        self.send_with(&[frame], |_, _| stream).await
+    }
+
+    async fn send_with(
+        &mut self,
+        frames: &[Bytes],
+        stream: impl Fn(&Self, &[u8]) -> u16,
+    ) -> Result<()> {
         let mut done = 0;
         while done < frames.len() {
             let mut batch: [(u16, &[u8]); sys::SEND_BATCH] = [(0, &[]); sys::SEND_BATCH];
             let n = (frames.len() - done).min(sys::SEND_BATCH);
             for (slot, frame) in batch.iter_mut().zip(&frames[done..done + n]) {
-                let stream = match &self.replies {
-                    Some(r) => r.reply_stream(frame, self.streams),
-                    None => request_stream(frame, self.streams),
-                };
-                *slot = (stream, &frame[..]);
+                *slot = (stream(self, frame), &frame[..]);
             }
-            let mut ready = self.fd.writable().await?;
+            let mut ready = self.fd.ready(WRITE).await?;
             match ready.try_io(|fd| sys::send(fd.get_ref(), &batch[..n])) {
                 Ok(sent) => done += sent?,
                 Err(_would_block) => continue,
@@ -224,7 +251,9 @@ impl Listener for SctpListener {
             let mut ready = self.fd.readable().await?;
             let (fd, peer) = match ready.try_io(|fd| sys::accept(fd.get_ref())) {
                 Ok(Ok(accepted)) => accepted,
-                Ok(Err(e)) if crate::tcp::is_abandoned(&e) || e.raw_os_error() == Some(libc::ENOTCONN) => {
+                Ok(Err(e))
+                    if crate::tcp::is_abandoned(&e) || e.raw_os_error() == Some(libc::ENOTCONN) =>
+                {
                     debug!(%e, "sctp association gone before accept");
                     continue;
                 }
@@ -260,7 +289,7 @@ pub async fn associate(addrs: &[SocketAddr]) -> Result<(OwnedFd, SocketAddr)> {
     sys::connectx(&fd, addrs)?;
     let fd = sys::register(fd)?;
     let peer = loop {
-        let mut ready = fd.writable().await?;
+        let mut ready = fd.ready(WRITE).await?;
         if let Some(e) = sys::take_error(fd.get_ref())? {
             return Err(e.into());
         }

@@ -95,7 +95,9 @@ mod tests {
 
     #[test]
     fn requests_spread_over_streams_by_tag() {
-        let streams: Vec<u16> = (0..32).map(|t| request_stream(&msg(110, t, &[]), 16)).collect();
+        let streams: Vec<u16> = (0..32)
+            .map(|t| request_stream(&msg(110, t, &[]), 16))
+            .collect();
         assert_eq!(&streams[..16], &(0..16).collect::<Vec<_>>()[..]);
         assert_eq!(&streams[16..], &(0..16).collect::<Vec<_>>()[..]);
         // With one stream (or none negotiated) everything is on stream 0.
@@ -108,7 +110,10 @@ mod tests {
         // Tflush tag 40, oldtag 3: stream of tag 3.
         let flush = msg(TFLUSH, 40, &3u16.to_le_bytes());
         assert_eq!(request_stream(&flush, 16), 3);
-        assert_eq!(request_stream(&flush, 16), request_stream(&msg(116, 3, &[]), 16));
+        assert_eq!(
+            request_stream(&flush, 16),
+            request_stream(&msg(116, 3, &[]), 16)
+        );
         // A Tflush too short to name its oldtag falls back to its own tag.
         assert_eq!(request_stream(&msg(TFLUSH, 40, &[]), 16), 40 % 16);
     }

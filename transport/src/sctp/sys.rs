@@ -63,7 +63,12 @@ pub(crate) fn socket(ipv6: bool) -> io::Result<OwnedFd> {
 }
 
 /// Set a socket option whose value is the plain-data `value`.
-fn setsockopt<T: Copy>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+fn setsockopt<T: Copy>(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
     // SAFETY: `value` is a valid `T` for the duration of the call and the length passed is its
     // size; the kernel only reads it.
     cvt(unsafe {
@@ -79,7 +84,12 @@ fn setsockopt<T: Copy>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, valu
 }
 
 /// Set a socket option whose value is the byte string `value` (packed address lists).
-fn setsockopt_bytes(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &[u8]) -> io::Result<libc::c_int> {
+fn setsockopt_bytes(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &[u8],
+) -> io::Result<libc::c_int> {
     // SAFETY: the pointer and length describe `value`, which outlives the call; the kernel
     // only reads it.
     cvt(unsafe {
@@ -147,10 +157,10 @@ fn pack(addrs: &[SocketAddr]) -> Vec<u8> {
 fn push_addr(out: &mut Vec<u8>, addr: &impl SockaddrLike) {
     // SAFETY: `as_ptr`/`len` describe the initialised socket address `addr`, which outlives
     // this borrow.
-    let bytes = unsafe { std::slice::from_raw_parts(addr.as_ptr().cast::<u8>(), addr.len() as usize) };
+    let bytes =
+        unsafe { std::slice::from_raw_parts(addr.as_ptr().cast::<u8>(), addr.len() as usize) };
     out.extend_from_slice(bytes);
 }
-
 
 /// Hand a socket to tokio's reactor.
 pub(crate) fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
@@ -162,8 +172,11 @@ pub(crate) fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
 /// Bind to every address in `addrs` (all with the same port; port 0 picks one for all):
 /// `bind` for the first, `sctp_bindx` for the others (multi-homing).
 pub(crate) fn bind_all(fd: &OwnedFd, addrs: &[SocketAddr]) -> io::Result<()> {
-    let (first, rest) = addrs.split_first().ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-    nix::sys::socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(*first)).map_err(io::Error::from)?;
+    let (first, rest) = addrs
+        .split_first()
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    nix::sys::socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(*first))
+        .map_err(io::Error::from)?;
     if rest.is_empty() {
         return Ok(());
     }
@@ -186,7 +199,8 @@ pub(crate) fn connectx(fd: &OwnedFd, addrs: &[SocketAddr]) -> io::Result<()> {
 
 /// The pending error of a socket (`SO_ERROR`), e.g. how a non-blocking connect ended.
 pub(crate) fn take_error(fd: &OwnedFd) -> io::Result<Option<io::Error>> {
-    let err = nix::sys::socket::getsockopt(fd, nix::sys::socket::sockopt::SocketError).map_err(io::Error::from)?;
+    let err = nix::sys::socket::getsockopt(fd, nix::sys::socket::sockopt::SocketError)
+        .map_err(io::Error::from)?;
     Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
 }
 
@@ -197,7 +211,8 @@ pub(crate) fn listen(fd: &OwnedFd, backlog: i32) -> io::Result<()> {
 
 /// Accept one association (a new one-to-one socket, non-blocking, close-on-exec).
 pub(crate) fn accept(fd: &OwnedFd) -> io::Result<(OwnedFd, SocketAddr)> {
-    let flags = nix::sys::socket::SockFlag::SOCK_NONBLOCK | nix::sys::socket::SockFlag::SOCK_CLOEXEC;
+    let flags =
+        nix::sys::socket::SockFlag::SOCK_NONBLOCK | nix::sys::socket::SockFlag::SOCK_CLOEXEC;
     let new = nix::sys::socket::accept4(fd.as_raw_fd(), flags).map_err(io::Error::from)?;
     // SAFETY: accept4 returned a new descriptor that nothing else owns.
     let new = unsafe { OwnedFd::from_raw_fd(new) };
@@ -212,17 +227,26 @@ fn to_std(addr: &SockaddrStorage) -> io::Result<SocketAddr> {
     if let Some(v6) = addr.as_sockaddr_in6() {
         return Ok(SocketAddr::V6(SocketAddrV6::from(*v6)));
     }
-    Err(io::Error::new(io::ErrorKind::InvalidData, "SCTP socket with a non-IP address"))
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "SCTP socket with a non-IP address",
+    ))
 }
 
 /// The (first) local address.
 pub(crate) fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
-    to_std(&nix::sys::socket::getsockname::<SockaddrStorage>(fd.as_raw_fd()).map_err(io::Error::from)?)
+    to_std(
+        &nix::sys::socket::getsockname::<SockaddrStorage>(fd.as_raw_fd())
+            .map_err(io::Error::from)?,
+    )
 }
 
 /// The peer's primary address.
 pub(crate) fn peer_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
-    to_std(&nix::sys::socket::getpeername::<SockaddrStorage>(fd.as_raw_fd()).map_err(io::Error::from)?)
+    to_std(
+        &nix::sys::socket::getpeername::<SockaddrStorage>(fd.as_raw_fd())
+            .map_err(io::Error::from)?,
+    )
 }
 
 /// The association's inbound and outbound stream counts as negotiated at INIT.
@@ -248,7 +272,8 @@ pub(crate) fn stream_counts(fd: &OwnedFd) -> io::Result<(u16, u16)> {
 /// Shut the sending direction: SCTP has no half-close, so this ends the association
 /// gracefully once queued data is acknowledged.
 pub(crate) fn shutdown_write(fd: &OwnedFd) -> io::Result<()> {
-    nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Write).map_err(io::Error::from)
+    nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Write)
+        .map_err(io::Error::from)
 }
 
 /// What one `recvmsg` brought in.
@@ -295,7 +320,8 @@ pub(crate) fn recv(fd: &OwnedFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<Rece
         while !c.is_null() {
             if (*c).cmsg_level == libc::IPPROTO_SCTP
                 && (*c).cmsg_type == libc::SCTP_RCVINFO
-                && (*c).cmsg_len as usize >= libc::CMSG_LEN(size_of::<libc::sctp_rcvinfo>() as u32) as usize
+                && (*c).cmsg_len as usize
+                    >= libc::CMSG_LEN(size_of::<libc::sctp_rcvinfo>() as u32) as usize
             {
                 let info: libc::sctp_rcvinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
                 stream = Some(info.rcv_sid);
@@ -358,7 +384,14 @@ pub(crate) fn send(fd: &OwnedFd, messages: &[(u16, &[u8])]) -> io::Result<usize>
     // SAFETY: the first `n` headers point to iovecs and control buffers on this stack frame
     // and to the callers' message bytes, all alive for the call; the kernel only reads them
     // (and writes each header's msg_len).
-    let sent = cvt(unsafe { libc::sendmmsg(fd.as_raw_fd(), hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_NOSIGNAL) })?;
+    let sent = cvt(unsafe {
+        libc::sendmmsg(
+            fd.as_raw_fd(),
+            hdrs.as_mut_ptr(),
+            n as libc::c_uint,
+            libc::MSG_NOSIGNAL,
+        )
+    })?;
     Ok(sent as usize)
 }
 
