@@ -85,21 +85,23 @@ sctp_payload() {
     cp "$W/payload/bin/mmapcat" "$p/bin/"
     install -m 0755 "$ROOT/tests/vm/workload.sh" "$ROOT/tests/vm/sctp-guest.sh" "$ROOT/tests/vm/bigdir.sh" "$p/"
     cp "$ROOT/tests/xen/workload-sizes.env" "$p/"
-    strip -o "$p/bin/envoyd" "$ENVOYD" && strip -o "$p/bin/envoy-mount" "$ENVOY_MOUNT" || return 1
+    local add=$ROOT/tools/vm/add-binaries.sh
+    "$add" "$p" bin "$ENVOYD" "$ENVOY_MOUNT" || return 1
     # Not in PATH: busybox sh runs its own ip applet for a bare "ip" (sctp-guest.sh gives the path).
-    mkdir -p "$p/opt/iproute2" && cp "$(command -v ip)" "$p/opt/iproute2/ip" || return 1
+    "$add" "$p" opt/iproute2 "$(command -v ip)" || return 1
     # The test binaries cargo built (cargo test builds them; this only lists them).
-    (cd "$ROOT" && cargo test -q -p envoy-tests --test sctp --test dotl --test dotu --test inflight --no-run --message-format=json 2>/dev/null) |
+    local tests
+    tests=$(cd "$ROOT" && cargo test -q -p envoy-tests --test sctp --test dotl --test dotu --test inflight --no-run --message-format=json 2>/dev/null |
         python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and "test" in m["target"]["kind"]:
-        print(m["target"]["name"], m["executable"])' |
-        while read -r name exe; do strip -o "$p/tests/$name" "$exe"; done
+        print(m["executable"])')
+    # shellcheck disable=SC2086 # one path per word
+    "$add" "$p" tests $tests || return 1
+    # Named after the test target (sctp, dotl, ...), not cargo's hashed file name.
+    for t in "$p"/tests/*-*; do mv "$t" "${t%-*}"; done
     [ "$(ls "$p/tests" | wc -l)" = 4 ] || { echo "run-suite: SCTP test binaries missing: $(ls "$p/tests")" >&2; return 1; }
-    # Their libraries, at the paths the dynamic loader looks in.
-    for b in "$p"/bin/* "$p"/tests/* "$p"/opt/iproute2/ip; do ldd "$b" 2>/dev/null; done | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | sort -u |
-        while read -r lib; do mkdir -p "$p$(dirname "$lib")"; cp -L "$lib" "$p$lib"; done
 }
 
 # run_sctp_case NAME KIND VERSION MIN_CHECKS: tests/vm/sctp-guest.sh KIND VERSION in a guest.
