@@ -39,7 +39,8 @@ for line in sys.stdin:
     r = json.loads(js)
     rate = r["mb_per_s"] if w == "seqread" else r["ops_per_s"]
     unit = "MB/s" if w == "seqread" else "ops/s"
-    print(f"round {rnd} {w:9} depth {depth:>2} {t[2:]:5} {rate:10.1f} {unit}  p50 {r[\"p50_us\"]} us  p99 {r[\"p99_us\"]} us")
+    p50, p99 = r["p50_us"], r["p99_us"]
+    print(f"round {rnd} {w:9} depth {depth:>2} {t[2:]:5} {rate:10.1f} {unit}  p50 {p50:.0f} us  p99 {p99:.0f} us")
     runs.setdefault((w, int(depth), unit), {}).setdefault(t[2:], []).append(rate)
 print()
 for (w, depth, unit), by in sorted(runs.items()):
