@@ -32,6 +32,17 @@ fn encode(tag: u16, msg: impl Into<Fcall>) -> Bytes {
     b.freeze()
 }
 
+/// Attach fid 1 to the export root as root.
+fn attach_root() -> Tattach {
+    Tattach {
+        fid: 1,
+        afid: NOFID,
+        uname: "root".into(),
+        aname: String::new(),
+        n_uname: 0,
+    }
+}
+
 /// The server still serves: an association opened before the trouble, and a new one.
 async fn still_serving(ts: &TestServer, old: &envoy_tools::client::Client) {
     std::fs::write(ts.path("alive"), b"yes").unwrap();
@@ -65,14 +76,9 @@ async fn replies_come_back_on_the_request_stream() {
     tx.send_on_stream(0, encode(NOTAG, version)).await.unwrap();
     let (_, s) = rx.recv_with_stream().await.unwrap().unwrap();
     assert_eq!(s, 0);
-    let attach = Tattach {
-        fid: 1,
-        afid: NOFID,
-        uname: "root".into(),
-        aname: String::new(),
-        n_uname: 0,
-    };
-    tx.send_on_stream(9, encode(1, attach)).await.unwrap();
+    tx.send_on_stream(9, encode(1, attach_root()))
+        .await
+        .unwrap();
     let (reply, s) = rx.recv_with_stream().await.unwrap().unwrap();
     assert_eq!(
         (reply[4], s),
@@ -112,14 +118,7 @@ async fn channel(ts: &TestServer, msize: u32) -> (SctpRx, SctpTx) {
         msize,
         version: L.as_str().into(),
     };
-    let attach = Tattach {
-        fid: 1,
-        afid: NOFID,
-        uname: "root".into(),
-        aname: String::new(),
-        n_uname: 0,
-    };
-    for (tag, msg) in [(NOTAG, Fcall::from(version)), (1, attach.into())] {
+    for (tag, msg) in [(NOTAG, Fcall::from(version)), (1, attach_root().into())] {
         tx.send(&mut vec![encode(tag, msg)]).await.unwrap();
         rx.recv().await.unwrap().expect("a reply");
     }

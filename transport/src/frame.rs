@@ -20,6 +20,23 @@ pub const MIN_FRAME: u32 = 7;
 /// 64 KiB, enough for any version negotiation.
 pub const DEFAULT_MAX_FRAME: u32 = 64 * 1024;
 
+/// The size field of the frame starting at `head`, validated against [`MIN_FRAME`] and `max`;
+/// `None` until its four bytes are in. Shared by every receiver, so that a hostile size is
+/// refused the same way (and before anything is reserved for it) on every medium.
+pub(crate) fn frame_size(head: &[u8], max: u32) -> Result<Option<usize>> {
+    let Some(&[a, b, c, d]) = head.get(..4) else {
+        return Ok(None);
+    };
+    let size = u32::from_le_bytes([a, b, c, d]);
+    if size > max {
+        return Err(crate::TransportError::FrameTooLarge { size, max });
+    }
+    if size < MIN_FRAME {
+        return Err(crate::TransportError::FrameTooShort { size });
+    }
+    Ok(Some(size as usize))
+}
+
 /// Who is at the other end of a channel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Peer {

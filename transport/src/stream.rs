@@ -14,7 +14,7 @@ use std::io::{self, IoSlice};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::frame::{DEFAULT_MAX_FRAME, FrameRx, FrameTx, MIN_FRAME};
+use crate::frame::{DEFAULT_MAX_FRAME, FrameRx, FrameTx};
 use crate::{Result, TransportError};
 
 /// How much to reserve at a time when the read buffer runs out of room.
@@ -64,20 +64,7 @@ impl<R> StreamRx<R> {
 
     /// The size of the frame at the front of the buffer, validated, if its size field is in.
     fn front_size(&self) -> Result<Option<usize>> {
-        let Some(head) = self.buf.get(..4) else {
-            return Ok(None);
-        };
-        let size = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-        if size > self.max {
-            return Err(TransportError::FrameTooLarge {
-                size,
-                max: self.max,
-            });
-        }
-        if size < MIN_FRAME {
-            return Err(TransportError::FrameTooShort { size });
-        }
-        Ok(Some(size as usize))
+        crate::frame::frame_size(&self.buf, self.max)
     }
 }
 

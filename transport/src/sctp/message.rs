@@ -4,7 +4,7 @@
 //! message larger than the buffer in pieces and marks the last with `MSG_EOR`). The frame's
 //! own `size[4]` must then agree with where the message ended: a message that ends before its
 //! size field says is truncated, one that goes on past it carries something else. Either is a
-//! broken peer, and so is a size field outside [`MIN_FRAME`, max].
+//! broken peer, and so is a size field outside [`MIN_FRAME`](crate::MIN_FRAME) .. max.
 //!
 //! Buffering follows [`crate::StreamRx`]: one `BytesMut` per association, reads into its spare
 //! room (at least 4 KiB, reserved 64 KiB at a time), frames handed out as zero-copy slices.
@@ -16,7 +16,7 @@ use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::frame::{DEFAULT_MAX_FRAME, MIN_FRAME};
+use crate::frame::DEFAULT_MAX_FRAME;
 use crate::{Result, TransportError};
 
 /// How much to reserve at a time when the buffer runs out of room.
@@ -51,20 +51,7 @@ impl Reassembly {
 
     /// The current message's frame size, validated, once its size field is in.
     fn frame_size(&self) -> Result<Option<usize>> {
-        let Some(head) = self.buf.get(..4) else {
-            return Ok(None);
-        };
-        let size = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-        if size > self.max {
-            return Err(TransportError::FrameTooLarge {
-                size,
-                max: self.max,
-            });
-        }
-        if size < MIN_FRAME {
-            return Err(TransportError::FrameTooShort { size });
-        }
-        Ok(Some(size as usize))
+        crate::frame::frame_size(&self.buf, self.max)
     }
 
     /// Where the next read must go: at most the rest of the current frame once its size is
