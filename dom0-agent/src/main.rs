@@ -38,7 +38,8 @@ struct Args {
     /// Host directory to serve (default: DATA_DIR/export, created if missing).
     #[arg(long, value_name = "DIR")]
     export: Option<PathBuf>,
-    /// Where to listen: tcp:HOST:PORT, unix:PATH or fd:R,W (repeatable).
+    /// Where to listen: tcp:HOST:PORT, sctp:ADDR[,ADDR...]:PORT, unix:PATH or fd:R,W
+    /// (repeatable).
     #[arg(long = "listen", value_name = "ENDPOINT")]
     listen: Vec<String>,
     /// Refuse every modification (EROFS).
@@ -105,6 +106,10 @@ fn mount_hint(ep: &Endpoint, msize: u32) -> Option<String> {
         Endpoint::Unix(path) => Some(format!(
             "mount -t 9p -o trans=unix,version=9p2000.L,msize={msize} {} /mnt",
             path.display()
+        )),
+        // Linux has no SCTP transport: envoy-mount hands it the association as trans=fd.
+        Endpoint::Sctp(_) => Some(format!(
+            "envoy-mount -o version=9p2000.L,msize={msize} {ep} /mnt"
         )),
         _ => None,
     }
