@@ -3,9 +3,9 @@
 //! only, while the server keeps serving the others.
 //!
 //! These need kernel SCTP, which the development and CI hosts lack (EPROTONOSUPPORT): on the
-//! host they are listed as ignored with that reason, and `tests/vm/run-sctp.sh` runs them with
-//! `--ignored` inside the Linux guest of the VM harness, where the README's test command
-//! reports each one (together with the dotl, dotu and inflight suites over SCTP).
+//! host they are listed as ignored with that reason, and `tests/vm/run-suite.sh` (case
+//! `sctp-rust`) runs them with `--ignored` inside the Linux guest of the VM harness, where the
+//! README's test command reports each one (with the dotl, dotu and inflight suites over SCTP).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use envoy_protocol::consts::*;
@@ -57,7 +57,7 @@ async fn still_serving(ts: &TestServer, old: &envoy_tools::client::Client) {
 }
 
 #[tokio::test]
-#[ignore = "needs kernel SCTP: runs inside the Linux guest (tests/vm/run-sctp.sh)"]
+#[ignore = "needs kernel SCTP: runs inside the Linux guest (tests/vm/run-suite.sh, case sctp-rust)"]
 async fn replies_come_back_on_the_request_stream() {
     let ts = server().await;
     let ch = envoy_transport::connect(&ts.endpoint).await.unwrap();
@@ -150,21 +150,21 @@ fn message(size_field: u32, len: usize) -> Vec<u8> {
 }
 
 #[tokio::test]
-#[ignore = "needs kernel SCTP: runs inside the Linux guest (tests/vm/run-sctp.sh)"]
+#[ignore = "needs kernel SCTP: runs inside the Linux guest (tests/vm/run-suite.sh, case sctp-rust)"]
 async fn an_oversize_message_ends_only_its_association() {
     // 1 MiB against a negotiated msize of 8 KiB: refused at its size field.
     refused(message(1 << 20, 1 << 20)).await;
 }
 
 #[tokio::test]
-#[ignore = "needs kernel SCTP: runs inside the Linux guest (tests/vm/run-sctp.sh)"]
+#[ignore = "needs kernel SCTP: runs inside the Linux guest (tests/vm/run-suite.sh, case sctp-rust)"]
 async fn a_truncated_message_ends_only_its_association() {
     // The size field promises 100 bytes; the message ends after 50.
     refused(message(100, 50)).await;
 }
 
 #[tokio::test]
-#[ignore = "needs kernel SCTP: runs inside the Linux guest (tests/vm/run-sctp.sh)"]
+#[ignore = "needs kernel SCTP: runs inside the Linux guest (tests/vm/run-suite.sh, case sctp-rust)"]
 async fn a_message_longer_than_its_frame_ends_only_its_association() {
     // Two frames in one message: a byte-stream habit SCTP framing does not allow.
     let mut two = encode(2, twalk(1, 2, &[])).to_vec();
@@ -173,7 +173,7 @@ async fn a_message_longer_than_its_frame_ends_only_its_association() {
 }
 
 #[tokio::test]
-#[ignore = "needs kernel SCTP: runs inside the Linux guest (tests/vm/run-sctp.sh)"]
+#[ignore = "needs kernel SCTP: runs inside the Linux guest (tests/vm/run-suite.sh, case sctp-rust)"]
 async fn a_runt_message_ends_only_its_association() {
     refused(vec![1, 0]).await;
 }
@@ -196,7 +196,7 @@ async fn abort_after(ts: &TestServer, requests: &[Bytes]) {
 }
 
 #[tokio::test]
-#[ignore = "needs kernel SCTP: runs inside the Linux guest (tests/vm/run-sctp.sh)"]
+#[ignore = "needs kernel SCTP: runs inside the Linux guest (tests/vm/run-suite.sh, case sctp-rust)"]
 async fn associations_aborted_mid_request_end_cleanly() {
     let ts = server().await;
     let healthy = ts.attached(L, 65536).await;
