@@ -145,7 +145,6 @@ fn message(size_field: u32, len: usize) -> Vec<u8> {
     m.put_u8(TVERSION);
     m.put_u16_le(7);
     m.resize(len, b'x');
-    m.truncate(len);
     m.to_vec()
 }
 

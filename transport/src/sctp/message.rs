@@ -58,16 +58,21 @@ impl Reassembly {
     /// known, otherwise at most `max` bytes in all.
     pub(crate) fn window(&mut self) -> Result<&mut [MaybeUninit<u8>]> {
         let have = self.buf.len();
-        let want = match self.frame_size()? {
-            Some(size) => size - have,
-            None => self.max as usize - have,
-        };
         let room = self.buf.capacity() - have;
-        match self.frame_size()? {
-            Some(_) if room < want => self.buf.reserve(want.max(CHUNK)),
-            None if room < MIN_READ => self.buf.reserve(CHUNK),
-            _ => {}
-        }
+        let want = match self.frame_size()? {
+            Some(size) => {
+                if room < size - have {
+                    self.buf.reserve((size - have).max(CHUNK));
+                }
+                size - have
+            }
+            None => {
+                if room < MIN_READ {
+                    self.buf.reserve(CHUNK);
+                }
+                self.max as usize - have
+            }
+        };
         let spare = self.buf.spare_capacity_mut();
         let n = spare.len().min(want);
         Ok(&mut spare[..n])
@@ -146,6 +151,16 @@ mod tests {
         f
     }
 
+    /// One read of (at most the window's worth of) `data`; returns how much it took.
+    fn read_into(r: &mut Reassembly, data: &[u8]) -> usize {
+        let w = r.window().unwrap();
+        let n = w.len().min(data.len());
+        for (dst, src) in w.iter_mut().zip(&data[..n]) {
+            dst.write(*src);
+        }
+        n
+    }
+
     /// Deliver `data` as reads of at most `piece` bytes (and at most the window), the last
     /// marked end-of-record; returns what the last read produced.
     fn deliver(
@@ -154,13 +169,11 @@ mod tests {
         piece: usize,
         stream: u16,
     ) -> Result<Option<(Bytes, u16)>> {
-        let mut at = 0;
+        let mut at = 0usize;
         loop {
-            let w = r.window()?;
-            let n = w.len().min(piece).min(data.len() - at);
-            for (dst, src) in w.iter_mut().zip(&data[at..at + n]) {
-                dst.write(*src);
-            }
+            r.window()?; // a refused size field is the result
+
+            let n = read_into(r, &data[at..at.saturating_add(piece).min(data.len())]);
             at += n;
             let out = r.filled(n, at == data.len(), Some(stream))?;
             if out.is_some() || at == data.len() {
@@ -188,11 +201,7 @@ mod tests {
     #[test]
     fn the_window_stops_at_the_end_of_the_frame() {
         let mut r = Reassembly::default();
-        let f = frame(100, 0);
-        let w = r.window().unwrap();
-        for (d, s) in w.iter_mut().zip(&f[..10]) {
-            d.write(*s);
-        }
+        assert_eq!(read_into(&mut r, &frame(100, 0)[..10]), 10);
         assert!(r.filled(10, false, Some(0)).unwrap().is_none());
         assert_eq!(r.window().unwrap().len(), 90);
     }
@@ -249,12 +258,7 @@ mod tests {
         }
         assert!(r.capacity() <= CHUNK);
         let mut r = Reassembly::default();
-        match deliver(
-            &mut r,
-            &frame(7, 0)[..4].iter().map(|_| 0).collect::<Vec<_>>(),
-            4,
-            0,
-        ) {
+        match deliver(&mut r, &[0, 0, 0, 0], 4, 0) {
             Err(TransportError::FrameTooShort { size: 0 }) => {}
             other => panic!("{other:?}"),
         }
@@ -264,11 +268,7 @@ mod tests {
     fn end_of_input_between_messages_is_clean_inside_one_is_not() {
         let mut r = Reassembly::default();
         assert!(r.end_of_input().unwrap().is_none());
-        let f = frame(50, 0);
-        let w = r.window().unwrap();
-        for (d, s) in w.iter_mut().zip(&f[..20]) {
-            d.write(*s);
-        }
+        assert_eq!(read_into(&mut r, &frame(50, 0)[..20]), 20);
         r.filled(20, false, None).unwrap();
         assert!(matches!(
             r.end_of_input(),
