@@ -1,9 +1,10 @@
 //! The object layer's errors: one enum for the local store, the storage dialect and the
 //! cluster, each variant saying what went wrong and, where there is one, what to do.
 //!
-//! Every error also has a wire [`ErrorCode`], so that a peer's refusal arrives as the same
-//! variant it was raised as (a remote `NoSpace` is still `NoSpace`) and callers can tell a
-//! missing object from a corrupt one from a full disk without parsing text.
+//! Every error also has a wire [`ErrorCode`], so that a peer's refusal keeps its class (a
+//! missing or corrupt object arrives as the same variant; other classes as
+//! [`StoreError::Remote`] carrying the code) and callers can tell a missing object from a
+//! corrupt one from a full disk without parsing text.
 
 use std::path::PathBuf;
 
@@ -130,6 +131,14 @@ pub enum StoreError {
     /// Something the store refuses for another reason (named in the message).
     #[error("{0}")]
     Refused(String),
+    /// A peer's error of a class without a richer variant here (a full disk, a bad range…).
+    #[error("{message}")]
+    Remote {
+        /// Its class.
+        code: ErrorCode,
+        /// The peer's message.
+        message: String,
+    },
 }
 
 /// The error classes carried by the storage dialect's `Rerror`.
@@ -201,6 +210,7 @@ impl StoreError {
             | StoreError::Index { .. }
             | StoreError::Format { .. }
             | StoreError::Refused(_) => ErrorCode::Other,
+            StoreError::Remote { code, .. } => *code,
         }
     }
 

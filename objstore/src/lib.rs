@@ -13,13 +13,20 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod client;
+pub mod cluster;
 mod error;
 mod id;
 pub mod local;
+pub mod service;
+pub mod wire;
 
+pub use client::StorageClient;
+pub use cluster::{Cluster, ClusterOptions, HostSpec, Membership};
 pub use error::{ErrorCode, Result, StoreError};
 pub use id::{BadObjectId, ObjectId};
 pub use local::{
     CompactReport, LocalStats, LocalStore, ObjectInfo, PutObject, PutOutcome, Record,
     ScrubProgress, StoreOptions,
 };
+pub use service::{ServiceConfig, StorageService};

@@ -50,7 +50,10 @@ fn v(
 /// Hex digits to bytes, ignoring whitespace.
 fn h(hex: &str) -> Bytes {
     let digits: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    assert!(digits.len() % 2 == 0, "odd number of hex digits in {hex}");
+    assert!(
+        digits.len().is_multiple_of(2),
+        "odd number of hex digits in {hex}"
+    );
     digits
         .chunks(2)
         .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).expect("hex digit"))

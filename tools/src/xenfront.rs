@@ -772,14 +772,14 @@ impl<'a> Dev<'a> {
             }
         };
         // Hostile modes end here: answer the backend's Closing, then let the rings go.
-        if let Err(e) = self.close(progress).await {
-            if verdict.passed {
-                return Ok(Verdict {
-                    mode,
-                    passed: false,
-                    detail: format!("{}, but then: {e}", verdict.detail),
-                });
-            }
+        if let Err(e) = self.close(progress).await
+            && verdict.passed
+        {
+            return Ok(Verdict {
+                mode,
+                passed: false,
+                detail: format!("{}, but then: {e}", verdict.detail),
+            });
         }
         drop(rings);
         Ok(verdict)

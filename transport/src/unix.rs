@@ -99,10 +99,11 @@ impl UnixListener {
 
 impl Drop for UnixListener {
     fn drop(&mut self) {
-        if self.file_id.is_some() && file_id(&self.path) == self.file_id {
-            if let Err(e) = std::fs::remove_file(&self.path) {
-                warn!(path = %self.path.display(), %e, "cannot remove socket file");
-            }
+        if self.file_id.is_some()
+            && file_id(&self.path) == self.file_id
+            && let Err(e) = std::fs::remove_file(&self.path)
+        {
+            warn!(path = %self.path.display(), %e, "cannot remove socket file");
         }
     }
 }

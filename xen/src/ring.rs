@@ -190,7 +190,7 @@ pub(crate) fn index<M: RingMemory>(mem: &M, offset: usize) -> &AtomicU32 {
 /// `page` must be 4-byte aligned and valid for reads and writes of [`PAGE_SIZE`] bytes for `'a`.
 pub(crate) unsafe fn word_at<'a>(page: *mut u8, offset: usize) -> &'a AtomicU32 {
     assert!(
-        offset % 4 == 0 && offset + 4 <= PAGE_SIZE,
+        offset.is_multiple_of(4) && offset + 4 <= PAGE_SIZE,
         "intf offset {offset}"
     );
     // SAFETY: the caller vouches for `page` over `'a`; `offset` is a 4-byte aligned word inside

@@ -149,6 +149,11 @@ impl LocalStore {
         todo!("{}", dir.display())
     }
 
+    /// The largest object it accepts.
+    pub fn max_object(&self) -> u64 {
+        todo!()
+    }
+
     /// The store's directory.
     pub fn dir(&self) -> &Path {
         &self.dir

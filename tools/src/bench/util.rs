@@ -167,7 +167,7 @@ pub fn fill_pattern(buf: &mut [u8], start: u64) {
 /// Check that `data`, read at `offset`, carries the pattern in every whole word (catches
 /// shifted, stale, foreign or corrupted data; about a memory pass of client CPU).
 pub fn check_pattern(data: &[u8], offset: u64) -> Result<()> {
-    if offset % 8 != 0 {
+    if !offset.is_multiple_of(8) {
         return Ok(());
     }
     for (w, chunk) in data.chunks_exact(8).enumerate() {

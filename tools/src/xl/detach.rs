@@ -66,10 +66,10 @@ pub(super) async fn locate(
 ) -> Result<Option<DevicePaths>, XlError> {
     let frontend = frontend_path(domid, devid);
     let record = format!("{}/backend", libxl_path(domid, devid));
-    if let Some(p) = tx.try_read_string(&record).await? {
-        if let Some(paths) = DevicePaths::parse_backend(&p, domid, devid) {
-            return Ok(Some(paths));
-        }
+    if let Some(p) = tx.try_read_string(&record).await?
+        && let Some(paths) = DevicePaths::parse_backend(&p, domid, devid)
+    {
+        return Ok(Some(paths));
     }
     let points_back = async |paths: &DevicePaths| -> Result<bool, XlError> {
         let back = tx
@@ -77,12 +77,11 @@ pub(super) async fn locate(
             .await?;
         Ok(back.as_deref() == Some(frontend.as_str()))
     };
-    if let Some(p) = tx.try_read_string(&format!("{frontend}/backend")).await? {
-        if let Some(paths) = DevicePaths::parse_backend(&p, domid, devid) {
-            if points_back(&paths).await? {
-                return Ok(Some(paths));
-            }
-        }
+    if let Some(p) = tx.try_read_string(&format!("{frontend}/backend")).await?
+        && let Some(paths) = DevicePaths::parse_backend(&p, domid, devid)
+        && points_back(&paths).await?
+    {
+        return Ok(Some(paths));
     }
     // No record and no usable pointer: a dom0 backend of either kind that names this frontend.
     for kind in Kind::ALL {
@@ -245,12 +244,11 @@ pub async fn detach(
     wait: Option<Duration>,
 ) -> Result<DevicePaths, XlError> {
     let paths = find_device(xs, domain, which).await?;
-    if let Some(timeout) = wait {
-        if let Some(frontend) = begin_close(xs, &paths).await? {
-            if !frontend_done(frontend) {
-                wait_closed(xs, domain, &paths, timeout).await?;
-            }
-        }
+    if let Some(timeout) = wait
+        && let Some(frontend) = begin_close(xs, &paths).await?
+        && !frontend_done(frontend)
+    {
+        wait_closed(xs, domain, &paths, timeout).await?;
     }
     remove_device(xs, &paths).await?;
     Ok(paths)

@@ -117,7 +117,11 @@ impl SimGrantTable {
         let mut pages = Vec::with_capacity(count);
         for i in 0..count {
             let r = state.next_ref;
-            state.next_ref += if state.handed_out % 2 == 0 { 1 } else { 2 };
+            state.next_ref += if state.handed_out.is_multiple_of(2) {
+                1
+            } else {
+                2
+            };
             state.handed_out += 1;
             // Reverse order in the memfd: ref i's page is not next to ref i+1's.
             let page = first + (count - 1 - i) as u64;
