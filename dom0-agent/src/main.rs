@@ -5,7 +5,8 @@
 //! (`p9 = [...]`) over the device's shared rings. With no arguments it serves
 //! `DATA_DIR/export` on 127.0.0.1:5640 and prints the Linux mount command. Started under the
 //! name `xen-9pfsd` (how libxl ≥ 4.19 starts the backend of `type=xen_9pfsd` devices) it
-//! behaves as `envoyd --xen --xen-9pfsd`.
+//! behaves as `envoyd --xen --xen-9pfsd`. With `--storage` / `--cluster` it also runs this
+//! host's storage service (the object layer; see `envoy_dom0_agent::storage`).
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -66,20 +67,25 @@ struct Args {
     /// Threads running requests, shared by all connections (0: 4 per core, at least 16).
     #[arg(long, default_value_t = 0)]
     workers: usize,
+    /// Serve this host's object store (the storage dialect) here, for the other hosts and
+    /// tools (repeatable; default with --cluster: this host's endpoint in the file).
+    #[arg(long = "storage", value_name = "ENDPOINT")]
+    storage: Vec<String>,
+    /// Join the storage cluster described by this membership file (TOML; re-read on SIGHUP).
+    #[arg(long, value_name = "FILE")]
+    cluster: Option<PathBuf>,
+    /// This host's name in the membership (default: the machine's host name).
+    #[arg(long, value_name = "NAME")]
+    host: Option<String>,
+    /// The object store's directory (default: DATA_DIR/objects).
+    #[arg(long, value_name = "DIR")]
+    storage_dir: Option<PathBuf>,
+    /// Free space the object store leaves on its file system, MiB (default 64).
+    #[arg(long, value_name = "MIB")]
+    storage_reserve_mib: Option<u64>,
     /// Log more (-v: debug, -vv: trace; RUST_LOG overrides).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
-}
-
-fn default_data_dir() -> PathBuf {
-    if rustix::process::geteuid().is_root() {
-        return PathBuf::from("/var/lib/envoy");
-    }
-    std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("envoy")
 }
 
 fn init_logging(verbose: u8) {
@@ -154,7 +160,39 @@ async fn run(args: Args) -> Result<()> {
         println!("envoyd: serving Xen 9pfs devices (xl p9 = [...])");
         tasks.spawn(backend.run(stop_rx.clone()));
     }
-    if !args.xen || !args.listen.is_empty() || args.export.is_some() {
+    let storage = !args.storage.is_empty() || args.cluster.is_some();
+    if storage {
+        let data_dir = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(envoy::paths::default_data_dir);
+        let setup = envoy_dom0_agent::storage::StorageSetup {
+            host: args
+                .host
+                .clone()
+                .unwrap_or_else(envoy_dom0_agent::storage::hostname),
+            cluster_file: args.cluster.clone(),
+            listen: args
+                .storage
+                .iter()
+                .map(|s| {
+                    s.parse::<Endpoint>()
+                        .with_context(|| format!("bad --storage {s:?}"))
+                })
+                .collect::<Result<_>>()?,
+            dir: args
+                .storage_dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join("objects")),
+            admin_socket: envoy::paths::storage_socket(&data_dir),
+            reserve: args.storage_reserve_mib.map(|m| m << 20),
+        };
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("cannot create {}", data_dir.display()))?;
+        envoy_dom0_agent::storage::start(setup, &stop_rx, &mut tasks).await?;
+    }
+    // Without an explicit export, a storage-only or Xen-only envoyd serves no default export.
+    if !args.listen.is_empty() || args.export.is_some() || (!args.xen && !storage) {
         serve_exports(&args, config, &stop_tx, &stop_rx, &mut tasks).await?;
     }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -206,7 +244,7 @@ async fn serve_exports(
             let dir = args
                 .data_dir
                 .clone()
-                .unwrap_or_else(default_data_dir)
+                .unwrap_or_else(envoy::paths::default_data_dir)
                 .join("export");
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;

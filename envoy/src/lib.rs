@@ -12,6 +12,7 @@
 
 pub mod bufpool;
 pub mod export;
+pub mod paths;
 pub mod server;
 pub mod session;
 pub mod vfs;

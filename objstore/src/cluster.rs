@@ -115,6 +115,9 @@ pub struct Cluster {
     maintenance: Mutex<Maintenance>,
     /// Wakes the background task for a re-replication pass.
     repair_wanted: watch::Sender<u64>,
+    /// One re-replication pass at a time; a caller that finds one running waits for it and
+    /// then runs its own (so that it sees every change made before it asked).
+    repair_pass: tokio::sync::Mutex<()>,
     reloader: Option<Reloader>,
 }
 
@@ -184,6 +187,7 @@ impl Cluster {
             scrub: ScrubProgress::default(),
             maintenance: Mutex::new(Maintenance::default()),
             repair_wanted: watch::channel(0).0,
+            repair_pass: tokio::sync::Mutex::new(()),
             reloader,
         }))
     }
@@ -207,6 +211,7 @@ impl Cluster {
             scrub: ScrubProgress::default(),
             maintenance: Mutex::new(Maintenance::default()),
             repair_wanted: watch::channel(0).0,
+            repair_pass: tokio::sync::Mutex::new(()),
             reloader: None,
         })
     }
@@ -986,11 +991,9 @@ impl Cluster {
     /// One re-replication pass: every object this host holds gets a copy on each live host
     /// that should hold it and does not.
     pub async fn repair(&self) -> Result<()> {
+        let _one_at_a_time = self.repair_pass.lock().await;
         {
             let mut m = self.maintenance.lock().unwrap_or_else(|e| e.into_inner());
-            if m.repair_running {
-                return Ok(());
-            }
             m.repair_running = true;
             m.repair_scanned = 0;
             m.repair_copied = 0;

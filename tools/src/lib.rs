@@ -4,6 +4,7 @@
 //!   the integration tests, the `envoy-9p` debug command and benchmarks.
 //! - [`xl`]: hot-plugging 9pfs shares into running Xen guests through xenstore, as libxl
 //!   writes them (the `envoy-xl` command).
+//! - [`storage`]: the object layer's status tables (`envoy-xl storage`).
 //! - [`xenfront`]: a 9pfs frontend, correct or hostile, run in a Xen domain against a real
 //!   backend through gntalloc and evtchn (the `envoy-xen-frontend` command).
 //!
@@ -14,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod client;
+pub mod storage;
 pub mod xenfront;
 pub mod xl;
 

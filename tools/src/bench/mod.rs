@@ -3,6 +3,7 @@
 
 pub mod hist;
 pub mod loopback;
+pub mod objstore;
 pub mod prepare;
 pub mod run;
 pub mod util;

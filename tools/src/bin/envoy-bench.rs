@@ -8,6 +8,8 @@
 //!             [--file NAME | --tree DIR] [--server-pid PID] [--verify] [--json]
 //! envoy-bench prepare DIR [--meta-files 10000] [--small-files 1000] [--big-mib 1024]
 //! envoy-bench loopback [--seconds S] [--bufsize 1048576] [--json]
+//! envoy-bench objstore (--dir DIR | --endpoint EP [--replicated]) [--size 4194304]
+//!             [--count 256] [--jobs 4] [--drop-caches] [--json]
 //! ```
 //!
 //! Workloads: `metadata` (walk + getattr/stat + clunk of random files of a tree),
@@ -176,6 +178,33 @@ enum Cmd {
         #[arg(long, hide = true, value_name = "ADDR")]
         send_to: Option<String>,
     },
+    /// Object-layer put/get throughput: a local store (--dir) or a storage service (--endpoint)
+    Objstore {
+        /// A local store in this directory (through the library, no network)
+        #[arg(long, value_name = "DIR", required_unless_present = "endpoint")]
+        dir: Option<PathBuf>,
+        /// A storage service (e.g. tcp:127.0.0.1:5650)
+        #[arg(long, value_name = "ENDPOINT", conflicts_with = "dir")]
+        endpoint: Option<String>,
+        /// Replicated puts and gets (the cluster places R copies)
+        #[arg(long, requires = "endpoint")]
+        replicated: bool,
+        /// Bytes per object
+        #[arg(long, default_value_t = 4 << 20)]
+        size: usize,
+        /// Objects
+        #[arg(long, default_value_t = 256)]
+        count: usize,
+        /// Puts/gets in flight
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+        /// Drop the page cache between puts and gets (root)
+        #[arg(long)]
+        drop_caches: bool,
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_dialect(s: &str) -> Result<Dialect, String> {
@@ -219,6 +248,33 @@ fn main() -> Result<()> {
                 Some(addr) => bench::loopback::send(&addr, seconds, bufsize),
                 None => bench::loopback::measure(seconds, bufsize, json),
             }
+        }
+        Some(Cmd::Objstore {
+            dir,
+            endpoint,
+            replicated,
+            size,
+            count,
+            jobs,
+            drop_caches,
+            json,
+        }) => {
+            let target = match (dir, endpoint) {
+                (Some(d), _) => bench::objstore::ObjTarget::Local(d),
+                (None, Some(e)) => bench::objstore::ObjTarget::Remote(
+                    e.parse().with_context(|| format!("bad --endpoint {e:?}"))?,
+                    replicated,
+                ),
+                (None, None) => bail!("--dir or --endpoint is required"),
+            };
+            bench::objstore::run(bench::objstore::ObjBench {
+                target,
+                size,
+                count,
+                jobs,
+                drop_caches,
+                json,
+            })
         }
         None => run(cli.run),
     }

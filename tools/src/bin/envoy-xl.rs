@@ -7,6 +7,8 @@
 //!                 --auto-delete] [--timeout SECS | --no-wait]
 //! envoy-xl detach DOMAIN (--tag TAG | --devid N) [--timeout SECS | --force]
 //! envoy-xl list [DOMAIN]
+//! envoy-xl storage [--endpoint EP] status [--json] | scrub [--wait] | repair [--wait]
+//!                  | gc [--grace SECS] | reload | replicas ID
 //! ```
 //!
 //! The work is in [`envoy_tools::xl`]; this file parses the command line, connects to xenstore
@@ -18,9 +20,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use envoy_objstore::wire::AdminOp;
+use envoy_objstore::{ObjectId, StorageClient};
+use envoy_tools::storage;
 use envoy_tools::xl::{
     self, AttachSpec, Domain, Kind, Quota, Selector, XlError, escape_controls, resolve_domain,
 };
+use envoy_transport::Endpoint;
 use envoy_xen::xenstore::Xenstore;
 
 const AFTER_HELP: &str = "\
@@ -67,6 +73,54 @@ enum Cmd {
     List {
         /// Only this guest's devices
         domain: Option<String>,
+    },
+    /// The object layer: per-host usage, replica health, scrub, re-replication and GC
+    Storage(StorageArgs),
+}
+
+#[derive(Args)]
+struct StorageArgs {
+    /// The envoyd to ask: a storage endpoint [default: the local admin socket,
+    /// DATA_DIR/storage.sock]
+    #[arg(long, value_name = "ENDPOINT", global = true)]
+    endpoint: Option<String>,
+    #[command(subcommand)]
+    action: StorageAction,
+}
+
+#[derive(Subcommand)]
+enum StorageAction {
+    /// Every host: state, objects, space, bad copies, scrub and replica health
+    Status {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash every object on the host; bad copies are replaced from replicas
+    Scrub {
+        /// Wait for it, showing progress
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Bring every object the host holds back to R copies on live hosts
+    Repair {
+        /// Wait for the pass to finish
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Delete objects no record reaches, across the cluster, and reclaim their space
+    Gc {
+        /// Spare objects written in the last SECS seconds (writers reference new objects
+        /// from records within this time)
+        #[arg(long, value_name = "SECS", default_value_t = 3600)]
+        grace: u64,
+    },
+    /// Re-read the membership file (as SIGHUP does)
+    Reload,
+    /// Which hosts hold a copy of an object
+    Replicas {
+        /// The object id (64 hex digits)
+        id: String,
     },
 }
 
@@ -162,6 +216,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    if let Cmd::Storage(args) = cli.cmd {
+        return storage(args).await;
+    }
     let xs = Xenstore::open()
         .await
         .context("cannot reach xenstore (is xenstored running? XENSTORED_PATH names its socket)")?;
@@ -179,7 +236,84 @@ async fn run(cli: Cli) -> Result<()> {
             print!("{}", xl::format_table(&devices));
             Ok(())
         }
+        Cmd::Storage(_) => unreachable!("handled above"),
     }
+}
+
+async fn storage(args: StorageArgs) -> Result<()> {
+    let endpoint: Endpoint = match &args.endpoint {
+        Some(e) => e.parse().with_context(|| format!("bad --endpoint {e:?}"))?,
+        None => Endpoint::Unix(envoy::paths::storage_socket(
+            &envoy::paths::default_data_dir(),
+        )),
+    };
+    let client = StorageClient::connect(&endpoint)
+        .await
+        .with_context(|| format!("cannot reach envoyd's storage service at {endpoint} (is envoyd running with --storage or --cluster?)"))?;
+    match args.action {
+        StorageAction::Status { json } => {
+            let (replicas, hosts) = client.cluster().await?;
+            if json {
+                println!("{:#}", storage::status_json(replicas, &hosts));
+            } else {
+                print!("{}", storage::format_status(replicas, &hosts));
+            }
+        }
+        StorageAction::Scrub { wait: false } => {
+            println!("{}", client.admin(AdminOp::Scrub, 0).await?);
+        }
+        StorageAction::Scrub { wait: true } => scrub_with_progress(&client).await?,
+        StorageAction::Repair { wait } => {
+            println!("{}", client.admin(AdminOp::Repair, u64::from(wait)).await?);
+        }
+        StorageAction::Gc { grace } => println!("{}", client.admin(AdminOp::Gc, grace).await?),
+        StorageAction::Reload => println!("{}", client.admin(AdminOp::Reload, 0).await?),
+        StorageAction::Replicas { id } => {
+            let id: ObjectId = id.parse()?;
+            let hosts = client.replicas(&id).await?;
+            println!("{id}: {} copies: {}", hosts.len(), hosts.join(" "));
+        }
+    }
+    Ok(())
+}
+
+/// Start a scrub and follow it: a progress bar on a terminal, one line at the end.
+async fn scrub_with_progress(client: &StorageClient) -> Result<()> {
+    let before = client.stats().await?.maintenance.scrubs_done;
+    client.admin(AdminOp::Scrub, 0).await?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "scrub {bar:40} {pos}/{len} objects, {msg} ({eta} left)",
+        )
+        .map_err(|e| anyhow::anyhow!("progress style: {e}"))?,
+    );
+    let done = loop {
+        let s = client.stats().await?;
+        let m = &s.maintenance;
+        bar.set_length(m.scrub_total);
+        bar.set_position(m.scrub_checked);
+        bar.set_message(format!(
+            "{} checked, {} corrupt",
+            storage::human_bytes(m.scrub_bytes),
+            m.scrub_corrupt
+        ));
+        if m.scrubs_done > before && !m.scrub_running {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    bar.finish_and_clear();
+    let m = done.maintenance;
+    println!(
+        "scrub of {} done: {} objects ({}) checked, {} corrupt, {} repaired from replicas",
+        done.host,
+        m.scrub_checked,
+        storage::human_bytes(m.scrub_bytes),
+        m.scrub_corrupt,
+        m.scrub_repaired
+    );
+    Ok(())
 }
 
 async fn resolve(xs: &Xenstore, spec: &str) -> Result<Domain> {

@@ -1,0 +1,244 @@
+//! The object layer across hosts: envoyd processes on loopback with separate data
+//! directories, R = 2. Objects survive a host killed with -9; a replacement host brings every
+//! object back to two copies (checked by listing each host's store); a corrupt copy is
+//! detected, never served, and repaired from the good replica.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use envoy_objstore::wire::{AdminOp, HostState, REPLICATED};
+use envoy_objstore::{
+    ErrorCode, LocalStore, ObjectId, PutObject, StorageClient, StoreError, StoreOptions,
+};
+use support::storage::{Host, content, free_port, write_membership};
+
+/// How many hosts' stores hold each object.
+async fn copies(clients: &[&StorageClient]) -> HashMap<ObjectId, usize> {
+    let mut n = HashMap::new();
+    for c in clients {
+        for o in c.list_all().await.expect("list") {
+            *n.entry(o.id).or_insert(0) += 1;
+        }
+    }
+    n
+}
+
+async fn read_back(c: &StorageClient, objects: &[(ObjectId, bytes::Bytes)]) {
+    for (id, data) in objects {
+        let got = c
+            .get_object(id, REPLICATED)
+            .await
+            .unwrap_or_else(|e| panic!("{} cannot read {id}: {e}", c.peer()));
+        assert_eq!(&got, data, "{id} read back different bytes");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_survive_a_killed_host_and_a_replacement_restores_two_copies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("cluster.toml");
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    write_membership(
+        &file,
+        2,
+        &[("a", ports[0]), ("b", ports[1]), ("c", ports[2])],
+    );
+    let mut a = Host::start("a", ports[0], &tmp.path().join("a"), Some(&file), &[]);
+    let mut b = Host::start("b", ports[1], &tmp.path().join("b"), Some(&file), &[]);
+    let mut c = Host::start("c", ports[2], &tmp.path().join("c"), Some(&file), &[]);
+    let (ca, cb, cc) = (a.client().await, b.client().await, c.client().await);
+
+    // 300 objects, 1 B to 64 KiB, and four of 3 MiB (sent in pieces when msize is smaller).
+    let mut objects = Vec::new();
+    for n in 0..304u64 {
+        let len = if n >= 300 {
+            3 << 20
+        } else {
+            1 + (n as usize * 997) % 65536
+        };
+        let data = content(n, len);
+        let object = PutObject::new(data.clone(), Vec::new());
+        let (_, copies) = ca.put(&object, REPLICATED).await.expect("replicated put");
+        assert_eq!(copies, 2, "object {n} should be on two hosts");
+        objects.push((object.id, data));
+    }
+    let before = copies(&[&ca, &cb, &cc]).await;
+    for (id, _) in &objects {
+        assert_eq!(before.get(id), Some(&2), "{id} is not on exactly two hosts");
+    }
+    let on_c = cc.list_all().await.unwrap().len();
+    assert!(
+        on_c > 50,
+        "placement should give c a share ({on_c} objects)"
+    );
+
+    // kill -9 c: every object is still readable, through either survivor.
+    c.kill();
+    read_back(&ca, &objects).await;
+    read_back(&cb, &objects).await;
+    // Writes go on with c down: the next host in each object's order takes its place.
+    for n in 1000..1050u64 {
+        let data = content(n, 4096);
+        let object = PutObject::new(data.clone(), Vec::new());
+        let (_, copies) = cb.put(&object, REPLICATED).await.expect("put with c down");
+        assert_eq!(copies, 2);
+        objects.push((object.id, data));
+    }
+
+    // Replace c by d: a new host with an empty disk; the survivors reload the membership.
+    write_membership(
+        &file,
+        2,
+        &[("a", ports[0]), ("b", ports[1]), ("d", ports[3])],
+    );
+    let mut d = Host::start("d", ports[3], &tmp.path().join("d"), Some(&file), &[]);
+    let cd = d.client().await;
+    for client in [&ca, &cb] {
+        let m = client.admin(AdminOp::Reload, 0).await.expect("reload");
+        assert!(m.contains("3 hosts"), "{m}");
+    }
+    for client in [&ca, &cb, &cd] {
+        client
+            .admin(AdminOp::Repair, 1)
+            .await
+            .expect("re-replication pass");
+    }
+    let after = copies(&[&ca, &cb, &cd]).await;
+    for (id, _) in &objects {
+        let n = after.get(id).copied().unwrap_or(0);
+        assert!(
+            n >= 2,
+            "{id} has {n} copies on the live hosts after re-replication"
+        );
+    }
+    assert!(
+        cd.list_all().await.unwrap().len() > 50,
+        "the replacement should have received its share"
+    );
+    // The replacement serves everything; the admin view shows three live hosts.
+    read_back(&cd, &objects).await;
+    let (replicas, hosts) = cd.cluster().await.unwrap();
+    assert_eq!(replicas, 2);
+    assert_eq!(hosts.len(), 3);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, hosts) = cd.cluster().await.unwrap();
+        if hosts
+            .iter()
+            .all(|h| h.state == HostState::Up && h.stats.is_some())
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "hosts not all up: {hosts:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every object's replica list (asked of the cluster) names two or more live hosts.
+    for (id, _) in objects.iter().take(20) {
+        let r = cd.replicas(id).await.unwrap();
+        assert!(r.len() >= 2 && !r.contains(&"c".to_string()), "{id}: {r:?}");
+    }
+    drop((a, b, d));
+}
+
+/// Flip one byte of `id`'s content in a stopped host's store.
+fn flip_byte(store_dir: &std::path::Path, id: &ObjectId) {
+    let store = LocalStore::open(store_dir, StoreOptions::default()).expect("open store");
+    let (path, offset) = store.locate(id).expect("locate").expect("object is there");
+    drop(store);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[offset as usize + 7] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_copy_is_detected_never_served_and_repaired() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("cluster.toml");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let names = ["a", "b", "c"];
+    write_membership(
+        &file,
+        2,
+        &[("a", ports[0]), ("b", ports[1]), ("c", ports[2])],
+    );
+    let mut hosts: Vec<Host> = names
+        .iter()
+        .zip(&ports)
+        .map(|(n, p)| Host::start(n, *p, &tmp.path().join(n), Some(&file), &[]))
+        .collect();
+    let mut clients = Vec::new();
+    for h in &mut hosts {
+        clients.push(h.client().await);
+    }
+    let data = content(7, 100_000);
+    let object = PutObject::new(data.clone(), Vec::new());
+    let id = object.id;
+    clients[0].put(&object, REPLICATED).await.unwrap();
+    let holders = clients[0].replicas(&id).await.unwrap();
+    assert_eq!(holders.len(), 2, "{holders:?}");
+    let idx = |name: &str| names.iter().position(|n| *n == name).unwrap();
+    let (bad, good) = (idx(&holders[0]), idx(&holders[1]));
+
+    // Corrupt the copy on `bad` (stopped meanwhile), then read through `bad` itself.
+    hosts[bad].kill();
+    flip_byte(&hosts[bad].store_dir(), &id);
+    hosts[bad].restart();
+    clients[bad] = hosts[bad].client().await;
+    match clients[bad].get_object(&id, 0).await {
+        Err(StoreError::Corrupt { .. }) => {}
+        other => panic!("a local read of the corrupt copy must fail as Corrupt: {other:?}"),
+    }
+    // The corrupt copy is out of service; a cluster read serves the good replica...
+    assert_eq!(
+        clients[bad].get_object(&id, REPLICATED).await.unwrap(),
+        data
+    );
+    // ...and puts a good copy back on the bad host.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !clients[bad].has(&[id]).await.unwrap()[0] {
+        assert!(
+            Instant::now() < deadline,
+            "read repair did not restore the copy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(clients[bad].get_object(&id, 0).await.unwrap(), data);
+    assert_eq!(clients[bad].stats().await.unwrap().local.quarantined, 1);
+
+    // Scrub finds a silently corrupted copy of another object and repairs it from a replica.
+    let other = PutObject::new(content(8, 50_000), Vec::new());
+    clients[0].put(&other, REPLICATED).await.unwrap();
+    let holder = idx(&clients[0].replicas(&other.id).await.unwrap()[0]);
+    hosts[holder].kill();
+    flip_byte(&hosts[holder].store_dir(), &other.id);
+    hosts[holder].restart();
+    clients[holder] = hosts[holder].client().await;
+    let msg = clients[holder].admin(AdminOp::Scrub, 1).await.unwrap();
+    assert!(
+        msg.contains("1 corrupt") && msg.contains("1 repaired"),
+        "{msg}"
+    );
+    let s = clients[holder].stats().await.unwrap();
+    assert_eq!(s.maintenance.scrub_corrupt, 1);
+    assert_eq!(s.maintenance.scrub_repaired, 1);
+    assert_eq!(s.maintenance.scrub_checked, s.maintenance.scrub_total);
+    assert_eq!(
+        clients[holder].get_object(&other.id, 0).await.unwrap(),
+        other.data
+    );
+
+    // Both copies corrupt: an explicit checksum error, never wrong bytes.
+    for i in [bad, good] {
+        hosts[i].kill();
+        flip_byte(&hosts[i].store_dir(), &id);
+        hosts[i].restart();
+        clients[i] = hosts[i].client().await;
+    }
+    let third = 3 - bad - good;
+    match clients[third].get_object(&id, REPLICATED).await {
+        Err(e) => assert_eq!(e.code(), ErrorCode::Corrupt, "{e}"),
+        Ok(bytes) => panic!("served {} bytes of a corrupt object", bytes.len()),
+    }
+}
