@@ -1179,3 +1179,303 @@ pub enum About<'a> {
     /// Nothing in particular.
     Nothing,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn requests() -> Vec<Request> {
+        let id = ObjectId::of(b"x");
+        vec![
+            Request::Version {
+                msize: 1 << 20,
+                version: VERSION.into(),
+            },
+            Request::Put {
+                flags: REPLICATED,
+                id,
+                total: 10,
+                offset: 4,
+                refs: vec![id, ObjectId([7; 32])],
+                data: Bytes::from_static(b"abcdef"),
+            },
+            Request::Get {
+                flags: 0,
+                id,
+                offset: 3,
+                count: 99,
+            },
+            Request::Has { ids: vec![id; 3] },
+            Request::List {
+                after: Some(id),
+                max: 5,
+            },
+            Request::List {
+                after: None,
+                max: 5,
+            },
+            Request::Refs { ids: vec![id] },
+            Request::Delete {
+                cutoff: 77,
+                ids: vec![id, id],
+            },
+            Request::Record {
+                flags: 1,
+                name: "image/root".into(),
+            },
+            Request::Cas {
+                flags: 0,
+                name: "r".into(),
+                expected: 4,
+                refs: vec![id],
+                value: Bytes::from_static(b"v"),
+            },
+            Request::StoreRecord {
+                name: "r".into(),
+                record: Record {
+                    version: 9,
+                    value: Bytes::from_static(b"val"),
+                    refs: vec![id],
+                },
+            },
+            Request::Records {
+                after: "a".into(),
+                max: 10,
+            },
+            Request::Stats,
+            Request::Cluster,
+            Request::Admin {
+                op: AdminOp::Gc,
+                arg: 3600,
+            },
+            Request::Replicas { id },
+        ]
+    }
+
+    fn replies() -> Vec<(Request, Reply)> {
+        let id = ObjectId::of(b"y");
+        let stats = HostStats {
+            host: "h".into(),
+            local: LocalStats {
+                objects: 1,
+                bytes: 2,
+                disk_bytes: 3,
+                fs_total: 4,
+                fs_free: 5,
+                quarantined: 6,
+                records: 7,
+            },
+            maintenance: Maintenance {
+                scrub_running: true,
+                scrub_total: 8,
+                repair_copied: 9,
+                gcs_done: 10,
+                ..Maintenance::default()
+            },
+        };
+        let r = requests();
+        vec![
+            (
+                r[0].clone(),
+                Reply::Version {
+                    msize: 65536,
+                    version: VERSION.into(),
+                },
+            ),
+            (
+                r[1].clone(),
+                Reply::Put {
+                    outcome: PutOutcome::Present,
+                    copies: 2,
+                },
+            ),
+            (
+                r[2].clone(),
+                Reply::Get {
+                    total: 100,
+                    data: Bytes::from_static(b"data"),
+                },
+            ),
+            (
+                r[3].clone(),
+                Reply::Has {
+                    present: vec![true, false, true],
+                },
+            ),
+            (
+                r[4].clone(),
+                Reply::List {
+                    objects: vec![ObjectInfo {
+                        id,
+                        size: 3,
+                        stamp: 4,
+                    }],
+                    more: true,
+                },
+            ),
+            (
+                r[6].clone(),
+                Reply::Refs {
+                    refs: vec![vec![id], vec![]],
+                },
+            ),
+            (r[7].clone(), Reply::Delete { deleted: 2 }),
+            (
+                r[8].clone(),
+                Reply::Record {
+                    record: Some(Record {
+                        version: 1,
+                        value: Bytes::from_static(b"q"),
+                        refs: vec![id],
+                    }),
+                },
+            ),
+            (r[8].clone(), Reply::Record { record: None }),
+            (r[9].clone(), Reply::Cas { version: 5 }),
+            (r[10].clone(), Reply::StoreRecord { stored: true }),
+            (
+                r[11].clone(),
+                Reply::Records {
+                    records: vec![("n".into(), Record::default())],
+                    more: false,
+                },
+            ),
+            (r[12].clone(), Reply::Stats(stats.clone())),
+            (
+                r[13].clone(),
+                Reply::Cluster {
+                    replicas: 2,
+                    hosts: vec![
+                        HostView {
+                            name: "a".into(),
+                            endpoint: "tcp:127.0.0.1:1".into(),
+                            state: HostState::Up,
+                            rtt_us: 12,
+                            stats: Some(stats),
+                            error: String::new(),
+                        },
+                        HostView {
+                            name: "b".into(),
+                            endpoint: "tcp:127.0.0.1:2".into(),
+                            state: HostState::Lost,
+                            rtt_us: 0,
+                            stats: None,
+                            error: "refused".into(),
+                        },
+                    ],
+                },
+            ),
+            (
+                r[14].clone(),
+                Reply::Admin {
+                    message: "ok".into(),
+                },
+            ),
+            (
+                r[15].clone(),
+                Reply::Replicas {
+                    hosts: vec!["a".into(), "b".into()],
+                },
+            ),
+            (
+                r[2].clone(),
+                Reply::Error {
+                    code: ErrorCode::Corrupt,
+                    version: 0,
+                    message: "bad".into(),
+                },
+            ),
+        ]
+    }
+
+    /// `frame` cut to `len` bytes with its size field rewritten to match.
+    fn cut(frame: &Bytes, len: usize) -> Bytes {
+        let mut f = frame[..len].to_vec();
+        if len >= 4 {
+            f[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        }
+        Bytes::from(f)
+    }
+
+    #[test]
+    fn every_request_round_trips_and_every_truncation_is_an_error() {
+        for (i, req) in requests().into_iter().enumerate() {
+            let frame = req.encode(i as u16);
+            let (tag, back) = Request::decode(frame.clone()).expect("decode");
+            assert_eq!((tag, &back), (i as u16, &req));
+            // Data-carrying requests (Put, Cas) accept any tail as their data; the others must
+            // refuse every truncation.
+            if !matches!(req, Request::Put { .. } | Request::Cas { .. }) {
+                for len in 0..frame.len() {
+                    assert!(
+                        Request::decode(cut(&frame, len)).is_err(),
+                        "{req:?} cut to {len} bytes decoded"
+                    );
+                }
+            }
+            let mut long = frame.to_vec();
+            long.push(0);
+            let n = long.len() as u32;
+            long[..4].copy_from_slice(&n.to_le_bytes());
+            if !matches!(req, Request::Put { .. } | Request::Cas { .. }) {
+                assert!(
+                    Request::decode(Bytes::from(long)).is_err(),
+                    "{req:?} + 1 byte"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_reply_round_trips_and_truncations_never_panic() {
+        for (req, reply) in replies() {
+            let ty = RequestType::of(&req);
+            let frame = reply.encode(ty, 42);
+            let (tag, back) = Reply::decode(frame.clone(), ty).expect("decode");
+            assert_eq!((tag, &back), (42, &reply));
+            for len in 0..frame.len() {
+                let _ = Reply::decode(cut(&frame, len), ty);
+            }
+            // A reply of another request's type is refused.
+            if !matches!(reply, Reply::Error { .. }) {
+                let other = RequestType::of(&Request::Stats);
+                if other != ty {
+                    assert!(Reply::decode(frame, other).is_err());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_counts_are_refused_before_allocation() {
+        // Rlist claiming 2^32-1 entries in a 20-byte frame.
+        let ty = RequestType::of(&Request::List {
+            after: None,
+            max: 1,
+        });
+        let mut f = vec![0u8; 7];
+        f[4] = ty::TLIST + 1;
+        f.push(0);
+        f.extend_from_slice(&u32::MAX.to_le_bytes());
+        let n = f.len() as u32;
+        f[..4].copy_from_slice(&n.to_le_bytes());
+        assert!(Reply::decode(Bytes::from(f), ty).is_err());
+        // Thas claiming more ids than the limit.
+        let mut f = vec![0u8; 7];
+        f[4] = ty::THAS;
+        f.extend_from_slice(&u16::MAX.to_le_bytes());
+        let n = f.len() as u32;
+        f[..4].copy_from_slice(&n.to_le_bytes());
+        assert!(Request::decode(Bytes::from(f)).is_err());
+        // A put piece reaching past the object's end.
+        let p = Request::Put {
+            flags: 0,
+            id: ObjectId([1; 32]),
+            total: 3,
+            offset: 2,
+            refs: Vec::new(),
+            data: Bytes::from_static(b"abc"),
+        };
+        assert!(Request::decode(p.encode(1)).is_err());
+    }
+}
