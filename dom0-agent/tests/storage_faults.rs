@@ -244,8 +244,7 @@ async fn malformed_frames_and_false_hashes_are_refused() {
     // The same lie sent in pieces is refused when the last piece arrives.
     let big = content(3, 2 << 20);
     let liar_id = ObjectId::of(b"something else");
-    let mut tag = 20;
-    for (i, chunk) in big.chunks(1 << 19).enumerate() {
+    for (tag, (i, chunk)) in (20..).zip(big.chunks(1 << 19).enumerate()) {
         let p = Request::Put {
             flags: 0,
             id: liar_id,

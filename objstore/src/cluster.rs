@@ -355,20 +355,7 @@ impl Cluster {
         F: FnOnce(StorageClient) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        let result = async {
-            let client = peer_client(peer).await?;
-            tokio::time::timeout(self.options.call_timeout, f(client))
-                .await
-                .map_err(|_| StoreError::Peer {
-                    peer: peer.name.clone(),
-                    message: format!("no answer within {:?}", self.options.call_timeout),
-                })?
-        }
-        .await;
-        if let Err(StoreError::Peer { message, .. }) = &result {
-            mark_down(peer, message);
-        }
-        result
+        call_peer(peer, self.options.call_timeout, f).await
     }
 
     // ---- objects ----------------------------------------------------------------------
@@ -438,6 +425,7 @@ impl Cluster {
         }
     }
 
+    /// Store the object on one host; a `'static` future, for the put's task set.
     fn put_on(
         &self,
         host: Host,
@@ -447,34 +435,17 @@ impl Cluster {
         let local = self.local.clone();
         let name = self.name(&host).to_owned();
         let timeout = self.options.call_timeout;
-        let this_peer = match &host {
-            Host::Peer(p) => Some(p.clone()),
-            Host::Me => None,
-        };
-        // A 'static future: the cluster is reached through what it needs, cloned.
-        let connector = this_peer.clone();
         async move {
-            let r = match connector {
-                None => {
+            let r = match host {
+                Host::Me => {
                     let obj = (*object).clone();
                     blocking(move || local.put(obj)).await
                 }
-                Some(peer) => {
-                    let result = async {
-                        let client = peer_client(&peer).await?;
-                        tokio::time::timeout(timeout, client.put(&object, 0))
-                            .await
-                            .map_err(|_| StoreError::Peer {
-                                peer: peer.name.clone(),
-                                message: "put timed out".into(),
-                            })?
-                            .map(|(o, _)| o)
-                    }
-                    .await;
-                    if let Err(StoreError::Peer { message, .. }) = &result {
-                        mark_down(&peer, message);
-                    }
-                    result
+                Host::Peer(peer) => {
+                    call_peer(&peer, timeout, |c| async move {
+                        c.put(&object, 0).await.map(|(o, _)| o)
+                    })
+                    .await
                 }
             };
             (name, r)
@@ -527,7 +498,7 @@ impl Cluster {
                         .map(|(n, _): &(String, String)| n.clone())
                         .collect();
                     if !stale.is_empty() {
-                        self.read_repair(*id, host, stale, &got, offset, count);
+                        self.read_repair(*id, host, stale, &got);
                     }
                     return Ok(got);
                 }
@@ -594,59 +565,65 @@ impl Cluster {
     }
 
     /// Put a good copy back on the replicas that lacked it or had it corrupt (in the
-    /// background: the reader has its bytes already).
-    fn read_repair(
-        &self,
-        id: ObjectId,
-        source: Host,
-        stale: Vec<String>,
-        got: &(u64, Bytes),
-        offset: u64,
-        count: u64,
-    ) {
-        let whole = (offset == 0 && got.1.len() as u64 == got.0).then(|| got.1.clone());
-        let _ = count;
-        let targets: Vec<Host> = self
+    /// background: the reader has its bytes already). The copy keeps the object's references,
+    /// read from the host that served it.
+    fn read_repair(&self, id: ObjectId, source: Host, stale: Vec<String>, got: &(u64, Bytes)) {
+        let whole = (got.1.len() as u64 == got.0).then(|| got.1.clone());
+        let targets: Vec<(String, Host)> = self
             .placement(&id.0)
             .into_iter()
             .filter(|h| stale.iter().any(|s| s == self.name(h)))
-            .collect();
-        let fetch = self.fetcher(source);
-        let puts: Vec<_> = targets
-            .into_iter()
             .map(|h| (self.name(&h).to_owned(), h))
             .collect();
         let local = self.local.clone();
         let timeout = self.options.call_timeout;
         tokio::spawn(async move {
-            let data = match whole {
-                Some(d) => d,
-                None => match fetch(id).await {
-                    Ok(d) => d,
-                    Err(e) => {
-                        warn!(%id, error = %e, "read repair: cannot fetch a good copy");
-                        return;
+            let fetched = async {
+                let refs = match &source {
+                    Host::Me => {
+                        let local = local.clone();
+                        blocking(move || local.refs(&id)).await?
                     }
-                },
+                    Host::Peer(p) => peer_client(p)
+                        .await?
+                        .refs(&[id])
+                        .await?
+                        .pop()
+                        .unwrap_or_default(),
+                };
+                let data = match whole {
+                    Some(d) => d,
+                    None => match &source {
+                        Host::Me => {
+                            let local = local.clone();
+                            blocking(move || local.get(&id)).await?
+                        }
+                        Host::Peer(p) => peer_client(p).await?.get_object(&id, 0).await?,
+                    },
+                };
+                Ok::<_, StoreError>(PutObject { id, data, refs })
+            }
+            .await;
+            let object = match fetched {
+                Ok(o) => Arc::new(o),
+                Err(e) => {
+                    warn!(%id, error = %e, "read repair: cannot fetch a good copy");
+                    return;
+                }
             };
-            let object = Arc::new(PutObject {
-                id,
-                refs: Vec::new(),
-                data,
-            });
-            for (name, host) in puts {
+            for (name, host) in targets {
                 let result = match host {
                     Host::Me => {
                         let (local, obj) = (local.clone(), (*object).clone());
                         blocking(move || local.put(obj)).await.map(|_| ())
                     }
-                    Host::Peer(p) => match peer_client(&p).await {
-                        Ok(c) => tokio::time::timeout(timeout, c.put(&object, 0))
-                            .await
-                            .map_err(|_| StoreError::Refused("timed out".into()))
-                            .and_then(|r| r.map(|_| ())),
-                        Err(e) => Err(e),
-                    },
+                    Host::Peer(p) => {
+                        let object = object.clone();
+                        call_peer(&p, timeout, |c| async move {
+                            c.put(&object, 0).await.map(|_| ())
+                        })
+                        .await
+                    }
                 };
                 match result {
                     Ok(()) => info!(%id, host = %name, "read repair: replica restored"),
@@ -654,28 +631,6 @@ impl Cluster {
                 }
             }
         });
-    }
-
-    /// A way to fetch a whole object (with its references) from one host, for repairs.
-    fn fetcher(
-        &self,
-        source: Host,
-    ) -> impl Fn(
-        ObjectId,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes>> + Send>>
-    + Send
-    + 'static {
-        let local = self.local.clone();
-        move |id: ObjectId| {
-            let local = local.clone();
-            let source = source.clone();
-            Box::pin(async move {
-                match source {
-                    Host::Me => blocking(move || local.get(&id)).await,
-                    Host::Peer(p) => peer_client(&p).await?.get_object(&id, 0).await,
-                }
-            })
-        }
     }
 
     /// Whether any live host holds the object.
@@ -1290,7 +1245,29 @@ impl Cluster {
     }
 }
 
-/// A connection to `peer`, outside a `&Cluster` borrow (for detached tasks).
+/// Run `f` against `peer` within `timeout`; a transport failure marks it down.
+async fn call_peer<T, F, Fut>(peer: &Arc<Peer>, timeout: Duration, f: F) -> Result<T>
+where
+    F: FnOnce(StorageClient) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let result = async {
+        let client = peer_client(peer).await?;
+        tokio::time::timeout(timeout, f(client))
+            .await
+            .map_err(|_| StoreError::Peer {
+                peer: peer.name.clone(),
+                message: format!("no answer within {timeout:?}"),
+            })?
+    }
+    .await;
+    if let Err(StoreError::Peer { message, .. }) = &result {
+        mark_down(peer, message);
+    }
+    result
+}
+
+/// A connection to `peer` (made if there is none or it failed).
 async fn peer_client(peer: &Peer) -> Result<StorageClient> {
     let mut slot = peer.client.lock().await;
     if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
