@@ -270,7 +270,6 @@ async fn malformed_frames_and_false_hashes_are_refused() {
                 "{r:?}"
             );
         }
-        tag += 1;
     }
     assert_eq!(good.has(&[liar_id]).await.unwrap(), vec![false]);
     // Requests before Tversion are refused; the connection still answers after all this.
