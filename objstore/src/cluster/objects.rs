@@ -1,0 +1,315 @@
+//! Objects across the cluster: quorum puts, reads with failover and read repair, and where
+//! the copies are.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tracing::{debug, info, warn};
+
+use super::{Cluster, Host, blocking, call_peer, peer_client, quorum};
+use crate::local::{PutObject, PutOutcome};
+use crate::{ObjectId, Result, StoreError};
+
+impl Cluster {
+    /// Store an object on R hosts; succeeds once a majority of them have it durably.
+    /// Returns the outcome and the number of copies written or found.
+    pub async fn put(&self, object: PutObject) -> Result<(PutOutcome, usize)> {
+        let actual = ObjectId::of(&object.data);
+        if actual != object.id {
+            return Err(StoreError::HashMismatch {
+                claimed: object.id,
+                actual,
+            });
+        }
+        let placement = self.placement(&object.id.0);
+        let r = self.replicas().min(placement.len());
+        let need = quorum(r);
+        // Up hosts first in placement order; hosts known to be down only if needed.
+        let (up, down): (Vec<Host>, Vec<Host>) = placement.into_iter().partition(Self::is_up);
+        let mut candidates = up.into_iter().chain(down);
+        let mut acks = 0usize;
+        let mut outcome = PutOutcome::Present;
+        let mut failures = Vec::new();
+        let mut running = tokio::task::JoinSet::new();
+        let object = Arc::new(object);
+        let mut launched = 0;
+        while launched < r {
+            let Some(h) = candidates.next() else { break };
+            running.spawn(self.put_on(h, object.clone()));
+            launched += 1;
+        }
+        while let Some(done) = running.join_next().await {
+            match done {
+                Ok((_, Ok(o))) => {
+                    acks += 1;
+                    if o == PutOutcome::Stored {
+                        outcome = PutOutcome::Stored;
+                    }
+                }
+                Ok((name, Err(e))) => {
+                    if matches!(e, StoreError::HashMismatch { .. }) {
+                        return Err(e);
+                    }
+                    debug!(host = %name, id = %object.id, error = %e, "replica write failed");
+                    failures.push(format!("{name}: {e}"));
+                    // Replace the failed replica with the next host in the object's order.
+                    if let Some(h) = candidates.next() {
+                        running.spawn(self.put_on(h, object.clone()));
+                    }
+                }
+                Err(e) => failures.push(format!("task: {e}")),
+            }
+        }
+        if acks >= need {
+            if acks < r {
+                warn!(id = %object.id, acks, r, "stored with fewer copies than wanted; re-replication will add them");
+                self.want_repair();
+            }
+            Ok((outcome, acks))
+        } else {
+            Err(StoreError::Quorum {
+                op: format!("put {}", object.id),
+                acks,
+                needed: need,
+                failures: failures.join("; "),
+            })
+        }
+    }
+
+    /// Store the object on one host; a `'static` future, for the put's task set.
+    fn put_on(
+        &self,
+        host: Host,
+        object: Arc<PutObject>,
+    ) -> impl std::future::Future<Output = (String, Result<PutOutcome>)> + Send + 'static + use<>
+    {
+        let local = self.local.clone();
+        let name = self.name(&host).to_owned();
+        let timeout = self.options.call_timeout;
+        async move {
+            let r = match host {
+                Host::Me => {
+                    let obj = (*object).clone();
+                    blocking(move || local.put(obj)).await
+                }
+                Host::Peer(peer) => {
+                    call_peer(&peer, timeout, |c| async move {
+                        c.put(&object, 0).await.map(|(o, _)| o)
+                    })
+                    .await
+                }
+            };
+            (name, r)
+        }
+    }
+
+    /// Read `count` bytes at `offset` of an object (all of it with `count = u64::MAX`),
+    /// returning the bytes and the object's size.
+    pub async fn get(&self, id: &ObjectId, offset: u64, count: u64) -> Result<(u64, Bytes)> {
+        self.get_from(id, offset, count, false).await
+    }
+
+    pub(super) async fn get_from(
+        &self,
+        id: &ObjectId,
+        offset: u64,
+        count: u64,
+        skip_me: bool,
+    ) -> Result<(u64, Bytes)> {
+        let placement = self.placement(&id.0);
+        let r = self.replicas().min(placement.len());
+        let expected: Vec<String> = placement[..r]
+            .iter()
+            .map(|h| self.name(h).to_owned())
+            .collect();
+        // Nearest first: this host if it should hold a copy, then up hosts in the object's
+        // order, hosts known to be down last.
+        let me_first = !skip_me && placement[..r].iter().any(|h| matches!(h, Host::Me));
+        let mut order: Vec<Host> = Vec::with_capacity(placement.len());
+        if me_first {
+            order.push(Host::Me);
+        }
+        let (up, down): (Vec<Host>, Vec<Host>) = placement
+            .into_iter()
+            .filter(|h| !matches!(h, Host::Me) || !(skip_me || me_first))
+            .partition(Self::is_up);
+        order.extend(up);
+        order.extend(down);
+        let mut missing = Vec::new();
+        let mut corrupt = Vec::new();
+        let mut failures = Vec::new();
+        for host in order {
+            let name = self.name(&host).to_owned();
+            match self.get_on(&host, id, offset, count).await {
+                Ok(got) => {
+                    let stale: Vec<String> = missing
+                        .iter()
+                        .chain(corrupt.iter())
+                        .filter(|(n, _)| expected.contains(n))
+                        .map(|(n, _): &(String, String)| n.clone())
+                        .collect();
+                    if !stale.is_empty() {
+                        self.read_repair(*id, host, stale, &got);
+                    }
+                    return Ok(got);
+                }
+                Err(StoreError::NotFound(_)) => missing.push((name, String::new())),
+                Err(StoreError::Corrupt { detail, .. }) => {
+                    warn!(host = %name, id = %id, %detail, "corrupt copy; trying another replica");
+                    corrupt.push((name, detail));
+                }
+                Err(e) => failures.push(format!("{name}: {e}")),
+            }
+        }
+        if !corrupt.is_empty() {
+            return Err(StoreError::Corrupt {
+                id: *id,
+                detail: format!(
+                    "no good copy: {}",
+                    corrupt
+                        .iter()
+                        .map(|(n, d)| format!("{n}: {d}"))
+                        .chain(failures)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            });
+        }
+        if failures.is_empty() {
+            return Err(StoreError::NotFound(*id));
+        }
+        Err(StoreError::Quorum {
+            op: format!("get {id}"),
+            acks: 0,
+            needed: 1,
+            failures: failures.join("; "),
+        })
+    }
+
+    async fn get_on(
+        &self,
+        host: &Host,
+        id: &ObjectId,
+        offset: u64,
+        count: u64,
+    ) -> Result<(u64, Bytes)> {
+        match host {
+            Host::Me => {
+                let local = self.local.clone();
+                let id = *id;
+                blocking(move || local.get_range(&id, offset, count)).await
+            }
+            Host::Peer(p) => {
+                let id = *id;
+                self.on_peer(p, |c| async move {
+                    if offset == 0 && count == u64::MAX {
+                        let data = c.get_object(&id, 0).await?;
+                        Ok((data.len() as u64, data))
+                    } else {
+                        c.get(&id, offset, count.min(u64::from(u32::MAX)) as u32, 0)
+                            .await
+                    }
+                })
+                .await
+            }
+        }
+    }
+
+    /// Put a good copy back on the replicas that lacked it or had it corrupt (in the
+    /// background: the reader has its bytes already). The copy keeps the object's references,
+    /// read from the host that served it.
+    fn read_repair(&self, id: ObjectId, source: Host, stale: Vec<String>, got: &(u64, Bytes)) {
+        let whole = (got.1.len() as u64 == got.0).then(|| got.1.clone());
+        let targets: Vec<(String, Host)> = self
+            .placement(&id.0)
+            .into_iter()
+            .filter(|h| stale.iter().any(|s| s == self.name(h)))
+            .map(|h| (self.name(&h).to_owned(), h))
+            .collect();
+        let local = self.local.clone();
+        let timeout = self.options.call_timeout;
+        tokio::spawn(async move {
+            let fetched = async {
+                let refs = match &source {
+                    Host::Me => {
+                        let local = local.clone();
+                        blocking(move || local.refs(&id)).await?
+                    }
+                    Host::Peer(p) => peer_client(p)
+                        .await?
+                        .refs(&[id])
+                        .await?
+                        .pop()
+                        .unwrap_or_default(),
+                };
+                let data = match whole {
+                    Some(d) => d,
+                    None => match &source {
+                        Host::Me => {
+                            let local = local.clone();
+                            blocking(move || local.get(&id)).await?
+                        }
+                        Host::Peer(p) => peer_client(p).await?.get_object(&id, 0).await?,
+                    },
+                };
+                Ok::<_, StoreError>(PutObject { id, data, refs })
+            }
+            .await;
+            let object = match fetched {
+                Ok(o) => Arc::new(o),
+                Err(e) => {
+                    warn!(%id, error = %e, "read repair: cannot fetch a good copy");
+                    return;
+                }
+            };
+            for (name, host) in targets {
+                let result = match host {
+                    Host::Me => {
+                        let (local, obj) = (local.clone(), (*object).clone());
+                        blocking(move || local.put(obj)).await.map(|_| ())
+                    }
+                    Host::Peer(p) => {
+                        let object = object.clone();
+                        call_peer(&p, timeout, |c| async move {
+                            c.put(&object, 0).await.map(|_| ())
+                        })
+                        .await
+                    }
+                };
+                match result {
+                    Ok(()) => info!(%id, host = %name, "read repair: replica restored"),
+                    Err(e) => warn!(%id, host = %name, error = %e, "read repair failed"),
+                }
+            }
+        });
+    }
+
+    /// Whether any live host holds the object.
+    pub async fn has(&self, id: &ObjectId) -> Result<bool> {
+        Ok(!self.replica_hosts(id).await?.is_empty())
+    }
+
+    /// The live hosts holding a copy of the object (asking every one of them).
+    pub async fn replica_hosts(&self, id: &ObjectId) -> Result<Vec<String>> {
+        let mut hosts = Vec::new();
+        for host in self.placement(&id.0) {
+            let present = match &host {
+                Host::Me => {
+                    let (local, id) = (self.local.clone(), *id);
+                    blocking(move || local.has(&[id])).await?[0]
+                }
+                Host::Peer(p) => {
+                    let id = *id;
+                    match self.on_peer(p, |c| async move { c.has(&[id]).await }).await {
+                        Ok(v) => v.first().copied().unwrap_or(false),
+                        Err(_) => false,
+                    }
+                }
+            };
+            if present {
+                hosts.push(self.name(&host).to_owned());
+            }
+        }
+        Ok(hosts)
+    }
+}
