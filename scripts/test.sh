@@ -13,6 +13,8 @@ command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 command -v cc >/dev/null || need_apt+=(gcc libc6-dev)
 # iproute2's ip: the SCTP multi-homing case builds a network namespace and veth pairs in the guest.
 command -v ip >/dev/null || need_apt+=(iproute2)
+# fio: the object layer's benchmark compares the store with it on the same disk.
+command -v fio >/dev/null || need_apt+=(fio)
 # The real C xenstored (run on the host under a test shim), the xenstore-* tools and Xen's
 # public headers (ioctl ABI check) for the Xen layer's tests.
 compgen -G '/usr/lib/xen-*/bin/xenstored' >/dev/null || need_apt+=(xen-utils-4.17)
@@ -51,6 +53,12 @@ ENVOYD="$PWD/target/debug/envoyd" python3 tests/python/test_p9fs.py
 
 step "envoy-bench smoke: every workload once against envoyd (.L over tcp, .u over unix), reads verified"
 tools/bench/compare.sh --smoke
+
+step "object layer: envoy-xl storage against two envoyds (status, scrub, repair, gc, reload)"
+tests/storage/xl-smoke.sh
+
+step "object layer bench smoke: the store vs fio, R=1 and R=2 over loopback (debug, small)"
+tools/bench/objstore.sh --smoke
 
 step "Linux guest suite: the kernel's v9fs client (QEMU TCG) against envoyd, tcp and fd, .u and .L"
 tests/vm/run-suite.sh
