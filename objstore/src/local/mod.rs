@@ -7,12 +7,30 @@
 //! are fsync'd in a segment; the index is rebuilt from the log's tail after a crash. The
 //! on-disk format is documented in docs/objstore.md.
 
+mod cache;
+mod files;
+mod format;
+mod index;
+mod maint;
+mod recover;
+mod shared;
+mod writer;
+
+use std::fs::OpenOptions;
+use std::ops::Bound;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 
 use bytes::Bytes;
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
-use crate::{ObjectId, Result};
+use crate::{ObjectId, Result, StoreError};
+use cache::VerifiedCache;
+use index::Location;
+use shared::Shared;
+use writer::{Request, Writer};
 
 /// Tunables of a local store.
 #[derive(Clone, Debug)]
@@ -140,18 +158,86 @@ pub struct CompactReport {
 #[derive(Debug)]
 pub struct LocalStore {
     dir: PathBuf,
+    shared: Arc<Shared>,
+    /// Queue of the writer thread.
+    tx: mpsc::Sender<Request>,
+    writer: Option<std::thread::JoinHandle<()>>,
 }
+
+/// Largest record value (value plus refs), in bytes.
+const MAX_RECORD: u64 = 1 << 20;
+/// Longest record name, in bytes.
+const MAX_RECORD_NAME: usize = 1024;
+/// Objects read per index transaction by scans (list, scrub, compaction).
+const SCAN_BATCH: usize = 1024;
+/// Cache size of the redb index.
+const INDEX_CACHE: usize = 256 << 20;
 
 impl LocalStore {
     /// Open (creating if empty) the store in `dir`, replaying the log tail after a crash.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<LocalStore> {
-        let _ = options;
-        todo!("{}", dir.display())
-    }
+        let sdir = files::segments_dir(dir);
+        std::fs::create_dir_all(&sdir)
+            .map_err(|e| StoreError::io(format!("create store directory {}", sdir.display()), e))?;
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| StoreError::io(format!("open lock file {}", lock_path.display()), e))?;
+        match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(StoreError::Refused(format!(
+                    "store {} is in use by another process (its LOCK file is locked): \
+                     stop the other user or open another directory",
+                    dir.display()
+                )));
+            }
+            Err(e) => {
+                return Err(StoreError::io(
+                    format!("lock {}", lock_path.display()),
+                    std::io::Error::from(e),
+                ));
+            }
+        }
+        files::sync_dir(dir)?;
 
-    /// The largest object it accepts.
-    pub fn max_object(&self) -> u64 {
-        todo!()
+        let index_path = dir.join("index.redb");
+        let db = open_index(&index_path)?;
+        init_index(&db, dir, &index_path)?;
+
+        let shared = Arc::new(Shared {
+            dir: dir.to_owned(),
+            index_path,
+            options,
+            db,
+            files: files::SegmentFiles::default(),
+            cache: VerifiedCache::new(shared::CACHE_BYTES),
+            active_seq: AtomicU64::new(0),
+            compacting: Mutex::new(()),
+            #[cfg(test)]
+            fail_next_append: AtomicBool::new(false),
+            _lock: lock,
+        });
+        let active = recover::recover(&shared)?;
+        shared.files.insert(active.seq, active.file.clone());
+        shared.active_seq.store(active.seq, Ordering::SeqCst);
+
+        let (tx, rx) = mpsc::channel();
+        let w = Writer::new(shared.clone(), rx, active);
+        let writer = std::thread::Builder::new()
+            .name("objstore-writer".to_owned())
+            .spawn(move || w.run())
+            .map_err(|e| StoreError::io("start the store's writer thread", e))?;
+        Ok(LocalStore {
+            dir: dir.to_owned(),
+            shared,
+            tx,
+            writer: Some(writer),
+        })
     }
 
     /// The store's directory.
@@ -162,82 +248,226 @@ impl LocalStore {
     /// Store one object; returns once it is durable. Refuses content that does not hash to
     /// the claimed id, objects over the limit, and writes that would fill the disk.
     pub fn put(&self, object: PutObject) -> Result<PutOutcome> {
-        let _ = object;
-        todo!()
+        self.put_many(vec![object])
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Refused("put gave no answer".to_owned())))
     }
 
     /// Store several objects with one commit; one result per object, in order.
     pub fn put_many(&self, objects: Vec<PutObject>) -> Vec<Result<PutOutcome>> {
-        let _ = objects;
-        todo!()
+        let max = self.max_object();
+        let mut results: Vec<Option<Result<PutOutcome>>> = Vec::with_capacity(objects.len());
+        let mut queued = Vec::new();
+        for o in objects {
+            let size = o.data.len() as u64;
+            if size > max {
+                results.push(Some(Err(StoreError::TooLarge { size, max })));
+            } else if o.refs.len() > format::MAX_REFS as usize {
+                results.push(Some(Err(StoreError::Refused(format!(
+                    "object {} has {} refs; at most {} are kept",
+                    o.id,
+                    o.refs.len(),
+                    format::MAX_REFS
+                )))));
+            } else {
+                let actual = ObjectId::of(&o.data);
+                if actual != o.id {
+                    results.push(Some(Err(StoreError::HashMismatch {
+                        claimed: o.id,
+                        actual,
+                    })));
+                } else {
+                    results.push(None);
+                    queued.push(o);
+                }
+            }
+        }
+        if !queued.is_empty() {
+            let n = queued.len();
+            let answers = self
+                .submit(|reply| Request::Put {
+                    objects: queued,
+                    reply,
+                })
+                .unwrap_or_else(|e| (0..n).map(|_| Err(writer::echo(&e))).collect());
+            let mut answers = answers.into_iter();
+            for slot in results.iter_mut().filter(|r| r.is_none()) {
+                *slot =
+                    Some(answers.next().unwrap_or_else(|| {
+                        Err(StoreError::Refused("put gave no answer".to_owned()))
+                    }));
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(StoreError::Refused("put gave no answer".to_owned()))))
+            .collect()
     }
 
     /// The whole object, verified against its id. A corrupt copy is quarantined (taken out
     /// of the index, recorded) and reported as `Corrupt`; never served.
     pub fn get(&self, id: &ObjectId) -> Result<Bytes> {
-        let _ = id;
-        todo!()
+        if self.shared.lookup(id)?.is_none() {
+            return Err(StoreError::NotFound(*id));
+        }
+        if let Some(data) = self.shared.cache.get(id) {
+            return Ok(data);
+        }
+        self.shared.read_verified(id)
     }
 
     /// `count` bytes at `offset` of the object (fewer at its end), and its total size;
     /// verified like [`get`](Self::get).
     pub fn get_range(&self, id: &ObjectId, offset: u64, count: u64) -> Result<(u64, Bytes)> {
-        let _ = (id, offset, count);
-        todo!()
+        let loc = self.shared.lookup(id)?.ok_or(StoreError::NotFound(*id))?;
+        if offset > loc.len {
+            return Err(StoreError::BadRange {
+                id: *id,
+                offset,
+                count,
+                size: loc.len,
+            });
+        }
+        let data = match self.shared.cache.get(id) {
+            Some(d) => d,
+            None => {
+                let d = self.shared.read_verified(id)?;
+                self.shared.cache.insert(*id, d.clone());
+                d
+            }
+        };
+        let size = data.len() as u64;
+        let start = offset.min(size);
+        let end = offset.saturating_add(count).min(size);
+        Ok((size, data.slice(start as usize..end as usize)))
     }
 
     /// Whether each object is here.
     pub fn has(&self, ids: &[ObjectId]) -> Result<Vec<bool>> {
-        let _ = ids;
-        todo!()
+        let sh = &self.shared;
+        let txn = sh.db.begin_read().map_err(|e| sh.ix(e))?;
+        let table = txn.open_table(index::OBJECTS).map_err(|e| sh.ix(e))?;
+        ids.iter()
+            .map(|id| Ok(table.get(id.as_bytes()).map_err(|e| sh.ix(e))?.is_some()))
+            .collect()
     }
 
     /// What the index knows of the object, if it is here.
     pub fn info(&self, id: &ObjectId) -> Result<Option<ObjectInfo>> {
-        let _ = id;
-        todo!()
+        Ok(self.shared.lookup(id)?.map(|l| ObjectInfo {
+            id: *id,
+            size: l.len,
+            stamp: l.stamp,
+        }))
     }
 
     /// The objects it refers to (empty if none or not here).
     pub fn refs(&self, id: &ObjectId) -> Result<Vec<ObjectId>> {
-        let _ = id;
-        todo!()
+        let sh = &self.shared;
+        let txn = sh.db.begin_read().map_err(|e| sh.ix(e))?;
+        let table = txn.open_table(index::REFS).map_err(|e| sh.ix(e))?;
+        let refs = table.get(id.as_bytes()).map_err(|e| sh.ix(e))?;
+        Ok(refs
+            .map(|g| format::decode_refs(g.value()))
+            .unwrap_or_default())
     }
 
     /// Up to `max` objects in id order, starting after `after`.
     pub fn list(&self, after: Option<&ObjectId>, max: usize) -> Result<Vec<ObjectInfo>> {
-        let _ = (after, max);
-        todo!()
+        Ok(self
+            .locations(after, max)?
+            .into_iter()
+            .map(|(id, l)| ObjectInfo {
+                id,
+                size: l.len,
+                stamp: l.stamp,
+            })
+            .collect())
     }
 
     /// GC's sweep: drop the listed objects whose stamp is older than `cutoff` (seconds since
     /// the epoch); returns how many were dropped. Their space is given back by
     /// [`compact`](Self::compact).
     pub fn delete(&self, ids: &[ObjectId], cutoff: u64) -> Result<u64> {
-        let _ = (ids, cutoff);
-        todo!()
+        let sh = &self.shared;
+        let txn = sh.db.begin_write().map_err(|e| sh.ix(e))?;
+        let mut dropped = 0u64;
+        {
+            let mut objects = txn.open_table(index::OBJECTS).map_err(|e| sh.ix(e))?;
+            let mut refs = txn.open_table(index::REFS).map_err(|e| sh.ix(e))?;
+            let mut segments = txn.open_table(index::SEGMENTS).map_err(|e| sh.ix(e))?;
+            let mut bytes_dropped = 0u64;
+            for id in ids {
+                let Some(loc) = index::lookup(&objects, id, &sh.index_path)? else {
+                    continue;
+                };
+                if loc.stamp >= cutoff {
+                    continue;
+                }
+                objects.remove(id.as_bytes()).map_err(|e| sh.ix(e))?;
+                refs.remove(id.as_bytes()).map_err(|e| sh.ix(e))?;
+                index::segment_add(
+                    &mut segments,
+                    loc.seq,
+                    -i128::from(loc.record),
+                    None,
+                    &sh.index_path,
+                )?;
+                bytes_dropped += loc.len;
+                dropped += 1;
+            }
+            if bytes_dropped > 0 {
+                let mut meta = txn.open_table(index::META).map_err(|e| sh.ix(e))?;
+                let bytes = index::meta_get(&meta, index::META_BYTES, &sh.index_path)?;
+                meta.insert(index::META_BYTES, bytes.saturating_sub(bytes_dropped))
+                    .map_err(|e| sh.ix(e))?;
+            }
+        }
+        txn.commit().map_err(|e| sh.ix(e))?;
+        for id in ids {
+            sh.cache.remove(id);
+        }
+        Ok(dropped)
     }
 
     /// Rewrite sealed segments that are mostly dead; returns what was reclaimed.
     pub fn compact(&self) -> Result<CompactReport> {
-        todo!()
+        maint::compact(self)
     }
 
     /// Re-hash every object; corrupt copies are quarantined and returned.
     pub fn scrub(&self, progress: &ScrubProgress) -> Result<Vec<ObjectId>> {
-        let _ = progress;
-        todo!()
+        maint::scrub(self, progress)
     }
 
     /// A record, if it exists.
     pub fn record(&self, name: &str) -> Result<Option<Record>> {
-        let _ = name;
-        todo!()
+        let sh = &self.shared;
+        let txn = sh.db.begin_read().map_err(|e| sh.ix(e))?;
+        let table = txn.open_table(index::RECORDS).map_err(|e| sh.ix(e))?;
+        let got = table.get(name).map_err(|e| sh.ix(e))?;
+        match got {
+            None => Ok(None),
+            Some(g) => index::decode_record(g.value())
+                .map(Some)
+                .ok_or_else(|| index::damaged(&sh.index_path, format!("record {name:?}"))),
+        }
     }
 
     /// Every record, by name.
     pub fn records(&self) -> Result<Vec<(String, Record)>> {
-        todo!()
+        let sh = &self.shared;
+        let txn = sh.db.begin_read().map_err(|e| sh.ix(e))?;
+        let table = txn.open_table(index::RECORDS).map_err(|e| sh.ix(e))?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(|e| sh.ix(e))? {
+            let (k, v) = row.map_err(|e| sh.ix(e))?;
+            let name = k.value().to_owned();
+            let rec = index::decode_record(v.value())
+                .ok_or_else(|| index::damaged(&sh.index_path, format!("record {name:?}")))?;
+            out.push((name, rec));
+        }
+        Ok(out)
     }
 
     /// Compare-and-set: write `value`/`refs` as version `expected + 1` if the record is at
@@ -250,26 +480,230 @@ impl LocalStore {
         value: Bytes,
         refs: Vec<ObjectId>,
     ) -> Result<u64> {
-        let _ = (name, expected, value, refs);
-        todo!()
+        check_record(name, &value, &refs)?;
+        let sh = &self.shared;
+        let txn = sh.db.begin_write().map_err(|e| sh.ix(e))?;
+        let version = expected.checked_add(1).ok_or_else(|| {
+            StoreError::Refused(format!("record {name:?}: version {expected} cannot grow"))
+        })?;
+        {
+            let mut table = txn.open_table(index::RECORDS).map_err(|e| sh.ix(e))?;
+            let current = record_version(&table, name, &sh.index_path)?;
+            if current != expected {
+                return Err(StoreError::Conflict {
+                    name: name.to_owned(),
+                    expected,
+                    current,
+                });
+            }
+            let enc = index::encode_record(version, &value, &refs);
+            table.insert(name, &enc[..]).map_err(|e| sh.ix(e))?;
+        }
+        txn.commit().map_err(|e| sh.ix(e))?;
+        Ok(version)
     }
 
     /// Replication and repair: store `record` if it is newer than the local version.
     /// Returns whether it was stored. Durable on return.
     pub fn store_record(&self, name: &str, record: Record) -> Result<bool> {
-        let _ = (name, record);
-        todo!()
+        check_record(name, &record.value, &record.refs)?;
+        let sh = &self.shared;
+        let txn = sh.db.begin_write().map_err(|e| sh.ix(e))?;
+        {
+            let mut table = txn.open_table(index::RECORDS).map_err(|e| sh.ix(e))?;
+            let current = record_version(&table, name, &sh.index_path)?;
+            if record.version <= current {
+                return Ok(false);
+            }
+            let enc = index::encode_record(record.version, &record.value, &record.refs);
+            table.insert(name, &enc[..]).map_err(|e| sh.ix(e))?;
+        }
+        txn.commit().map_err(|e| sh.ix(e))?;
+        Ok(true)
     }
 
     /// Usage figures.
     pub fn stats(&self) -> Result<LocalStats> {
-        todo!()
+        let sh = &self.shared;
+        let txn = sh.db.begin_read().map_err(|e| sh.ix(e))?;
+        let objects = txn.open_table(index::OBJECTS).map_err(|e| sh.ix(e))?;
+        let meta = txn.open_table(index::META).map_err(|e| sh.ix(e))?;
+        let segments = txn.open_table(index::SEGMENTS).map_err(|e| sh.ix(e))?;
+        let quarantine = txn.open_table(index::QUARANTINE).map_err(|e| sh.ix(e))?;
+        let records = txn.open_table(index::RECORDS).map_err(|e| sh.ix(e))?;
+        let mut disk_bytes = 0u64;
+        for row in segments.iter().map_err(|e| sh.ix(e))? {
+            let (_, v) = row.map_err(|e| sh.ix(e))?;
+            disk_bytes += v.value().1;
+        }
+        let (fs_total, fs_free) = files::fs_space(&sh.dir)?;
+        Ok(LocalStats {
+            objects: objects.len().map_err(|e| sh.ix(e))?,
+            bytes: index::meta_get(&meta, index::META_BYTES, &sh.index_path)?,
+            disk_bytes,
+            fs_total,
+            fs_free,
+            quarantined: quarantine.len().map_err(|e| sh.ix(e))?,
+            records: records.len().map_err(|e| sh.ix(e))?,
+        })
     }
 
     /// Where the object's content lies on disk: the segment file and the byte offset of its
     /// first byte (for tools and fault-injection tests).
     pub fn locate(&self, id: &ObjectId) -> Result<Option<(PathBuf, u64)>> {
-        let _ = id;
-        todo!()
+        Ok(self
+            .shared
+            .lookup(id)?
+            .map(|l| (files::segment_path(&self.dir, l.seq), l.offset)))
+    }
+
+    // ---- private helpers ----
+
+    /// The largest object it accepts (the configured limit, at most what the record
+    /// format's 32-bit length field holds).
+    pub fn max_object(&self) -> u64 {
+        self.shared.options.max_object.min(u64::from(u32::MAX))
+    }
+
+    /// Queue a request for the writer and wait for its answer.
+    fn submit<T>(&self, make: impl FnOnce(mpsc::SyncSender<T>) -> Request) -> Result<T> {
+        let stopped = || {
+            StoreError::Refused(format!(
+                "store {}: its writer thread has stopped",
+                self.dir.display()
+            ))
+        };
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.tx.send(make(reply)).map_err(|_| stopped())?;
+        answer.recv().map_err(|_| stopped())
+    }
+
+    /// Up to `max` index entries in id order after `after`.
+    fn locations(&self, after: Option<&ObjectId>, max: usize) -> Result<Vec<(ObjectId, Location)>> {
+        let sh = &self.shared;
+        let txn = sh.db.begin_read().map_err(|e| sh.ix(e))?;
+        let table = txn.open_table(index::OBJECTS).map_err(|e| sh.ix(e))?;
+        let lower = match after {
+            Some(a) => Bound::Excluded(a.as_bytes()),
+            None => Bound::Unbounded,
+        };
+        let range = table
+            .range::<&[u8; 32]>((lower, Bound::Unbounded))
+            .map_err(|e| sh.ix(e))?;
+        let mut out = Vec::new();
+        for row in range.take(max) {
+            let (k, v) = row.map_err(|e| sh.ix(e))?;
+            let id = ObjectId(*k.value());
+            let loc = Location::decode(v.value())
+                .ok_or_else(|| index::damaged(&sh.index_path, format!("object {id}")))?;
+            out.push((id, loc));
+        }
+        Ok(out)
     }
 }
+
+impl Drop for LocalStore {
+    fn drop(&mut self) {
+        // The writer commits the index durably (checkpoint at the log's end) and stops.
+        let _ = self.tx.send(Request::Shutdown);
+        if let Some(w) = self.writer.take()
+            && w.join().is_err()
+        {
+            tracing::error!(dir = %self.dir.display(), "the store's writer thread panicked");
+        }
+    }
+}
+
+/// Open (or create) the index, refusing a damaged one with an error rather than a panic.
+fn open_index(path: &Path) -> Result<redb::Database> {
+    let advice = "the object index can be rebuilt from the segments by moving index.redb \
+                  aside (mutable records and the quarantine list live only in the index)";
+    let opened = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        redb::Builder::new()
+            .set_cache_size(INDEX_CACHE)
+            .set_check_integrity_on_open(true)
+            .create(path)
+    }));
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(StoreError::Index {
+            path: path.to_owned(),
+            message: "already open (in use by another process)".to_owned(),
+        }),
+        Ok(Err(e)) => Err(StoreError::Index {
+            path: path.to_owned(),
+            message: format!("cannot open: {e}; {advice}"),
+        }),
+        Err(_) => Err(StoreError::Index {
+            path: path.to_owned(),
+            message: format!("damaged (opening it failed inside redb); {advice}"),
+        }),
+    }
+}
+
+/// Create the tables and check the index format.
+fn init_index(db: &redb::Database, dir: &Path, path: &Path) -> Result<()> {
+    let ix = |e: redb::Error| index::index_err(path, e);
+    let txn = db.begin_write().map_err(|e| ix(e.into()))?;
+    {
+        txn.open_table(index::OBJECTS).map_err(|e| ix(e.into()))?;
+        txn.open_table(index::REFS).map_err(|e| ix(e.into()))?;
+        txn.open_table(index::RECORDS).map_err(|e| ix(e.into()))?;
+        txn.open_table(index::SEGMENTS).map_err(|e| ix(e.into()))?;
+        txn.open_table(index::QUARANTINE)
+            .map_err(|e| ix(e.into()))?;
+        let mut meta = txn.open_table(index::META).map_err(|e| ix(e.into()))?;
+        match index::meta_get(&meta, index::META_FORMAT, path)? {
+            0 => {
+                meta.insert(index::META_FORMAT, index::INDEX_FORMAT)
+                    .map_err(|e| ix(e.into()))?;
+            }
+            index::INDEX_FORMAT => {}
+            other => {
+                return Err(StoreError::Format {
+                    dir: dir.to_owned(),
+                    message: format!(
+                        "index format version {other}; this build understands version {}",
+                        index::INDEX_FORMAT
+                    ),
+                });
+            }
+        }
+    }
+    txn.commit().map_err(|e| ix(e.into()))
+}
+
+/// Refuse unusable record names and oversized values.
+fn check_record(name: &str, value: &[u8], refs: &[ObjectId]) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_RECORD_NAME {
+        return Err(StoreError::Refused(format!(
+            "record name {name:?}: must be 1 to {MAX_RECORD_NAME} bytes"
+        )));
+    }
+    let size = value.len() as u64 + refs.len() as u64 * 32;
+    if size > MAX_RECORD {
+        return Err(StoreError::TooLarge {
+            size,
+            max: MAX_RECORD,
+        });
+    }
+    Ok(())
+}
+
+/// A record's version (0: absent).
+fn record_version(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    name: &str,
+    path: &Path,
+) -> Result<u64> {
+    let got = table.get(name).map_err(|e| index::index_err(path, e))?;
+    match got {
+        None => Ok(0),
+        Some(g) => index::decode_record(g.value())
+            .map(|r| r.version)
+            .ok_or_else(|| index::damaged(path, format!("record {name:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests;
