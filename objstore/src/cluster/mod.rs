@@ -426,7 +426,7 @@ impl Cluster {
                 } else {
                     HostState::Down
                 },
-                rtt_us: h.rtt_us,
+                rtt_us: if h.up { h.rtt_us } else { 0 },
                 stats: h.stats.clone().filter(|_| h.up),
                 error: h.error.clone(),
             });
