@@ -242,3 +242,129 @@ async fn a_corrupt_copy_is_detected_never_served_and_repaired() {
         Ok(bytes) => panic!("served {} bytes of a corrupt object", bytes.len()),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_replicated_and_gc_keeps_exactly_what_they_reach() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("cluster.toml");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    write_membership(
+        &file,
+        2,
+        &[("a", ports[0]), ("b", ports[1]), ("c", ports[2])],
+    );
+    let mut hosts: Vec<Host> = ["a", "b", "c"]
+        .iter()
+        .zip(&ports)
+        .map(|(n, p)| Host::start(n, *p, &tmp.path().join(n), Some(&file), &[]))
+        .collect();
+    let mut clients = Vec::new();
+    for h in &mut hosts {
+        clients.push(h.client().await);
+    }
+    let c0 = clients[0].clone();
+
+    // A tree: 20 leaves under 4 inner nodes under one root, referenced by a record; plus 30
+    // objects nothing references.
+    let mut live = Vec::new();
+    let mut inner = Vec::new();
+    for i in 0..4u64 {
+        let mut children = Vec::new();
+        for j in 0..5u64 {
+            let leaf = PutObject::new(content(100 + i * 10 + j, 3000), Vec::new());
+            c0.put(&leaf, REPLICATED).await.unwrap();
+            children.push(leaf.id);
+            live.push(leaf.id);
+        }
+        let node = PutObject::new(content(200 + i, 500), children);
+        c0.put(&node, REPLICATED).await.unwrap();
+        inner.push(node.id);
+        live.push(node.id);
+    }
+    let root = PutObject::new(content(300, 100), inner);
+    c0.put(&root, REPLICATED).await.unwrap();
+    live.push(root.id);
+    let mut garbage = Vec::new();
+    for n in 0..30u64 {
+        let g = PutObject::new(content(400 + n, 2000), Vec::new());
+        c0.put(&g, REPLICATED).await.unwrap();
+        garbage.push(g.id);
+    }
+
+    // Records: compare-and-set through the cluster; a stale expectation is a conflict that
+    // names the current version; the value reads back through any host.
+    let v1 = c0
+        .cas(
+            "image/root",
+            0,
+            bytes::Bytes::from_static(b"one"),
+            vec![root.id],
+            REPLICATED,
+        )
+        .await
+        .unwrap();
+    assert_eq!(v1, 1);
+    match clients[1]
+        .cas(
+            "image/root",
+            0,
+            bytes::Bytes::from_static(b"stale"),
+            vec![],
+            REPLICATED,
+        )
+        .await
+    {
+        Err(StoreError::Conflict { current, .. }) => assert_eq!(current, 1),
+        other => panic!("a stale compare-and-set must conflict: {other:?}"),
+    }
+    for c in &clients {
+        let r = c.record("image/root", REPLICATED).await.unwrap().unwrap();
+        assert_eq!(
+            (r.version, &r.value[..], &r.refs[..]),
+            (1, &b"one"[..], &[root.id][..])
+        );
+    }
+    // With one replica of the record down, it is still read and advanced.
+    let holders: Vec<usize> = {
+        let mut v = Vec::new();
+        for (i, c) in clients.iter().enumerate() {
+            if c.record("image/root", 0).await.unwrap().is_some() {
+                v.push(i);
+            }
+        }
+        v
+    };
+    assert_eq!(holders.len(), 2, "the record should be on two hosts");
+    let down = holders[0];
+    let other = (0..3).find(|i| *i != down).unwrap();
+    hosts[down].kill();
+    let r = clients[other]
+        .record("image/root", REPLICATED)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.version, 1);
+    hosts[down].restart();
+    clients[down] = hosts[down].client().await;
+    let c0 = clients[0].clone();
+
+    // GC with no grace (stamps are whole seconds: let one pass first): the garbage goes from
+    // every host, everything the record reaches stays, readable.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let msg = clients[other].admin(AdminOp::Gc, 0).await.unwrap();
+    assert_eq!(msg, "gc done: 60 objects deleted", "30 objects x 2 copies");
+    let left = copies(&clients.iter().collect::<Vec<_>>()).await;
+    for id in &garbage {
+        assert!(!left.contains_key(id), "garbage {id} survived GC");
+    }
+    for id in &live {
+        assert_eq!(left.get(id), Some(&2), "live {id} lost copies to GC");
+        c0.get_object(id, REPLICATED).await.unwrap();
+    }
+    // A grace period spares recent garbage.
+    let fresh = PutObject::new(content(999, 100), Vec::new());
+    c0.put(&fresh, REPLICATED).await.unwrap();
+    let msg = c0.admin(AdminOp::Gc, 3600).await.unwrap();
+    assert_eq!(msg, "gc done: 0 objects deleted");
+    assert!(c0.get_object(&fresh.id, REPLICATED).await.is_ok());
+}

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::{Cluster, Host, Peer, blocking, now_secs, peer_client};
+use super::{Cluster, Host, Peer, blocking, peer_client};
 use crate::local::PutObject;
+use crate::local::now_secs;
 use crate::{ObjectId, Result, StoreError};
 
 impl Cluster {
@@ -46,12 +47,7 @@ impl Cluster {
     }
 
     async fn probe_all(&self) {
-        let peers = self
-            .state
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .peers
-            .clone();
+        let peers = self.peers();
         let mut probes = tokio::task::JoinSet::new();
         for p in peers {
             let timeout = self.options.probe_interval.max(Duration::from_secs(2));
@@ -294,12 +290,7 @@ impl Cluster {
     async fn gc_pass(&self, grace: Duration) -> Result<u64> {
         let cutoff = now_secs().saturating_sub(grace.as_secs());
         let mut hosts = vec![Host::Me];
-        let peers = self
-            .state
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .peers
-            .clone();
+        let peers = self.peers();
         for p in peers {
             let h = p.health.lock().unwrap_or_else(|e| e.into_inner());
             if h.lost {

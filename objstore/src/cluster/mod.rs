@@ -14,7 +14,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use envoy_transport::Endpoint;
 use tokio::sync::watch;
@@ -148,13 +148,6 @@ fn record_key(name: &str) -> [u8; 32] {
     h.update(b"envoy record\0");
     h.update(name.as_bytes());
     *h.finalize().as_bytes()
-}
-
-/// Seconds since the Unix epoch.
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// A majority of `r`.
@@ -307,6 +300,15 @@ impl Cluster {
         let n = m.hosts.len();
         self.set_membership(m)?;
         Ok(format!("membership reloaded: {n} hosts"))
+    }
+
+    /// The other hosts of the membership.
+    fn peers(&self) -> Vec<Arc<Peer>> {
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .peers
+            .clone()
     }
 
     fn want_repair(&self) {

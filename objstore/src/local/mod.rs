@@ -30,6 +30,7 @@ use crate::{ObjectId, Result, StoreError};
 use cache::VerifiedCache;
 use index::Location;
 use shared::Shared;
+pub(crate) use shared::now_secs;
 use writer::{Request, Writer};
 
 /// Tunables of a local store.
