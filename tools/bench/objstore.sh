@@ -95,7 +95,9 @@ PY
 objbench() {
     local label=$1 round=$2
     shift 2
-    "$BIN/envoy-bench" objstore --json --drop-caches "$@" >"$OUT/last.json" ||
+    local verify=
+    [ $SMOKE = 1 ] && verify=--verify
+    "$BIN/envoy-bench" objstore --json --drop-caches $verify "$@" >"$OUT/last.json" ||
         die "envoy-bench objstore $* failed"
     python3 - "$OUT/last.json" "$label" "$round" >>"$RESULTS" <<'PY'
 import json, sys

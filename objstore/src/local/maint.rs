@@ -68,15 +68,14 @@ pub(crate) fn compact(store: &LocalStore) -> Result<CompactReport> {
         let mut items = Vec::new();
         let mut bytes = 0u64;
         for &(id, loc) in objs.iter() {
-            let data = match sh.read_at(&loc) {
-                Ok(d) => d,
+            let (data, actual) = match sh.read_at(&loc) {
+                Ok(read) => read,
                 Err(ReadFailure::Missing(detail)) => {
                     set_aside(store, &id, &loc, detail, &mut kept)?;
                     continue;
                 }
                 Err(ReadFailure::Io(e)) => return Err(e),
             };
-            let actual = ObjectId::of(&data);
             if actual != id {
                 let detail = format!(
                     "segment {} offset {} hashes to {actual}",

@@ -333,7 +333,10 @@ impl LocalStore {
             Some(d) => d,
             None => {
                 let d = self.shared.read_verified(id)?;
-                self.shared.cache.insert(*id, d.clone());
+                // Keep it for the next range unless this one took it all.
+                if offset > 0 || count < loc.len {
+                    self.shared.cache.insert(*id, d.clone());
+                }
                 d
             }
         };

@@ -9,7 +9,7 @@
 //! envoy-bench prepare DIR [--meta-files 10000] [--small-files 1000] [--big-mib 1024]
 //! envoy-bench loopback [--seconds S] [--bufsize 1048576] [--json]
 //! envoy-bench objstore (--dir DIR | --endpoint EP [--replicated]) [--size 4194304]
-//!             [--count 256] [--jobs 4] [--drop-caches] [--json]
+//!             [--count 256] [--jobs 4] [--drop-caches] [--verify] [--json]
 //! ```
 //!
 //! Workloads: `metadata` (walk + getattr/stat + clunk of random files of a tree),
@@ -204,6 +204,9 @@ enum Cmd {
         /// Print one JSON object
         #[arg(long)]
         json: bool,
+        /// Re-hash every object read (inside the timed loop)
+        #[arg(long)]
+        verify: bool,
     },
 }
 
@@ -258,6 +261,7 @@ fn main() -> Result<()> {
             jobs,
             drop_caches,
             json,
+            verify,
         }) => {
             let target = match (dir, endpoint) {
                 (Some(d), _) => bench::objstore::ObjTarget::Local(d),
@@ -274,6 +278,7 @@ fn main() -> Result<()> {
                 jobs,
                 drop_caches,
                 json,
+                verify,
             })
         }
         None => run(cli.run),

@@ -47,12 +47,14 @@ Exit status: 0 on success, 1 on any failure (the reason is printed on one line).
 #[command(
     name = "envoy-xl",
     version,
-    about = "Hot-plug 9pfs shares into running Xen guests (xl's p9 devices, without a reboot)",
+    about = "Hot-plug 9pfs shares into running Xen guests (xl's p9 devices, without a reboot); the object layer's status and maintenance",
     long_about = "Hot-plug 9pfs shares into running Xen guests.\n\n\
         `attach` creates the xenstore nodes libxl writes for `p9 = [ \"tag=T,path=P\" ]`; a \
         9pfs backend (envoyd --xen, QEMU or xen-9pfsd) serves the share and the guest mounts it \
         with `mount -t 9p -o trans=xen,version=9p2000.L T /mnt`. `detach` closes and removes a \
-        device like `xl` does; `list` shows every device and both ends' states.",
+        device like `xl` does; `list` shows every device and both ends' states. `storage` shows \
+        the object layer (per-host usage, replica health, scrub progress) through the local \
+        envoyd and starts scrubs, re-replication and GC.",
     after_help = AFTER_HELP
 )]
 struct Cli {
