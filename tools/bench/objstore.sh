@@ -108,9 +108,12 @@ for phase in ("put", "get"):
 PY
 }
 
-# Storage services: one alone (R=1) and a pair (R=2), on loopback.
-P1=$(free_port) PA=$(free_port) PB=$(free_port)
-cat >"$BENCH_DIR/pair.toml" <<EOT
+# Storage services: one alone (R=1) and a pair (R=2), on loopback, with empty stores (started
+# afresh each round so that rounds do not fill the disk).
+start_services() {
+    P1=$(free_port) PA=$(free_port) PB=$(free_port)
+    rm -rf "$BENCH_DIR/solo" "$BENCH_DIR/a" "$BENCH_DIR/b"
+    cat >"$BENCH_DIR/pair.toml" <<EOT
 replicas = 2
 [[host]]
 name = "a"
@@ -119,16 +122,22 @@ storage = "tcp:127.0.0.1:$PA"
 name = "b"
 storage = "tcp:127.0.0.1:$PB"
 EOT
-"$BIN/envoyd" --host solo --data-dir "$BENCH_DIR/solo" --storage "tcp:127.0.0.1:$P1" \
-    >"$OUT/solo.log" 2>&1 &
-PIDS+=($!)
-for h in a b; do
-    port=$PA && [ $h = b ] && port=$PB
-    "$BIN/envoyd" --host $h --data-dir "$BENCH_DIR/$h" --cluster "$BENCH_DIR/pair.toml" \
-        >"$OUT/$h.log" 2>&1 &
+    "$BIN/envoyd" --host solo --data-dir "$BENCH_DIR/solo" --storage "tcp:127.0.0.1:$P1" \
+        >>"$OUT/solo.log" 2>&1 &
     PIDS+=($!)
-done
-wait_port "$P1" && wait_port "$PA" && wait_port "$PB"
+    for h in a b; do
+        "$BIN/envoyd" --host $h --data-dir "$BENCH_DIR/$h" --cluster "$BENCH_DIR/pair.toml" \
+            >>"$OUT/$h.log" 2>&1 &
+        PIDS+=($!)
+    done
+    wait_port "$P1" && wait_port "$PA" && wait_port "$PB"
+}
+stop_services() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    PIDS=()
+    rm -rf "$BENCH_DIR/solo" "$BENCH_DIR/a" "$BENCH_DIR/b"
+}
 
 for round in $(seq 1 "$ROUNDS"); do
     log "round $round/$ROUNDS: fio"
@@ -143,6 +152,7 @@ for round in $(seq 1 "$ROUNDS"); do
         --count "$SMALL_COUNT" --jobs 16
     rm -rf "$BENCH_DIR/local"
     log "round $round/$ROUNDS: services"
+    start_services
     objbench "service R=1 4 MiB, 4 in flight" "$round" --endpoint "tcp:127.0.0.1:$P1" \
         --count "$COUNT" --jobs 4
     objbench "service R=1 4 KiB, 16 in flight" "$round" --endpoint "tcp:127.0.0.1:$P1" \
@@ -151,6 +161,7 @@ for round in $(seq 1 "$ROUNDS"); do
         --replicated --count "$COUNT" --jobs 4
     objbench "service R=2 4 KiB, 16 in flight" "$round" --endpoint "tcp:127.0.0.1:$PA" \
         --replicated --size 4096 --count "$SMALL_COUNT" --jobs 16
+    stop_services
 done
 
 python3 - "$RESULTS" "$OUT/summary.md" <<'PY'
