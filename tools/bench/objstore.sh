@@ -170,18 +170,23 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 out = open(sys.argv[2], "w")
 def emit(s=""):
     print(s); out.write(s + "\n")
-med = {}
+FIO = "fio 4 MiB seq, fsync each"
+by = {}
 for r in rows:
-    med.setdefault((r["label"], r["phase"]), []).append(r)
-fio = {p: statistics.median(x["mb_s"] for x in med[("fio 4 MiB seq, fsync each", p)]) for p in ("put", "get")}
-emit("| run | put MB/s | put ops/s | get MB/s | get ops/s | put / fio write | get / fio read |")
+    by.setdefault((r["label"], r["phase"]), {})[r["round"]] = r
+def ratio(label, phase):
+    # Each round's figure over fio's in the same round; min / median / max of those.
+    rs = [by[(label, phase)][k]["mb_s"] / by[(FIO, phase)][k]["mb_s"]
+          for k in by[(label, phase)] if k in by[(FIO, phase)]]
+    return "%.2f / **%.2f** / %.2f" % (min(rs), statistics.median(rs), max(rs))
+emit("| run | put MB/s | put ops/s | get MB/s | get ops/s | put / fio write (min / **median** / max) | get / fio read |")
 emit("| --- | --- | --- | --- | --- | --- | --- |")
 for label in dict.fromkeys(r["label"] for r in rows):
-    p, g = med[(label, "put")], med[(label, "get")]
-    pm, gm = statistics.median(x["mb_s"] for x in p), statistics.median(x["mb_s"] for x in g)
-    po, go = statistics.median(x["ops_s"] for x in p), statistics.median(x["ops_s"] for x in g)
-    ratio = label.startswith("fio") or "4 MiB" in label
-    emit("| %s | %.0f | %.0f | %.0f | %.0f | %s | %s |" % (label, pm, po, gm, go,
-         "%.2f" % (pm / fio["put"]) if ratio else "-", "%.2f" % (gm / fio["get"]) if ratio else "-"))
+    p, g = by[(label, "put")].values(), by[(label, "get")].values()
+    med = lambda xs, k: statistics.median(x[k] for x in xs)
+    big = label != FIO and "4 MiB" in label
+    emit("| %s | %.0f | %.0f | %.0f | %.0f | %s | %s |" % (label, med(p, "mb_s"), med(p, "ops_s"),
+         med(g, "mb_s"), med(g, "ops_s"), ratio(label, "put") if big else "-",
+         ratio(label, "get") if big else "-"))
 PY
 log "results in $OUT (summary.md)"

@@ -122,19 +122,23 @@ impl Cluster {
             .iter()
             .map(|h| self.name(h).to_owned())
             .collect();
-        // Nearest first: this host if it should hold a copy, then up hosts in the object's
-        // order, hosts known to be down last.
-        let me_first = !skip_me && placement[..r].iter().any(|h| matches!(h, Host::Me));
-        let mut order: Vec<Host> = Vec::with_capacity(placement.len());
-        if me_first {
-            order.push(Host::Me);
-        }
-        let (up, down): (Vec<Host>, Vec<Host>) = placement
+        // Nearest first: this host if it holds a copy, then the other replicas that are up,
+        // fastest (by probe round trip) first, then any other up host (a stand-in may hold
+        // it), hosts known to be down last.
+        let mut rest = placement;
+        let mut replicas: Vec<Host> = rest.drain(..r).collect();
+        replicas.sort_by_key(|h| match h {
+            Host::Me => 0,
+            Host::Peer(p) => {
+                1 + u64::from(p.health.lock().unwrap_or_else(|e| e.into_inner()).rtt_us)
+            }
+        });
+        let (up, down): (Vec<Host>, Vec<Host>) = replicas
             .into_iter()
-            .filter(|h| !matches!(h, Host::Me) || !(skip_me || me_first))
+            .chain(rest)
+            .filter(|h| !(skip_me && matches!(h, Host::Me)))
             .partition(Self::is_up);
-        order.extend(up);
-        order.extend(down);
+        let order: Vec<Host> = up.into_iter().chain(down).collect();
         let mut missing = Vec::new();
         let mut corrupt = Vec::new();
         let mut failures = Vec::new();
