@@ -325,6 +325,53 @@ async fn malformed_frames_and_false_hashes_are_refused() {
     assert!(host.exited().is_none(), "envoyd died: {}", host.log_tail());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_replies_cannot_grow_the_service() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut host = Host::start("solo", port, &tmp.path().join("solo"), None, &[]);
+    let good = host.client().await;
+    let big = PutObject::new(content(5, 16 << 20), Vec::new());
+    good.put(&big, 0).await.unwrap();
+    let before = host.rss_kib().expect("rss");
+    // 400 reads of 16 MiB (6.4 GB of replies) sent without reading one: the service must stop
+    // reading from this connection once its budget of held replies is spent.
+    let mut greedy = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let v = Request::Version {
+        msize: wire::MAX_MSIZE,
+        version: wire::VERSION.into(),
+    };
+    greedy.write_all(&v.encode(NOTAG)).await.unwrap();
+    let mut sent = 0;
+    for tag in 0..400u16 {
+        let get = Request::Get {
+            flags: 0,
+            id: big.id,
+            offset: 0,
+            count: 16 << 20,
+        };
+        match tokio::time::timeout(Duration::from_secs(2), greedy.write_all(&get.encode(tag))).await
+        {
+            Ok(Ok(())) => sent += 1,
+            _ => break, // the service stopped reading: the point of the test
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = host.rss_kib().expect("rss");
+    assert!(
+        after < before + 600 * 1024,
+        "envoyd grew from {before} KiB to {after} KiB for one client that never reads ({sent} requests sent)"
+    );
+    // Other clients are still served.
+    let small = PutObject::new(content(6, 1000), Vec::new());
+    good.put(&small, 0).await.unwrap();
+    assert_eq!(good.get_object(&small.id, 0).await.unwrap(), small.data);
+    drop(greedy);
+    assert!(host.exited().is_none(), "envoyd died: {}", host.log_tail());
+}
+
 /// A tmpfs mounted for the test, unmounted on drop.
 struct Tmpfs(std::path::PathBuf);
 

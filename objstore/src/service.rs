@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use envoy_transport::{Channel, FrameRx, FrameTx, Listener};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::cluster::{Cluster, blocking};
@@ -64,6 +64,14 @@ fn budget_units(bytes: usize) -> u32 {
     (bytes / 1024 + 1).min(u32::MAX as usize) as u32
 }
 
+impl ServiceConfig {
+    /// The budget units of `bytes`, never more than the whole budget (so one large request
+    /// waits for the others to finish rather than forever).
+    fn units(&self, bytes: usize) -> u32 {
+        budget_units(bytes).min(budget_units(self.max_held))
+    }
+}
+
 impl StorageService {
     /// Serve `cluster` (and its local store).
     pub fn new(cluster: Arc<Cluster>, config: ServiceConfig) -> StorageService {
@@ -102,9 +110,21 @@ impl StorageService {
     pub async fn serve_channel<R: FrameRx, T: FrameTx>(self, channel: Channel<R, T>) {
         let Channel { mut rx, tx, peer } = channel;
         debug!(%peer, "storage connection");
-        let (replies, to_send) = mpsc::unbounded_channel::<Bytes>();
+        // Every reply holds budget until it is written, so a client that sends and never
+        // reads stops being read from (TCP pushes back) instead of growing the queue.
+        let (replies, to_send) = mpsc::unbounded_channel::<Outgoing>();
         let writer = tokio::spawn(write_replies(tx, to_send));
         let budget = Arc::new(Semaphore::new(budget_units(self.config.max_held) as usize));
+        let units = |bytes: usize| self.config.units(bytes);
+        let queue = |frame: Bytes| {
+            let (budget, replies) = (budget.clone(), replies.clone());
+            async move {
+                match budget.acquire_many_owned(units(frame.len())).await {
+                    Ok(permit) => replies.send((frame, permit)).is_ok(),
+                    Err(_) => false,
+                }
+            }
+        };
         let mut staging: HashMap<ObjectId, Staging> = HashMap::new();
         let mut staged = 0usize;
         let mut versioned = false;
@@ -124,7 +144,7 @@ impl StorageService {
                 Ok(r) => r,
                 Err(e) => {
                     let tag = wire::peek_tag(&frame).unwrap_or(NOTAG);
-                    let _ = replies.send(Reply::error(&e).encode(ty, tag));
+                    queue(Reply::error(&e).encode(ty, tag)).await;
                     continue;
                 }
             };
@@ -150,12 +170,12 @@ impl StorageService {
                         version: "unknown".into(),
                     }
                 };
-                let _ = replies.send(reply.encode(ty, tag));
+                queue(reply.encode(ty, tag)).await;
                 continue;
             }
             if !versioned {
                 let e = StoreError::Protocol("Tversion must come first".into());
-                let _ = replies.send(Reply::error(&e).encode(ty, tag));
+                queue(Reply::error(&e).encode(ty, tag)).await;
                 continue;
             }
             // Pieces of a large object are gathered here, in order, before it is stored.
@@ -179,7 +199,7 @@ impl StorageService {
                         data,
                     ) {
                         Err(e) => {
-                            let _ = replies.send(Reply::error(&e).encode(ty, tag));
+                            queue(Reply::error(&e).encode(ty, tag)).await;
                             continue;
                         }
                         Ok(None) => {
@@ -187,7 +207,7 @@ impl StorageService {
                                 outcome: PutOutcome::Stored,
                                 copies: 0,
                             };
-                            let _ = replies.send(reply.encode(ty, tag));
+                            queue(reply.encode(ty, tag)).await;
                             continue;
                         }
                         Ok(Some(whole)) => whole,
@@ -195,19 +215,28 @@ impl StorageService {
                 }
                 other => other,
             };
-            let units = budget_units(size.max(match &request {
-                Request::Put { data, .. } => data.len(),
-                _ => 0,
-            }));
-            let Ok(permit) = budget.clone().acquire_many_owned(units).await else {
+            // Held from here until the reply is written: the request's bytes or the most its
+            // reply can take, whichever is more.
+            let reply_room = match &request {
+                Request::Get { count, .. } => (*count).min(msize) as usize,
+                Request::List { .. }
+                | Request::Refs { .. }
+                | Request::Records { .. }
+                | Request::Cluster => msize as usize,
+                _ => 1024,
+            };
+            let Ok(permit) = budget
+                .clone()
+                .acquire_many_owned(units(size.max(reply_room)))
+                .await
+            else {
                 break;
             };
             let this = self.clone();
             let replies = replies.clone();
             tokio::spawn(async move {
                 let reply = this.handle(request, msize).await;
-                let _ = replies.send(reply.encode(ty, tag));
-                drop(permit);
+                let _ = replies.send((reply.encode(ty, tag), permit));
             });
         }
         drop(replies);
@@ -472,13 +501,21 @@ impl StorageService {
     }
 }
 
-async fn write_replies<T: FrameTx>(mut tx: T, mut replies: mpsc::UnboundedReceiver<Bytes>) {
+/// A reply frame and the budget it holds until written.
+type Outgoing = (Bytes, OwnedSemaphorePermit);
+
+async fn write_replies<T: FrameTx>(mut tx: T, mut replies: mpsc::UnboundedReceiver<Outgoing>) {
     let mut batch = Vec::new();
-    while let Some(frame) = replies.recv().await {
+    let mut held = Vec::new();
+    while let Some((frame, permit)) = replies.recv().await {
         batch.push(frame);
+        held.push(permit);
         while batch.len() < 64 {
             match replies.try_recv() {
-                Ok(f) => batch.push(f),
+                Ok((f, p)) => {
+                    batch.push(f);
+                    held.push(p);
+                }
                 Err(_) => break,
             }
         }
@@ -486,6 +523,7 @@ async fn write_replies<T: FrameTx>(mut tx: T, mut replies: mpsc::UnboundedReceiv
             debug!(error = %e, "storage: cannot send replies");
             return;
         }
+        held.clear();
     }
     let _ = tx.close().await;
 }

@@ -96,6 +96,16 @@ impl Host {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
+    /// Its resident memory in KiB (from /proc), while it runs.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     /// The tail of its log, for failure messages.
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.data.join("envoyd.log")).unwrap_or_default();
