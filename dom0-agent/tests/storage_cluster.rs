@@ -12,7 +12,7 @@ use envoy_objstore::wire::{AdminOp, HostState, REPLICATED};
 use envoy_objstore::{
     ErrorCode, LocalStore, ObjectId, PutObject, StorageClient, StoreError, StoreOptions,
 };
-use support::storage::{Host, content, free_port, write_membership};
+use support::storage::{Host, content, free_port, three_hosts, write_membership};
 
 /// How many hosts' stores hold each object.
 async fn copies(clients: &[&StorageClient]) -> HashMap<ObjectId, usize> {
@@ -155,23 +155,8 @@ fn flip_byte(store_dir: &std::path::Path, id: &ObjectId) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_copy_is_detected_never_served_and_repaired() {
     let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("cluster.toml");
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let names = ["a", "b", "c"];
-    write_membership(
-        &file,
-        2,
-        &[("a", ports[0]), ("b", ports[1]), ("c", ports[2])],
-    );
-    let mut hosts: Vec<Host> = names
-        .iter()
-        .zip(&ports)
-        .map(|(n, p)| Host::start(n, *p, &tmp.path().join(n), Some(&file), &[]))
-        .collect();
-    let mut clients = Vec::new();
-    for h in &mut hosts {
-        clients.push(h.client().await);
-    }
+    let (mut hosts, mut clients) = three_hosts(tmp.path()).await;
     let data = content(7, 100_000);
     let object = PutObject::new(data.clone(), Vec::new());
     let id = object.id;
@@ -246,22 +231,7 @@ async fn a_corrupt_copy_is_detected_never_served_and_repaired() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_are_replicated_and_gc_keeps_exactly_what_they_reach() {
     let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("cluster.toml");
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    write_membership(
-        &file,
-        2,
-        &[("a", ports[0]), ("b", ports[1]), ("c", ports[2])],
-    );
-    let mut hosts: Vec<Host> = ["a", "b", "c"]
-        .iter()
-        .zip(&ports)
-        .map(|(n, p)| Host::start(n, *p, &tmp.path().join(n), Some(&file), &[]))
-        .collect();
-    let mut clients = Vec::new();
-    for h in &mut hosts {
-        clients.push(h.client().await);
-    }
+    let (mut hosts, mut clients) = three_hosts(tmp.path()).await;
     let c0 = clients[0].clone();
 
     // A tree: 20 leaves under 4 inner nodes under one root, referenced by a record; plus 30

@@ -212,31 +212,22 @@ async fn malformed_frames_and_false_hashes_are_refused() {
         error_code(&mut s, &piece.encode(7), 7).await,
         ErrorCode::Protocol
     );
-    // A put whose content does not hash to its claimed id: refused, nothing stored.
-    let liar = Request::Put {
-        flags: 0,
-        id: ObjectId::of(b"the truth"),
-        total: 5,
-        offset: 0,
-        refs: Vec::new(),
-        data: Bytes::from_static(b"a lie"),
-    };
-    assert_eq!(
-        error_code(&mut s, &liar.encode(8), 8).await,
-        ErrorCode::HashMismatch
-    );
-    let liar_replicated = Request::Put {
-        flags: wire::REPLICATED,
-        id: ObjectId::of(b"the truth"),
-        total: 5,
-        offset: 0,
-        refs: Vec::new(),
-        data: Bytes::from_static(b"a lie"),
-    };
-    assert_eq!(
-        error_code(&mut s, &liar_replicated.encode(9), 9).await,
-        ErrorCode::HashMismatch
-    );
+    // A put whose content does not hash to its claimed id: refused (locally and for the
+    // cluster), nothing stored.
+    for (tag, flags) in [(8, 0), (9, wire::REPLICATED)] {
+        let liar = Request::Put {
+            flags,
+            id: ObjectId::of(b"the truth"),
+            total: 5,
+            offset: 0,
+            refs: Vec::new(),
+            data: Bytes::from_static(b"a lie"),
+        };
+        assert_eq!(
+            error_code(&mut s, &liar.encode(tag), tag).await,
+            ErrorCode::HashMismatch
+        );
+    }
     assert_eq!(
         good.has(&[ObjectId::of(b"the truth")]).await.unwrap(),
         vec![false]

@@ -160,6 +160,25 @@ pub fn write_membership(path: &Path, replicas: usize, hosts: &[(&str, u16)]) {
     std::fs::write(path, s).expect("write membership");
 }
 
+/// Hosts `a`, `b`, `c` in one cluster with R = 2 (membership file `DIR/cluster.toml`, data
+/// in `DIR/NAME`), and a client of each once they answer.
+pub async fn three_hosts(dir: &Path) -> (Vec<Host>, Vec<StorageClient>) {
+    let file = dir.join("cluster.toml");
+    let names = ["a", "b", "c"];
+    let ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
+    let members: Vec<(&str, u16)> = names.iter().copied().zip(ports.iter().copied()).collect();
+    write_membership(&file, 2, &members);
+    let mut hosts: Vec<Host> = members
+        .iter()
+        .map(|(n, p)| Host::start(n, *p, &dir.join(n), Some(&file), &[]))
+        .collect();
+    let mut clients = Vec::new();
+    for h in &mut hosts {
+        clients.push(h.client().await);
+    }
+    (hosts, clients)
+}
+
 /// Deterministic test content of `len` bytes for seed `n`.
 pub fn content(n: u64, len: usize) -> bytes::Bytes {
     let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
