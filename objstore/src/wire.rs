@@ -11,22 +11,22 @@
 //!
 //! | T | fields | R | fields |
 //! | --- | --- | --- | --- |
-//! | 100 Tversion | msize[4] version[s] | 101 | msize[4] version[s] |
-//! | | | 107 Rerror | code[1] version[8] message[s] |
-//! | 130 Tput | flags[1] id[32] total[8] offset[8] refs[n] data | 131 | outcome[1] copies[1] |
-//! | 132 Tget | flags[1] id[32] offset[8] count[4] | 133 | total[8] data |
-//! | 134 Thas | ids[n] | 135 | present[n] (one byte each) |
-//! | 136 Tlist | after?[1] after[32] max[4] | 137 | more[1] n[4]×(id[32] size[8] stamp[8]) |
-//! | 138 Trefs | ids[n] | 139 | n × refs[n] |
-//! | 140 Tdelete | cutoff[8] ids[n] | 141 | deleted[8] |
-//! | 142 Trecord | flags[1] name[s] | 143 | present[1] record |
-//! | 144 Tcas | flags[1] name[s] expected[8] refs[n] value | 145 | version[8] |
-//! | 146 Tstorerecord | name[s] record | 147 | stored[1] |
-//! | 148 Trecords | after[s] max[4] | 149 | more[1] n[4]×(name[s] record) |
+//! | 100 Tversion | `msize[4] version[s]` | 101 | `msize[4] version[s]` |
+//! |  |  | 107 Rerror | `code[1] version[8] message[s]` |
+//! | 130 Tput | `flags[1] id[32] total[8] offset[8] refs[n] data` | 131 | `outcome[1] copies[1]` |
+//! | 132 Tget | `flags[1] id[32] offset[8] count[4]` | 133 | `total[8] data` |
+//! | 134 Thas | `ids[n]` | 135 | `present[n] (one byte each)` |
+//! | 136 Tlist | `after?[1] after[32] max[4]` | 137 | `more[1] n[4]×(id[32] size[8] stamp[8])` |
+//! | 138 Trefs | `ids[n]` | 139 | `n × refs[n]` |
+//! | 140 Tdelete | `cutoff[8] ids[n]` | 141 | `deleted[8]` |
+//! | 142 Trecord | `flags[1] name[s]` | 143 | `present[1] record` |
+//! | 144 Tcas | `flags[1] name[s] expected[8] refs[n] value` | 145 | `version[8]` |
+//! | 146 Tstorerecord | `name[s] record` | 147 | `stored[1]` |
+//! | 148 Trecords | `after[s] max[4]` | 149 | `more[1] n[4]×(name[s] record)` |
 //! | 150 Tstats | — | 151 | host stats |
-//! | 152 Tcluster | — | 153 | replicas[1] n × host view |
-//! | 154 Tadmin | op[1] arg[8] | 155 | message[s] |
-//! | 156 Treplicas | id[32] | 157 | hosts: n × name[s] |
+//! | 152 Tcluster | — | 153 | `replicas[1] n × host view` |
+//! | 154 Tadmin | `op[1] arg[8]` | 155 | `message[s]` |
+//! | 156 Treplicas | `id[32]` | 157 | `hosts: n × name[s]` |
 //!
 //! A record is `version[8] refs[n] vlen[4] value[vlen]`. A put of an object larger than one
 //! frame is sent as several `Tput`s of the same id, `offset` rising from 0 to `total`, in
