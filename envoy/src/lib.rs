@@ -12,6 +12,7 @@
 
 pub mod bufpool;
 pub mod export;
+pub mod image;
 pub mod paths;
 pub mod server;
 pub mod session;

@@ -1,0 +1,9 @@
+//! The `image` backend: Envoy file systems on the object layer (work in progress, issue 9).
+//!
+//! An image's state is a tree of immutable, content-addressed objects, so a snapshot is a root
+//! id and a fork is a new image starting from one. The pieces so far: [`objects`] (what the
+//! backend needs of the object layer) and [`btree`] (the copy-on-write tree every part of an
+//! image — inode table, directories, block maps — is made of).
+
+pub mod btree;
+pub mod objects;
