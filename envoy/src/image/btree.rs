@@ -472,7 +472,7 @@ mod tests {
                 x ^= x >> 7;
                 x ^= x << 17;
                 let key = x % 5000;
-                if x % 5 == 0 {
+                if x.is_multiple_of(5) {
                     assert_eq!(t.remove(&s, key).unwrap(), model.remove(&key));
                 } else {
                     let v = val(key ^ round, (x % 200) as usize);
