@@ -6,4 +6,6 @@
 //! image — inode table, directories, block maps — is made of).
 
 pub mod btree;
+pub mod engine;
+pub mod inode;
 pub mod objects;
