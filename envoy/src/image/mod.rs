@@ -2,10 +2,13 @@
 //!
 //! An image's state is a tree of immutable, content-addressed objects, so a snapshot is a root
 //! id and a fork is a new image starting from one. The pieces so far: [`objects`] (what the
-//! backend needs of the object layer) and [`btree`] (the copy-on-write tree every part of an
-//! image — inode table, directories, block maps — is made of).
+//! backend needs of the object layer), [`btree`] (the copy-on-write tree every part of an
+//! image — inode table, directories, block maps — is made of), [`inode`] (what the trees
+//! hold), [`engine`] (one image's working copy: per-block copy on write, commit to a root) and
+//! [`fs`] (an image served through the `FileSystem` trait, committed on fsync and close).
 
 pub mod btree;
 pub mod engine;
+pub mod fs;
 pub mod inode;
 pub mod objects;

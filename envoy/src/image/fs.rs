@@ -1,0 +1,752 @@
+//! One image served through the [`FileSystem`] trait: the engine behind a lock, Unix
+//! permission checks, and commits that make changes durable.
+//!
+//! The image's current root is the record `image/NAME`; a commit writes the engine's changes
+//! and compare-and-sets the record to the new root, so a crash leaves the image at its last
+//! commit. Commits happen on fsync, on the clunk of a file that was written, and whenever more
+//! than [`COMMIT_BYTES`] of file data are dirty (so memory stays bounded). An image opened
+//! read-only (a snapshot) refuses every change with EROFS.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use envoy_objstore::ObjectId;
+use envoy_protocol::Qid;
+
+use super::engine::{BLOCK, Engine, NewNode, ROOT_INO};
+use super::inode::{Content, Inode};
+use super::objects::Objects;
+use crate::vfs::{
+    Attr, Creds, DirEntry, Errno, FileSystem, NodeKind, Result, SetAttr, SetTime, StatFs,
+};
+
+/// Dirty file data past which a commit happens on its own.
+pub const COMMIT_BYTES: usize = 64 << 20;
+
+/// The record naming an image's current root.
+pub fn record_name(image: &str) -> String {
+    format!("image/{image}")
+}
+
+struct State {
+    engine: Engine,
+    /// The record's version at the last commit.
+    version: u64,
+    /// Changed since the last commit.
+    dirty: bool,
+}
+
+struct Shared {
+    store: Arc<dyn Objects>,
+    record: String,
+    state: Mutex<State>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Commit the engine and point the record at the new root.
+    fn commit(&self, st: &mut State) -> Result<()> {
+        commit_state(&*self.store, &self.record, st)
+    }
+}
+
+impl Drop for Shared {
+    /// The last user is gone (envoyd stopping): commit what is left.
+    fn drop(&mut self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let st = &mut *st;
+        if st.dirty
+            && let Err(e) = commit_state(&*self.store, &self.record, st)
+        {
+            tracing::error!(record = %self.record, errno = %e, "image: final commit failed");
+        }
+    }
+}
+
+/// Commit the engine and point the record at the new root.
+fn commit_state(store: &dyn Objects, record: &str, st: &mut State) -> Result<()> {
+    if !st.dirty {
+        return Ok(());
+    }
+    let root = st.engine.commit()?;
+    let version = store
+        .cas(
+            record,
+            st.version,
+            Bytes::copy_from_slice(&root.0),
+            vec![root],
+        )
+        .map_err(|e| {
+            tracing::error!(%record, error = %e, "image: cannot record the new root");
+            Errno::EIO
+        })?;
+    st.version = version;
+    st.dirty = false;
+    Ok(())
+}
+
+/// An image served over 9P (see the module docs).
+pub struct ImageFs {
+    shared: Arc<Shared>,
+    read_only: bool,
+}
+
+/// A walked location: the inode and the directories above it (for `..` and names).
+#[derive(Clone, Debug)]
+pub struct ImageNode {
+    path: Arc<Vec<(u64, String)>>,
+}
+
+impl ImageNode {
+    fn root() -> ImageNode {
+        ImageNode {
+            path: Arc::new(vec![(ROOT_INO, String::new())]),
+        }
+    }
+
+    fn ino(&self) -> u64 {
+        self.path.last().map_or(ROOT_INO, |p| p.0)
+    }
+
+    fn child(&self, ino: u64, name: &str) -> ImageNode {
+        let mut p = (*self.path).clone();
+        p.push((ino, name.to_owned()));
+        ImageNode { path: Arc::new(p) }
+    }
+
+    fn parent(&self) -> ImageNode {
+        let mut p = (*self.path).clone();
+        if p.len() > 1 {
+            p.pop();
+        }
+        ImageNode { path: Arc::new(p) }
+    }
+}
+
+/// An open file or directory of an image.
+pub struct ImageFile {
+    ino: u64,
+    readable: bool,
+    writable: bool,
+    append: bool,
+    written: AtomicBool,
+    shared: Arc<Shared>,
+}
+
+impl Drop for ImageFile {
+    /// A written file is committed when it is closed (clunk): close after write is durable.
+    fn drop(&mut self) {
+        if self.written.load(Ordering::Acquire) {
+            let mut st = self.shared.lock();
+            if let Err(e) = self.shared.commit(&mut st) {
+                tracing::error!(ino = self.ino, errno = %e, "image: commit at close failed");
+            }
+        }
+    }
+}
+
+fn qid(ino: u64, node: &Inode) -> Qid {
+    let ty = match node.mode & libc::S_IFMT {
+        libc::S_IFDIR => envoy_protocol::consts::QTDIR,
+        libc::S_IFLNK => envoy_protocol::consts::QTSYMLINK,
+        _ => 0,
+    };
+    Qid {
+        ty,
+        version: node.version as u32,
+        path: ino,
+    }
+}
+
+const R: u32 = 4;
+const W: u32 = 2;
+const X: u32 = 1;
+
+/// Unix permission check of `want` (R/W/X bits) on `node` for `creds`.
+fn may(creds: &Creds, node: &Inode, want: u32) -> Result<()> {
+    if creds.uid == 0 {
+        // Root may do anything but execute a file nobody may execute.
+        let is_dir = node.mode & libc::S_IFMT == libc::S_IFDIR;
+        if want & X != 0 && !is_dir && node.mode & 0o111 == 0 {
+            return Err(Errno::EACCES);
+        }
+        return Ok(());
+    }
+    let bits = if creds.uid == node.uid {
+        node.mode >> 6
+    } else if creds.in_group(node.gid) {
+        node.mode >> 3
+    } else {
+        node.mode
+    } & 7;
+    if bits & want == want {
+        Ok(())
+    } else {
+        Err(Errno::EACCES)
+    }
+}
+
+fn time_of(t: SetTime) -> (u64, u32) {
+    match t {
+        SetTime::At(s, ns) => (s, ns as u32),
+        SetTime::Now => {
+            let d = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            (d.as_secs(), d.subsec_nanos())
+        }
+    }
+}
+
+impl ImageFs {
+    /// Create image `name` (an empty root directory owned by `uid`/`gid`); fails with
+    /// EEXIST if it exists.
+    pub fn create(store: Arc<dyn Objects>, name: &str, uid: u32, gid: u32) -> Result<ImageFs> {
+        let record = record_name(name);
+        if store.record(&record).map_err(|_| Errno::EIO)?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let engine = Engine::format(store.clone(), uid, gid, 0o755)?;
+        let fs = ImageFs {
+            shared: Arc::new(Shared {
+                store,
+                record,
+                state: Mutex::new(State {
+                    engine,
+                    version: 0,
+                    dirty: true,
+                }),
+            }),
+            read_only: false,
+        };
+        {
+            let mut st = fs.shared.lock();
+            fs.shared.commit(&mut st)?;
+        }
+        Ok(fs)
+    }
+
+    /// Serve image `name` from its last commit (ENOENT if there is none).
+    pub fn open(store: Arc<dyn Objects>, name: &str, read_only: bool) -> Result<ImageFs> {
+        let record = record_name(name);
+        let rec = store
+            .record(&record)
+            .map_err(|_| Errno::EIO)?
+            .ok_or(Errno::ENOENT)?;
+        let root = ObjectId(<[u8; 32]>::try_from(&rec.value[..]).map_err(|_| Errno::EIO)?);
+        let engine = Engine::open(store.clone(), &root)?;
+        Ok(ImageFs {
+            shared: Arc::new(Shared {
+                store,
+                record,
+                state: Mutex::new(State {
+                    engine,
+                    version: rec.version,
+                    dirty: false,
+                }),
+            }),
+            read_only,
+        })
+    }
+
+    /// Commit now (what fsync does).
+    pub fn sync(&self) -> Result<()> {
+        let mut st = self.shared.lock();
+        self.shared.commit(&mut st)
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.read_only {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Run a change under the lock, marking the image dirty.
+    fn change<T>(&self, f: impl FnOnce(&mut Engine) -> Result<T>) -> Result<T> {
+        self.writable()?;
+        let mut st = self.shared.lock();
+        let out = f(&mut st.engine)?;
+        st.dirty = true;
+        if st.engine.dirty_bytes() > COMMIT_BYTES {
+            self.shared.commit(&mut st)?;
+        }
+        Ok(out)
+    }
+
+    fn make(
+        &self,
+        creds: &Creds,
+        dir: &ImageNode,
+        name: &str,
+        new: NewNode<'_>,
+    ) -> Result<(u64, Inode)> {
+        self.change(|e| {
+            let parent = e.inode(dir.ino())?;
+            may(creds, &parent, W | X)?;
+            let ino = e.create(dir.ino(), name, &new)?;
+            Ok((ino, e.inode(ino)?))
+        })
+    }
+}
+
+fn attr(ino: u64, n: &Inode) -> Attr {
+    let t = |i: usize| (n.times[i].0, u64::from(n.times[i].1));
+    Attr {
+        qid: qid(ino, n),
+        mode: n.mode,
+        uid: n.uid,
+        gid: n.gid,
+        nlink: u64::from(n.nlink),
+        rdev: n.rdev,
+        size: n.size,
+        blksize: BLOCK as u64,
+        blocks: n.size.div_ceil(512),
+        atime: t(0),
+        mtime: t(1),
+        ctime: t(2),
+        btime: None,
+    }
+}
+
+impl FileSystem for ImageFs {
+    type Node = ImageNode;
+    type File = ImageFile;
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn attach(&self, _creds: &Creds, aname: &str) -> Result<(ImageNode, Qid)> {
+        if !aname.trim_matches('/').is_empty() {
+            return Err(Errno::ENOENT);
+        }
+        let mut st = self.shared.lock();
+        let root = st.engine.inode(ROOT_INO)?;
+        Ok((ImageNode::root(), qid(ROOT_INO, &root)))
+    }
+
+    fn walk(
+        &self,
+        creds: &Creds,
+        from: &ImageNode,
+        names: &[String],
+    ) -> (Vec<(ImageNode, Qid)>, Option<Errno>) {
+        let mut st = self.shared.lock();
+        let mut out = Vec::with_capacity(names.len());
+        let mut cur = from.clone();
+        for name in names {
+            let step = (|| -> Result<ImageNode> {
+                let here = st.engine.inode(cur.ino())?;
+                if here.mode & libc::S_IFMT != libc::S_IFDIR {
+                    return Err(Errno::ENOTDIR);
+                }
+                may(creds, &here, X)?;
+                match name.as_str() {
+                    "." => Ok(cur.clone()),
+                    ".." => Ok(cur.parent()),
+                    n if n.is_empty() || n.contains('/') => Err(Errno::EINVAL),
+                    n => {
+                        let e = st.engine.lookup(cur.ino(), n)?.ok_or(Errno::ENOENT)?;
+                        Ok(cur.child(e.ino, n))
+                    }
+                }
+            })();
+            match step.and_then(|next| Ok((st.engine.inode(next.ino())?, next))) {
+                Ok((node, next)) => {
+                    out.push((next.clone(), qid(next.ino(), &node)));
+                    cur = next;
+                }
+                Err(e) => return (out, Some(e)),
+            }
+        }
+        (out, None)
+    }
+
+    fn name(&self, node: &ImageNode) -> String {
+        match node.path.last() {
+            Some((_, n)) if !n.is_empty() => n.clone(),
+            _ => "/".to_owned(),
+        }
+    }
+
+    fn getattr(&self, _creds: &Creds, node: &ImageNode, _file: Option<&ImageFile>) -> Result<Attr> {
+        let mut st = self.shared.lock();
+        let n = st.engine.inode(node.ino())?;
+        Ok(attr(node.ino(), &n))
+    }
+
+    fn setattr(
+        &self,
+        creds: &Creds,
+        node: &ImageNode,
+        _file: Option<&ImageFile>,
+        set: &SetAttr,
+    ) -> Result<()> {
+        let ino = node.ino();
+        self.change(|e| {
+            let n = e.inode(ino)?;
+            let owner = creds.uid == 0 || creds.uid == n.uid;
+            if set.mode.is_some() && !owner {
+                return Err(Errno::EPERM);
+            }
+            if let Some(uid) = set.uid
+                && uid != n.uid
+                && creds.uid != 0
+            {
+                return Err(Errno::EPERM);
+            }
+            if let Some(gid) = set.gid
+                && gid != n.gid
+                && !(creds.uid == 0 || (owner && creds.in_group(gid)))
+            {
+                return Err(Errno::EPERM);
+            }
+            let explicit_time = matches!(set.atime, Some(SetTime::At(..)))
+                || matches!(set.mtime, Some(SetTime::At(..)));
+            if explicit_time && !owner {
+                return Err(Errno::EPERM);
+            }
+            if (set.atime.is_some() || set.mtime.is_some()) && !owner {
+                may(creds, &n, W)?;
+            }
+            if let Some(size) = set.size {
+                if n.mode & libc::S_IFMT == libc::S_IFDIR {
+                    return Err(Errno::EISDIR);
+                }
+                may(creds, &n, W)?;
+                e.truncate(ino, size)?;
+            }
+            e.update(ino, |n| {
+                if let Some(m) = set.mode {
+                    n.mode = (n.mode & libc::S_IFMT) | (m & 0o7777);
+                }
+                if let Some(u) = set.uid {
+                    n.uid = u;
+                }
+                if let Some(g) = set.gid {
+                    n.gid = g;
+                }
+                if let Some(t) = set.atime {
+                    n.times[0] = time_of(t);
+                }
+                if let Some(t) = set.mtime {
+                    n.times[1] = time_of(t);
+                }
+            })?;
+            Ok(())
+        })
+    }
+
+    fn open(&self, creds: &Creds, node: &ImageNode, flags: i32) -> Result<(ImageFile, Qid)> {
+        let ino = node.ino();
+        let acc = flags & libc::O_ACCMODE;
+        let readable = acc == libc::O_RDONLY || acc == libc::O_RDWR;
+        let writable = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        let truncate = flags & libc::O_TRUNC != 0;
+        if (writable || truncate) && self.read_only {
+            return Err(Errno::EROFS);
+        }
+        let mut st = self.shared.lock();
+        let n = st.engine.inode(ino)?;
+        match n.mode & libc::S_IFMT {
+            libc::S_IFDIR if writable || truncate => return Err(Errno::EISDIR),
+            libc::S_IFDIR | libc::S_IFREG => {}
+            libc::S_IFLNK => return Err(Errno::ELOOP),
+            _ => return Err(Errno::EOPNOTSUPP),
+        }
+        let mut want = 0;
+        if readable {
+            want |= R;
+        }
+        if writable || truncate {
+            want |= W;
+        }
+        may(creds, &n, want)?;
+        if truncate && n.size > 0 {
+            st.engine.truncate(ino, 0)?;
+            st.dirty = true;
+        }
+        let q = qid(ino, &st.engine.inode(ino)?);
+        Ok((
+            ImageFile {
+                ino,
+                readable,
+                writable,
+                append: flags & libc::O_APPEND != 0,
+                written: AtomicBool::new(truncate),
+                shared: self.shared.clone(),
+            },
+            q,
+        ))
+    }
+
+    fn create(
+        &self,
+        creds: &Creds,
+        dir: &ImageNode,
+        name: &str,
+        flags: i32,
+        mode: u32,
+        gid: Option<u32>,
+    ) -> Result<(ImageNode, ImageFile, Qid)> {
+        let new = NewNode::new(
+            libc::S_IFREG | (mode & 0o7777),
+            creds.uid,
+            gid.unwrap_or(creds.gid),
+        );
+        let (ino, n) = self.make(creds, dir, name, new)?;
+        let acc = flags & libc::O_ACCMODE;
+        let file = ImageFile {
+            ino,
+            readable: acc == libc::O_RDONLY || acc == libc::O_RDWR,
+            writable: acc == libc::O_WRONLY || acc == libc::O_RDWR,
+            append: flags & libc::O_APPEND != 0,
+            written: AtomicBool::new(true),
+            shared: self.shared.clone(),
+        };
+        Ok((dir.child(ino, name), file, qid(ino, &n)))
+    }
+
+    fn mkdir(
+        &self,
+        creds: &Creds,
+        dir: &ImageNode,
+        name: &str,
+        mode: u32,
+        gid: Option<u32>,
+    ) -> Result<Qid> {
+        let new = NewNode::new(
+            libc::S_IFDIR | (mode & 0o7777),
+            creds.uid,
+            gid.unwrap_or(creds.gid),
+        );
+        let (ino, n) = self.make(creds, dir, name, new)?;
+        Ok(qid(ino, &n))
+    }
+
+    fn symlink(
+        &self,
+        creds: &Creds,
+        dir: &ImageNode,
+        name: &str,
+        target: &str,
+        gid: Option<u32>,
+    ) -> Result<Qid> {
+        let new = NewNode {
+            target: Some(target),
+            ..NewNode::new(0o777, creds.uid, gid.unwrap_or(creds.gid))
+        };
+        let (ino, n) = self.make(creds, dir, name, new)?;
+        Ok(qid(ino, &n))
+    }
+
+    fn mknod(
+        &self,
+        creds: &Creds,
+        dir: &ImageNode,
+        name: &str,
+        kind: NodeKind,
+        mode: u32,
+        gid: Option<u32>,
+    ) -> Result<Qid> {
+        let (ty, rdev) = match kind {
+            NodeKind::Regular => (libc::S_IFREG, 0),
+            NodeKind::Fifo => (libc::S_IFIFO, 0),
+            NodeKind::Socket => (libc::S_IFSOCK, 0),
+            NodeKind::CharDevice(d) => (libc::S_IFCHR, d),
+            NodeKind::BlockDevice(d) => (libc::S_IFBLK, d),
+        };
+        let new = NewNode {
+            rdev,
+            ..NewNode::new(ty | (mode & 0o7777), creds.uid, gid.unwrap_or(creds.gid))
+        };
+        let (ino, n) = self.make(creds, dir, name, new)?;
+        Ok(qid(ino, &n))
+    }
+
+    fn link(&self, creds: &Creds, dir: &ImageNode, name: &str, target: &ImageNode) -> Result<()> {
+        self.change(|e| {
+            may(creds, &e.inode(dir.ino())?, W | X)?;
+            e.link(dir.ino(), name, target.ino())
+        })
+    }
+
+    fn readlink(&self, _creds: &Creds, node: &ImageNode) -> Result<String> {
+        let mut st = self.shared.lock();
+        match st.engine.inode(node.ino())?.content {
+            Content::Target(t) => Ok(t),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    fn rename(
+        &self,
+        creds: &Creds,
+        from_dir: &ImageNode,
+        from_name: &str,
+        to_dir: &ImageNode,
+        to_name: &str,
+    ) -> Result<()> {
+        self.change(|e| {
+            may(creds, &e.inode(from_dir.ino())?, W | X)?;
+            may(creds, &e.inode(to_dir.ino())?, W | X)?;
+            e.rename(from_dir.ino(), from_name, to_dir.ino(), to_name)
+        })
+    }
+
+    fn rename_node(
+        &self,
+        creds: &Creds,
+        node: &ImageNode,
+        to_dir: Option<&ImageNode>,
+        to_name: &str,
+    ) -> Result<()> {
+        let from_dir = node.parent();
+        let to = to_dir.cloned().unwrap_or_else(|| from_dir.clone());
+        self.rename(creds, &from_dir, &self.name(node), &to, to_name)
+    }
+
+    fn unlink(&self, creds: &Creds, dir: &ImageNode, name: &str, dir_only: bool) -> Result<()> {
+        self.change(|e| {
+            may(creds, &e.inode(dir.ino())?, W | X)?;
+            let entry = e.lookup(dir.ino(), name)?.ok_or(Errno::ENOENT)?;
+            let is_dir = entry.kind == libc::S_IFDIR;
+            if dir_only && !is_dir {
+                return Err(Errno::ENOTDIR);
+            }
+            e.unlink(dir.ino(), name, is_dir)
+        })
+    }
+
+    fn remove(&self, creds: &Creds, node: &ImageNode) -> Result<()> {
+        if node.path.len() < 2 {
+            return Err(Errno::EBUSY);
+        }
+        self.unlink(creds, &node.parent(), &self.name(node), false)
+    }
+
+    fn read(&self, _creds: &Creds, file: &ImageFile, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        if !file.readable {
+            return Err(Errno::EBADF);
+        }
+        let mut st = self.shared.lock();
+        st.engine.read(file.ino, offset, buf)
+    }
+
+    fn write(&self, _creds: &Creds, file: &ImageFile, offset: u64, data: &[u8]) -> Result<usize> {
+        if !file.writable {
+            return Err(Errno::EBADF);
+        }
+        let n = self.change(|e| {
+            let at = if file.append {
+                e.inode(file.ino)?.size
+            } else {
+                offset
+            };
+            e.write(file.ino, at, data)
+        })?;
+        file.written.store(true, Ordering::Release);
+        Ok(n)
+    }
+
+    fn readdir(
+        &self,
+        _creds: &Creds,
+        dir: &ImageFile,
+        cookie: u64,
+        sink: &mut dyn FnMut(DirEntry) -> bool,
+    ) -> Result<()> {
+        let mut st = self.shared.lock();
+        let me = st.engine.inode(dir.ino)?;
+        // "." and ".." first (cookies 0 and 1), then the entries by key.
+        if cookie == 0
+            && !sink(DirEntry {
+                qid: qid(dir.ino, &me),
+                next: 1,
+                kind: libc::DT_DIR,
+                name: ".".into(),
+            })
+        {
+            return Ok(());
+        }
+        if cookie <= 1
+            && !sink(DirEntry {
+                qid: Qid {
+                    ty: envoy_protocol::consts::QTDIR,
+                    version: 0,
+                    path: dir.ino,
+                },
+                next: 2,
+                kind: libc::DT_DIR,
+                name: "..".into(),
+            })
+        {
+            return Ok(());
+        }
+        let mut entries = Vec::new();
+        st.engine.readdir(dir.ino, cookie.max(2), |e| {
+            entries.push(e.clone());
+            entries.len() < 512
+        })?;
+        for e in entries {
+            let kind = match e.kind {
+                libc::S_IFDIR => libc::DT_DIR,
+                libc::S_IFLNK => libc::DT_LNK,
+                libc::S_IFREG => libc::DT_REG,
+                libc::S_IFIFO => libc::DT_FIFO,
+                libc::S_IFSOCK => libc::DT_SOCK,
+                libc::S_IFCHR => libc::DT_CHR,
+                libc::S_IFBLK => libc::DT_BLK,
+                _ => libc::DT_UNKNOWN,
+            };
+            let q = Qid {
+                ty: if e.kind == libc::S_IFDIR {
+                    envoy_protocol::consts::QTDIR
+                } else if e.kind == libc::S_IFLNK {
+                    envoy_protocol::consts::QTSYMLINK
+                } else {
+                    0
+                },
+                version: 0,
+                path: e.ino,
+            };
+            let next = Engine::cookie_of(&e.name) + 1;
+            if !sink(DirEntry {
+                qid: q,
+                next,
+                kind,
+                name: e.name,
+            }) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn fsync(&self, _creds: &Creds, _file: &ImageFile, _datasync: bool) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.sync()
+    }
+
+    fn statfs(&self, _creds: &Creds, _node: &ImageNode) -> Result<StatFs> {
+        Ok(StatFs {
+            fs_type: 0x0102_1997, // V9FS_MAGIC
+            bsize: BLOCK as u32,
+            blocks: 1 << 30,
+            bfree: 1 << 29,
+            bavail: 1 << 29,
+            files: 1 << 32,
+            ffree: 1 << 31,
+            fsid: 0,
+            namelen: 255,
+        })
+    }
+}

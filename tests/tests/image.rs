@@ -1,0 +1,173 @@
+//! The image backend served over 9P2000.L by the real server, driven by the 9P client: files,
+//! directories, links and renames behave as on a file system, permissions are enforced, and
+//! what a client wrote and closed (or fsync'd) is in the image's committed root — a fresh
+//! server on the same store sees it.
+
+use std::sync::Arc;
+
+use envoy::image::fs::ImageFs;
+use envoy::{Server, ServerConfig};
+use envoy_objstore::{LocalStore, StoreOptions};
+use envoy_protocol::Dialect;
+use envoy_protocol::consts::*;
+use envoy_tools::client::Client;
+use envoy_transport::{Endpoint, Listener};
+use tokio::sync::watch;
+
+const ROOT: u32 = 1;
+
+/// Serve `fs` on loopback; a connected, attached client (as `uid`).
+async fn serve(fs: ImageFs, uid: u32) -> (Client, watch::Sender<bool>) {
+    let server = Server::new(Arc::new(fs), ServerConfig::default());
+    let listener = envoy_transport::bind(&"tcp:127.0.0.1:0".parse::<Endpoint>().unwrap())
+        .await
+        .unwrap();
+    let Endpoint::Tcp(addr) = listener.local_endpoint() else {
+        unreachable!()
+    };
+    let (stop, stop_rx) = watch::channel(false);
+    tokio::spawn(envoy::serve_listener(server, listener, stop_rx));
+    let c = Client::connect_tcp(addr, Dialect::P9P2000L, 1 << 20)
+        .await
+        .unwrap();
+    c.attach(ROOT, "", "", uid).await.unwrap();
+    (c, stop)
+}
+
+fn store() -> (tempfile::TempDir, Arc<LocalStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = LocalStore::open(dir.path(), StoreOptions::default()).unwrap();
+    (dir, Arc::new(s))
+}
+
+#[tokio::test]
+async fn files_directories_and_links_over_9p_and_durable_after_close() {
+    let (_d, s) = store();
+    let fs = ImageFs::create(s.clone(), "vm1", 0, 0).unwrap();
+    let (c, stop) = serve(fs, 0).await;
+    // A file of 300 KiB (five blocks), written in pieces, read back.
+    let data: Vec<u8> = (0..300 * 1024).map(|i| (i % 253) as u8).collect();
+    c.walk(ROOT, 2, &[]).await.unwrap();
+    c.lcreate(2, "f", P9_DOTL_RDWR, 0o644, 0).await.unwrap();
+    for (i, piece) in data.chunks(70_000).enumerate() {
+        c.write(2, (i * 70_000) as u64, piece).await.unwrap();
+    }
+    assert_eq!(&c.read(2, 0, data.len() + 10).await.unwrap()[..], &data[..]);
+    c.clunk(2).await.unwrap();
+    // Directories, a symlink, a hard link, a rename, an unlink.
+    c.mkdir(ROOT, "d", 0o755, 0).await.unwrap();
+    c.walk(ROOT, 3, &["d"]).await.unwrap();
+    c.symlink(3, "l", "../f", 0).await.unwrap();
+    c.walk(ROOT, 4, &["f"]).await.unwrap();
+    c.link(3, 4, "hard").await.unwrap();
+    c.renameat(ROOT, "f", 3, "g").await.unwrap();
+    let attr = c.getattr(4, GETATTR_ALL).await.unwrap();
+    assert_eq!((attr.nlink, attr.size), (2, data.len() as u64));
+    c.walk(3, 5, &["l"]).await.unwrap();
+    assert_eq!(c.readlink(5).await.unwrap(), "../f");
+    c.lopen(3, P9_DOTL_RDONLY).await.unwrap();
+    let mut names: Vec<String> = c
+        .readdir(3)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, [".", "..", "g", "hard", "l"]);
+    assert_eq!(
+        c.unlinkat(ROOT, "d", AT_REMOVEDIR)
+            .await
+            .unwrap_err()
+            .errno(),
+        Some(libc::ENOTEMPTY as u32)
+    );
+    c.unlinkat(3, "hard", 0).await.unwrap();
+    assert_eq!(c.getattr(4, GETATTR_ALL).await.unwrap().nlink, 1);
+    // A file written and fsync'd but not closed is durable too.
+    c.walk(ROOT, 6, &[]).await.unwrap();
+    c.lcreate(6, "synced", P9_DOTL_RDWR, 0o600, 0)
+        .await
+        .unwrap();
+    c.write(6, 0, b"durable").await.unwrap();
+    c.fsync(6, false).await.unwrap();
+    let _ = stop.send(true);
+    drop(c);
+
+    // A new server on the same store sees the committed image.
+    let fs = ImageFs::open(s.clone(), "vm1", false).unwrap();
+    let (c, _stop) = serve(fs, 0).await;
+    c.walk(ROOT, 2, &["d", "g"]).await.unwrap();
+    c.lopen(2, P9_DOTL_RDONLY).await.unwrap();
+    assert_eq!(&c.read(2, 0, data.len()).await.unwrap()[..], &data[..]);
+    c.walk(ROOT, 3, &["synced"]).await.unwrap();
+    c.lopen(3, P9_DOTL_RDONLY).await.unwrap();
+    assert_eq!(&c.read(3, 0, 100).await.unwrap()[..], b"durable");
+    // The unlinked name is gone: the walk stops after "d".
+    assert_eq!(
+        c.walk(ROOT, 4, &["d", "hard"])
+            .await
+            .map(|q| q.len())
+            .unwrap_or(0),
+        1
+    );
+}
+
+#[tokio::test]
+async fn permissions_and_read_only_images() {
+    let (_d, s) = store();
+    let fs = ImageFs::create(s.clone(), "vm2", 0, 0).unwrap();
+    let (root, _stop) = serve(fs, 0).await;
+    root.walk(ROOT, 2, &[]).await.unwrap();
+    root.lcreate(2, "secret", P9_DOTL_RDWR, 0o600, 0)
+        .await
+        .unwrap();
+    root.write(2, 0, b"root only").await.unwrap();
+    root.clunk(2).await.unwrap();
+    root.mkdir(ROOT, "pub", 0o777, 0).await.unwrap();
+    // A directory change is durable once fsync'd (here on the directory itself).
+    root.walk(ROOT, 3, &["pub"]).await.unwrap();
+    root.lopen(3, P9_DOTL_RDONLY).await.unwrap();
+    root.fsync(3, false).await.unwrap();
+    drop(root);
+
+    // Another user: cannot read 0600 root files, cannot create in /, can in /pub.
+    let fs = ImageFs::open(s.clone(), "vm2", false).unwrap();
+    let (user, _stop2) = serve(fs, 1000).await;
+    user.walk(ROOT, 2, &["secret"]).await.unwrap();
+    assert_eq!(
+        user.lopen(2, P9_DOTL_RDONLY).await.unwrap_err().errno(),
+        Some(libc::EACCES as u32)
+    );
+    user.walk(ROOT, 3, &[]).await.unwrap();
+    assert_eq!(
+        user.lcreate(3, "x", P9_DOTL_RDWR, 0o644, 1000)
+            .await
+            .unwrap_err()
+            .errno(),
+        Some(libc::EACCES as u32)
+    );
+    user.walk(ROOT, 4, &["pub"]).await.unwrap();
+    user.lcreate(4, "mine", P9_DOTL_RDWR, 0o644, 1000)
+        .await
+        .unwrap();
+    user.write(4, 0, b"hello").await.unwrap();
+    user.clunk(4).await.unwrap();
+    drop(user);
+
+    // Read-only (as a snapshot is served): reads work, every change is EROFS.
+    let fs = ImageFs::open(s.clone(), "vm2", true).unwrap();
+    let (ro, _stop3) = serve(fs, 0).await;
+    ro.walk(ROOT, 2, &["pub", "mine"]).await.unwrap();
+    ro.lopen(2, P9_DOTL_RDONLY).await.unwrap();
+    assert_eq!(&ro.read(2, 0, 10).await.unwrap()[..], b"hello");
+    ro.walk(ROOT, 3, &["pub", "mine"]).await.unwrap();
+    assert_eq!(
+        ro.lopen(3, P9_DOTL_RDWR).await.unwrap_err().errno(),
+        Some(libc::EROFS as u32)
+    );
+    assert_eq!(
+        ro.mkdir(ROOT, "new", 0o755, 0).await.unwrap_err().errno(),
+        Some(libc::EROFS as u32)
+    );
+}
