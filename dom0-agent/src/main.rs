@@ -10,6 +10,8 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use envoy::image::fs::ImageFs;
+use envoy::vfs::FileSystem;
 use envoy::{ExportFs, Server, ServerConfig, SessionLimits};
 use envoy_transport::{Endpoint, Listener};
 use std::path::PathBuf;
@@ -37,8 +39,12 @@ struct Args {
     #[arg(long, requires = "xen")]
     xen_9pfsd: bool,
     /// Host directory to serve (default: DATA_DIR/export, created if missing).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "image")]
     export: Option<PathBuf>,
+    /// Serve the Envoy image NAME from this host's object store instead of a directory
+    /// (created, empty, if it does not exist; needs --storage or --cluster).
+    #[arg(long, value_name = "NAME")]
+    image: Option<String>,
     /// Where to listen: tcp:HOST:PORT, sctp:ADDR[,ADDR...]:PORT, unix:PATH or fd:R,W
     /// (repeatable).
     #[arg(long = "listen", value_name = "ENDPOINT")]
@@ -161,6 +167,7 @@ async fn run(args: Args) -> Result<()> {
         tasks.spawn(backend.run(stop_rx.clone()));
     }
     let storage = !args.storage.is_empty() || args.cluster.is_some();
+    let mut store = None;
     if storage {
         let data_dir = args
             .data_dir
@@ -189,11 +196,22 @@ async fn run(args: Args) -> Result<()> {
         };
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("cannot create {}", data_dir.display()))?;
-        envoy_dom0_agent::storage::start(setup, &stop_rx, &mut tasks).await?;
+        store = Some(envoy_dom0_agent::storage::start(setup, &stop_rx, &mut tasks).await?);
     }
     // Without an explicit export, a storage-only or Xen-only envoyd serves no default export.
-    if !args.listen.is_empty() || args.export.is_some() || (!args.xen && !storage) {
-        serve_exports(&args, config, &stop_tx, &stop_rx, &mut tasks).await?;
+    if let Some(name) = &args.image {
+        let store = store.context(
+            "--image needs this host's object store: add --storage ENDPOINT or --cluster FILE",
+        )?;
+        let fs = open_image(store, name)?;
+        let what = format!("image {name}");
+        serve_fs(&args, fs, &what, config, &stop_tx, &stop_rx, &mut tasks).await?;
+    } else if !args.listen.is_empty() || args.export.is_some() || (!args.xen && !storage) {
+        let export = export_dir(&args)?;
+        let fs = ExportFs::new(&export, args.read_only)
+            .with_context(|| format!("cannot export {}", export.display()))?;
+        let what = export.display().to_string();
+        serve_fs(&args, fs, &what, config, &stop_tx, &stop_rx, &mut tasks).await?;
     }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut stop_watch = stop_rx.clone();
@@ -230,14 +248,22 @@ fn server_config(args: &Args) -> ServerConfig {
     }
 }
 
-/// Serve the export on the --listen endpoints (or the default one).
-async fn serve_exports(
-    args: &Args,
-    config: ServerConfig,
-    stop_tx: &watch::Sender<bool>,
-    stop_rx: &watch::Receiver<bool>,
-    tasks: &mut tokio::task::JoinSet<Result<()>>,
-) -> Result<()> {
+/// The image `name` in `store`, created (empty, root-owned) if it does not exist.
+fn open_image(store: Arc<envoy_objstore::LocalStore>, name: &str) -> Result<ImageFs> {
+    use envoy::vfs::Errno;
+    match ImageFs::open(store.clone(), name, false) {
+        Ok(fs) => Ok(fs),
+        Err(Errno::ENOENT) => {
+            println!("envoyd: image {name} does not exist: created it, empty");
+            ImageFs::create(store, name, 0, 0)
+                .map_err(|e| anyhow::anyhow!("cannot create image {name}: {e}"))
+        }
+        Err(e) => bail!("cannot open image {name}: {e}"),
+    }
+}
+
+/// The export directory: --export, else DATA_DIR/export (created).
+fn export_dir(args: &Args) -> Result<PathBuf> {
     let export = match &args.export {
         Some(dir) => dir.clone(),
         None => {
@@ -254,6 +280,19 @@ async fn serve_exports(
     if !export.is_dir() {
         bail!("cannot export {}: not a directory", export.display());
     }
+    Ok(export)
+}
+
+/// Serve `fs` (named `what` in messages) on the --listen endpoints (or the default one).
+async fn serve_fs<F: FileSystem>(
+    args: &Args,
+    fs: F,
+    what: &str,
+    config: ServerConfig,
+    stop_tx: &watch::Sender<bool>,
+    stop_rx: &watch::Receiver<bool>,
+    tasks: &mut tokio::task::JoinSet<Result<()>>,
+) -> Result<()> {
     let endpoints: Vec<Endpoint> = if args.listen.is_empty() {
         vec![DEFAULT_LISTEN.to_owned()]
     } else {
@@ -265,16 +304,14 @@ async fn serve_exports(
             .with_context(|| format!("bad --listen {s:?}"))
     })
     .collect::<Result<_>>()?;
-    let fs = ExportFs::new(&export, args.read_only)
-        .with_context(|| format!("cannot export {}", export.display()))?;
     let server = Server::new(Arc::new(fs), config);
     for ep in &endpoints {
         let mut listener = envoy_transport::bind(ep)
             .await
             .with_context(|| format!("cannot listen on {ep}"))?;
         let bound = listener.local_endpoint();
-        info!(export = %export.display(), listen = %bound, read_only = args.read_only, "serving");
-        println!("envoyd: serving {} on {bound}", export.display());
+        info!(serving = %what, listen = %bound, read_only = args.read_only, "serving");
+        println!("envoyd: serving {what} on {bound}");
         if let Some(hint) = mount_hint(&bound, args.max_msize) {
             println!("  mount from Linux: {hint}");
         }

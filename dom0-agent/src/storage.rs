@@ -124,12 +124,13 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// Open the store, join the cluster and serve the storage dialect until `stop`.
+/// Open the store, join the cluster and serve the storage dialect until `stop`; returns the
+/// store (for images served from it).
 pub async fn start(
     setup: StorageSetup,
     stop: &watch::Receiver<bool>,
     tasks: &mut tokio::task::JoinSet<Result<()>>,
-) -> Result<()> {
+) -> Result<Arc<LocalStore>> {
     let mut options = StoreOptions::default();
     if let Some(r) = setup.reserve {
         options.reserve = r;
@@ -212,5 +213,5 @@ pub async fn start(
             }
         }
     });
-    Ok(())
+    Ok(store)
 }
