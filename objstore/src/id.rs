@@ -17,6 +17,11 @@ impl ObjectId {
         ObjectId(*blake3::hash(content).as_bytes())
     }
 
+    /// The id in `bytes`, if they are exactly 32 long.
+    pub fn try_from_slice(bytes: &[u8]) -> Option<ObjectId> {
+        <[u8; 32]>::try_from(bytes).ok().map(ObjectId)
+    }
+
     /// The raw 32 bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0

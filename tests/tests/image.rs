@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use envoy::image::fs::ImageFs;
+use envoy::vfs::Errno;
 use envoy::{Server, ServerConfig};
 use envoy_objstore::{LocalStore, StoreOptions};
 use envoy_protocol::Dialect;
@@ -170,4 +171,115 @@ async fn permissions_and_read_only_images() {
         ro.mkdir(ROOT, "new", 0o755, 0).await.unwrap_err().errno(),
         Some(libc::EROFS as u32)
     );
+}
+
+/// Read a whole file through a fresh server on `fs`.
+async fn read_file(fs: ImageFs, path: &[&str]) -> Vec<u8> {
+    let (c, _stop) = serve(fs, 0).await;
+    c.walk(ROOT, 2, path).await.unwrap();
+    c.lopen(2, P9_DOTL_RDONLY).await.unwrap();
+    c.read(2, 0, 1 << 20).await.unwrap().to_vec()
+}
+
+#[tokio::test]
+async fn snapshots_keep_their_content_and_forks_diverge() {
+    use envoy::image::catalog;
+    let (_d, s) = store();
+    let fs = ImageFs::create(s.clone(), "base", 0, 0).unwrap();
+    let (c, _stop) = serve(fs, 0).await;
+    c.walk(ROOT, 2, &[]).await.unwrap();
+    c.lcreate(2, "os-release", P9_DOTL_RDWR, 0o644, 0)
+        .await
+        .unwrap();
+    c.write(2, 0, b"version 1").await.unwrap();
+    c.fsync(2, false).await.unwrap();
+    drop(c);
+    // Snapshot 1 of the live image (the same ImageFs the server had is reopened here).
+    let live = ImageFs::open(s.clone(), "base", false).unwrap();
+    live.snapshot(1).unwrap();
+    assert_eq!(live.snapshot(1).unwrap_err(), Errno::EEXIST);
+    let (c, _stop) = serve(live, 0).await;
+    c.walk(ROOT, 2, &["os-release"]).await.unwrap();
+    c.lopen(2, P9_DOTL_RDWR).await.unwrap();
+    c.write(2, 8, b"2, changed").await.unwrap();
+    c.clunk(2).await.unwrap();
+    drop(c);
+    // Snapshot 1 still says version 1 and refuses writes; current has the change.
+    let snap = ImageFs::open_snapshot(s.clone(), "base", 1).unwrap();
+    let (c, _stop) = serve(snap, 0).await;
+    c.walk(ROOT, 2, &["os-release"]).await.unwrap();
+    assert_eq!(
+        c.lopen(2, P9_DOTL_RDWR).await.unwrap_err().errno(),
+        Some(libc::EROFS as u32)
+    );
+    drop(c);
+    assert_eq!(
+        read_file(
+            ImageFs::open_snapshot(s.clone(), "base", 1).unwrap(),
+            &["os-release"]
+        )
+        .await,
+        b"version 1"
+    );
+    assert_eq!(
+        read_file(
+            ImageFs::open(s.clone(), "base", false).unwrap(),
+            &["os-release"]
+        )
+        .await,
+        b"version 2, changed"
+    );
+    // A fork of snapshot 1 diverges on its own.
+    catalog::fork(&*s, "base", 1, "vm7").unwrap();
+    assert_eq!(
+        catalog::fork(&*s, "base", 1, "vm7").unwrap_err(),
+        Errno::EEXIST
+    );
+    assert_eq!(
+        catalog::fork(&*s, "base", 9, "vm8").unwrap_err(),
+        Errno::ENOENT
+    );
+    let (c, _stop) = serve(ImageFs::open(s.clone(), "vm7", false).unwrap(), 0).await;
+    c.walk(ROOT, 2, &["os-release"]).await.unwrap();
+    c.lopen(2, P9_DOTL_RDWR).await.unwrap();
+    c.write(2, 0, b"VM7").await.unwrap();
+    c.clunk(2).await.unwrap();
+    drop(c);
+    assert_eq!(
+        read_file(
+            ImageFs::open(s.clone(), "vm7", false).unwrap(),
+            &["os-release"]
+        )
+        .await,
+        b"VM7sion 1"
+    );
+    assert_eq!(
+        read_file(
+            ImageFs::open_snapshot(s.clone(), "base", 1).unwrap(),
+            &["os-release"]
+        )
+        .await,
+        b"version 1"
+    );
+    assert_eq!(
+        read_file(
+            ImageFs::open(s.clone(), "base", false).unwrap(),
+            &["os-release"]
+        )
+        .await,
+        b"version 2, changed"
+    );
+    // The catalog lists both images and base's snapshot.
+    let records: Vec<(String, bytes::Bytes)> = s
+        .records()
+        .unwrap()
+        .into_iter()
+        .map(|(n, r)| (n, r.value))
+        .collect();
+    let list = catalog::images(&records);
+    let names: Vec<(&str, &[u64])> = list
+        .iter()
+        .map(|i| (i.name.as_str(), &i.snapshots[..]))
+        .collect();
+    assert_eq!(names, [("base", &[1u64][..]), ("vm7", &[][..])]);
 }

@@ -237,7 +237,7 @@ impl ImageFs {
             .record(&record)
             .map_err(|_| Errno::EIO)?
             .ok_or(Errno::ENOENT)?;
-        let root = ObjectId(<[u8; 32]>::try_from(&rec.value[..]).map_err(|_| Errno::EIO)?);
+        let root = ObjectId::try_from_slice(&rec.value).ok_or(Errno::EIO)?;
         let engine = Engine::open(store.clone(), &root)?;
         Ok(ImageFs {
             shared: Arc::new(Shared {
@@ -250,6 +250,47 @@ impl ImageFs {
                 }),
             }),
             read_only,
+        })
+    }
+
+    /// Take snapshot `n`: commit what is dirty, then record the root as `image/NAME@N`
+    /// (EEXIST if N is taken). Costs one commit and one record, whatever the image's size.
+    pub fn snapshot(&self, n: u64) -> Result<ObjectId> {
+        self.writable()?;
+        let mut st = self.shared.lock();
+        self.shared.commit(&mut st)?;
+        let root = self.current_root(&st)?;
+        let image = self.shared.record.trim_start_matches("image/");
+        super::catalog::record_snapshot(&*self.shared.store, image, n, &root)?;
+        Ok(root)
+    }
+
+    /// The committed root the record names.
+    fn current_root(&self, _st: &State) -> Result<ObjectId> {
+        let rec = self
+            .shared
+            .store
+            .record(&self.shared.record)
+            .map_err(|_| Errno::EIO)?
+            .ok_or(Errno::ENOENT)?;
+        ObjectId::try_from_slice(&rec.value).ok_or(Errno::EIO)
+    }
+
+    /// Serve snapshot `n` of image `name`, read-only.
+    pub fn open_snapshot(store: Arc<dyn Objects>, name: &str, n: u64) -> Result<ImageFs> {
+        let root = super::catalog::snapshot_root(&*store, name, n)?;
+        let engine = Engine::open(store.clone(), &root)?;
+        Ok(ImageFs {
+            shared: Arc::new(Shared {
+                store,
+                record: super::catalog::snapshot_record(name, n),
+                state: Mutex::new(State {
+                    engine,
+                    version: 1,
+                    dirty: false,
+                }),
+            }),
+            read_only: true,
         })
     }
 

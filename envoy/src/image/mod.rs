@@ -5,9 +5,12 @@
 //! backend needs of the object layer), [`btree`] (the copy-on-write tree every part of an
 //! image — inode table, directories, block maps — is made of), [`inode`] (what the trees
 //! hold), [`engine`] (one image's working copy: per-block copy on write, commit to a root) and
-//! [`fs`] (an image served through the `FileSystem` trait, committed on fsync and close).
+//! [`fs`] (an image served through the `FileSystem` trait, committed on fsync and close) and
+//! [`catalog`] (images and their snapshots as records; snapshot = commit + one record, fork =
+//! a new image record naming a snapshot's root).
 
 pub mod btree;
+pub mod catalog;
 pub mod engine;
 pub mod fs;
 pub mod inode;
