@@ -283,3 +283,108 @@ async fn snapshots_keep_their_content_and_forks_diverge() {
         .collect();
     assert_eq!(names, [("base", &[1u64][..]), ("vm7", &[][..])]);
 }
+
+/// The 2006 interface from a client: `ln -s current N` snapshots, `mkdir` + `ln -s
+/// /img/NAME/N NEW/current` forks, reserved names are EPERM, a missing snapshot is ENOENT.
+#[tokio::test]
+async fn the_2006_namespace_snapshots_and_forks_with_links() {
+    use envoy::image::namespace::NamespaceFs;
+    let (_d, s) = store();
+    drop(ImageFs::create(s.clone(), "base", 0, 0).unwrap());
+    let ns = NamespaceFs::new(s.clone());
+    let server = Server::new(Arc::new(ns), ServerConfig::default());
+    let listener = envoy_transport::bind(&"tcp:127.0.0.1:0".parse::<Endpoint>().unwrap())
+        .await
+        .unwrap();
+    let Endpoint::Tcp(addr) = listener.local_endpoint() else {
+        unreachable!()
+    };
+    let (_stop, stop_rx) = watch::channel(false);
+    tokio::spawn(envoy::serve_listener(server, listener, stop_rx));
+    let c = Client::connect_tcp(addr, Dialect::P9P2000L, 1 << 20)
+        .await
+        .unwrap();
+    c.attach(ROOT, "", "", 0).await.unwrap();
+    let eno = |e: envoy_tools::client::ClientError| e.errno().map(|n| Errno::from_raw(n as i32));
+
+    // Write through /base/current.
+    c.walk(ROOT, 2, &["base", "current"]).await.unwrap();
+    c.lcreate(2, "motd", P9_DOTL_RDWR, 0o644, 0).await.unwrap();
+    c.write(2, 0, b"one").await.unwrap();
+    c.clunk(2).await.unwrap();
+    // ln -s current 1 (in /base): snapshot 1.
+    c.walk(ROOT, 3, &["base"]).await.unwrap();
+    c.symlink(3, "1", "current", 0).await.unwrap();
+    c.walk(ROOT, 4, &["base", "current", "motd"]).await.unwrap();
+    c.lopen(4, P9_DOTL_RDWR).await.unwrap();
+    c.write(4, 0, b"two").await.unwrap();
+    c.clunk(4).await.unwrap();
+    let read = |path: &'static [&'static str], fid: u32| {
+        let c = &c;
+        async move {
+            c.walk(ROOT, fid, path).await.unwrap();
+            c.lopen(fid, P9_DOTL_RDONLY).await.unwrap();
+            let data = c.read(fid, 0, 100).await.unwrap().to_vec();
+            c.clunk(fid).await.unwrap();
+            data
+        }
+    };
+    assert_eq!(read(&["base", "1", "motd"], 5).await, b"one");
+    assert_eq!(read(&["base", "current", "motd"], 5).await, b"two");
+    c.walk(ROOT, 6, &["base", "1", "motd"]).await.unwrap();
+    assert_eq!(
+        eno(c.lopen(6, P9_DOTL_RDWR).await.unwrap_err()),
+        Some(Errno::EROFS)
+    );
+    c.walk(ROOT, 7, &["base", "snapshot"]).await.unwrap();
+    assert_eq!(c.readlink(7).await.unwrap(), "1");
+    c.walk(ROOT, 8, &["base"]).await.unwrap();
+    c.lopen(8, P9_DOTL_RDONLY).await.unwrap();
+    let names: Vec<String> = c
+        .readdir(8)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(names, [".", "..", "current", "1", "snapshot"]);
+    // Reserved names and anything else in an image directory: EPERM; a taken number: EEXIST.
+    assert_eq!(
+        eno(c.mkdir(3, "x", 0o755, 0).await.unwrap_err()),
+        Some(Errno::EPERM)
+    );
+    assert_eq!(
+        eno(c.unlinkat(3, "current", AT_REMOVEDIR).await.unwrap_err()),
+        Some(Errno::EPERM)
+    );
+    assert_eq!(
+        eno(c.symlink(3, "snapshot", "current", 0).await.unwrap_err()),
+        Some(Errno::EPERM)
+    );
+    assert_eq!(
+        eno(c.symlink(3, "1", "current", 0).await.unwrap_err()),
+        Some(Errno::EEXIST)
+    );
+    // mkdir /vm9; ln -s /img/base/1 /vm9/current: a fork of snapshot 1.
+    c.mkdir(ROOT, "vm9", 0o755, 0).await.unwrap();
+    c.walk(ROOT, 9, &["vm9"]).await.unwrap();
+    c.symlink(9, "current", "/img/base/1", 0).await.unwrap();
+    assert_eq!(read(&["vm9", "current", "motd"], 10).await, b"one");
+    c.walk(ROOT, 11, &["vm9", "current", "motd"]).await.unwrap();
+    c.lopen(11, P9_DOTL_RDWR).await.unwrap();
+    c.write(11, 0, b"VM9").await.unwrap();
+    c.clunk(11).await.unwrap();
+    assert_eq!(read(&["vm9", "current", "motd"], 10).await, b"VM9");
+    assert_eq!(read(&["base", "1", "motd"], 10).await, b"one");
+    assert_eq!(read(&["base", "current", "motd"], 10).await, b"two");
+    // Forking a snapshot that does not exist: ENOENT.
+    c.mkdir(ROOT, "vm10", 0o755, 0).await.unwrap();
+    c.walk(ROOT, 12, &["vm10"]).await.unwrap();
+    assert_eq!(
+        eno(c
+            .symlink(12, "current", "/img/base/7", 0)
+            .await
+            .unwrap_err()),
+        Some(Errno::ENOENT)
+    );
+}

@@ -778,7 +778,14 @@ impl FileSystem for ImageFs {
     }
 
     fn statfs(&self, _creds: &Creds, _node: &ImageNode) -> Result<StatFs> {
-        Ok(StatFs {
+        Ok(ImageFs::statfs_figures())
+    }
+}
+
+impl ImageFs {
+    /// What statfs reports (the object layer's capacity is not per image: generous figures).
+    pub fn statfs_figures() -> StatFs {
+        StatFs {
             fs_type: 0x0102_1997, // V9FS_MAGIC
             bsize: BLOCK as u32,
             blocks: 1 << 30,
@@ -788,6 +795,6 @@ impl FileSystem for ImageFs {
             ffree: 1 << 31,
             fsid: 0,
             namelen: 255,
-        })
+        }
     }
 }

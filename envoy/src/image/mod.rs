@@ -7,11 +7,14 @@
 //! hold), [`engine`] (one image's working copy: per-block copy on write, commit to a root) and
 //! [`fs`] (an image served through the `FileSystem` trait, committed on fsync and close) and
 //! [`catalog`] (images and their snapshots as records; snapshot = commit + one record, fork =
-//! a new image record naming a snapshot's root).
+//! a new image record naming a snapshot's root) and [`namespace`] (the 2006 interface: every
+//! image a directory with `current`, numbered snapshots and a `snapshot` link; `ln -s`
+//! snapshots and forks).
 
 pub mod btree;
 pub mod catalog;
 pub mod engine;
 pub mod fs;
 pub mod inode;
+pub mod namespace;
 pub mod objects;

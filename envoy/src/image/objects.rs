@@ -15,6 +15,8 @@ pub trait Objects: Send + Sync {
     fn get(&self, id: &ObjectId) -> Result<Bytes, StoreError>;
     /// A record, if it exists.
     fn record(&self, name: &str) -> Result<Option<Record>, StoreError>;
+    /// Every record's name and value (the image catalog is read from them).
+    fn records(&self) -> Result<Vec<(String, Bytes)>, StoreError>;
     /// Write `value` (keeping `refs` alive) as version `expected + 1` if the record is at
     /// `expected` (0: absent); durable on return.
     fn cas(
@@ -40,6 +42,13 @@ impl Objects for LocalStore {
 
     fn record(&self, name: &str) -> Result<Option<Record>, StoreError> {
         LocalStore::record(self, name)
+    }
+
+    fn records(&self) -> Result<Vec<(String, Bytes)>, StoreError> {
+        Ok(LocalStore::records(self)?
+            .into_iter()
+            .map(|(n, r)| (n, r.value))
+            .collect())
     }
 
     fn cas(

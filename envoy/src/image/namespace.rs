@@ -1,0 +1,584 @@
+//! The 2006 namespace over the image catalog: one tree in which every image is a directory.
+//!
+//! ```text
+//! /                      every image (and directories made for new ones)
+//! /NAME/current/...      the live image, read-write
+//! /NAME/N/...            snapshot N, read-only (EROFS)
+//! /NAME/snapshot         a symlink to the latest snapshot's number
+//! ```
+//!
+//! From a shell: `ln -s current N` in `/NAME` takes snapshot N; `mkdir /NEW` then
+//! `ln -s /img/NAME/N /NEW/current` forks snapshot N of NAME as NEW (the target's last two
+//! components name the image and the snapshot, so any mount point works). Every other change
+//! to an image directory — its reserved names above all — is refused with EPERM; forking a
+//! missing snapshot is ENOENT. Below `current` and `N` the image's own [`ImageFs`] serves.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use envoy_protocol::Qid;
+
+use super::catalog::{self, valid_name};
+use super::fs::{ImageFile, ImageFs, ImageNode};
+use super::objects::Objects;
+use crate::vfs::{Attr, Creds, DirEntry, Errno, FileSystem, NodeKind, Result, SetAttr, StatFs};
+
+/// Which tree a node or file belongs to: an image's live state or one of its snapshots.
+type Which = (String, Option<u64>);
+
+/// A location in the namespace.
+#[derive(Clone, Debug)]
+pub enum NsNode {
+    /// `/`.
+    Top,
+    /// `/NAME`.
+    ImageDir(String),
+    /// `/NAME/snapshot`.
+    Latest(String),
+    /// Inside `/NAME/current` (`None`) or `/NAME/N`.
+    In(String, Option<u64>, ImageNode),
+}
+
+/// An open file of the namespace.
+pub enum NsFile {
+    /// `/` or `/NAME` opened for reading (listing).
+    Listing(NsNode),
+    /// A file or directory of an image.
+    In(Arc<ImageFs>, ImageFile),
+}
+
+/// The namespace (see the module docs).
+pub struct NamespaceFs {
+    store: Arc<dyn Objects>,
+    /// Opened images and snapshots.
+    open: Mutex<HashMap<Which, Arc<ImageFs>>>,
+    /// Directories made for images that do not exist yet (until `current` is linked).
+    pending: Mutex<BTreeSet<String>>,
+}
+
+fn dir_qid(path: u64) -> Qid {
+    Qid {
+        ty: envoy_protocol::consts::QTDIR,
+        version: 0,
+        path,
+    }
+}
+
+/// Qid paths of the namespace's own directories, out of the images' inode range.
+fn synthetic(name: &str, salt: u64) -> u64 {
+    let h = blake3::hash(name.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.as_bytes()[..8]);
+    (u64::from_le_bytes(b) | (1 << 63)) ^ salt
+}
+
+fn dir_attr(qid: Qid) -> Attr {
+    Attr {
+        qid,
+        mode: libc::S_IFDIR | 0o755,
+        nlink: 2,
+        blksize: 4096,
+        ..Attr::default()
+    }
+}
+
+impl NamespaceFs {
+    /// The namespace of the images in `store`.
+    pub fn new(store: Arc<dyn Objects>) -> NamespaceFs {
+        NamespaceFs {
+            store,
+            open: Mutex::new(HashMap::new()),
+            pending: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    fn images(&self) -> Result<Vec<catalog::ImageInfo>> {
+        let records = self.store.records().map_err(|e| {
+            tracing::error!(error = %e, "image namespace: cannot list the catalog");
+            Errno::EIO
+        })?;
+        Ok(catalog::images(&records))
+    }
+
+    fn image(&self, name: &str) -> Result<Option<catalog::ImageInfo>> {
+        Ok(self.images()?.into_iter().find(|i| i.name == name))
+    }
+
+    /// The served tree of an image or snapshot (opened once, shared).
+    fn fs(&self, which: &Which) -> Result<Arc<ImageFs>> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fs) = open.get(which) {
+            return Ok(fs.clone());
+        }
+        let fs = Arc::new(match which.1 {
+            None => ImageFs::open(self.store.clone(), &which.0, false)?,
+            Some(n) => ImageFs::open_snapshot(self.store.clone(), &which.0, n)?,
+        });
+        open.insert(which.clone(), fs.clone());
+        Ok(fs)
+    }
+
+    /// What a name in `/NAME` leads to.
+    fn in_image_dir(&self, image: &str, name: &str) -> Result<NsNode> {
+        let info = self.image(image)?.ok_or(Errno::ENOENT)?;
+        let which = match name {
+            "current" => (image.to_owned(), None),
+            "snapshot" if !info.snapshots.is_empty() => return Ok(NsNode::Latest(image.into())),
+            n => match n.parse::<u64>() {
+                Ok(n) if info.snapshots.contains(&n) => (image.to_owned(), Some(n)),
+                _ => return Err(Errno::ENOENT),
+            },
+        };
+        let fs = self.fs(&which)?;
+        let (node, _) = fs.attach(&Creds::root(), "")?;
+        Ok(NsNode::In(which.0, which.1, node))
+    }
+
+    fn qid_of(&self, creds: &Creds, node: &NsNode) -> Result<Qid> {
+        Ok(self.getattr(creds, node, None)?.qid)
+    }
+
+    /// `ln -s TARGET NAME` in an image directory: a snapshot or a fork.
+    fn link_in_image_dir(&self, image: &str, name: &str, target: &str) -> Result<Qid> {
+        if name == "current" {
+            // Fork: TARGET's last two components are the source image and snapshot.
+            let mut parts = target.trim_end_matches('/').rsplit('/');
+            let n = parts
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .ok_or(Errno::EINVAL)?;
+            let source = parts
+                .next()
+                .filter(|s| valid_name(s))
+                .ok_or(Errno::EINVAL)?;
+            if self.image(image)?.is_some() {
+                return Err(Errno::EEXIST);
+            }
+            catalog::fork(&*self.store, source, n, image)?;
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(image);
+            return self.qid_of(&Creds::root(), &NsNode::ImageDir(image.into()));
+        }
+        // Snapshot: `ln -s current N`.
+        let n = name.parse::<u64>().map_err(|_| Errno::EPERM)?;
+        if target.trim_end_matches('/') != "current" {
+            return Err(Errno::EPERM);
+        }
+        let fs = self.fs(&(image.to_owned(), None))?;
+        fs.snapshot(n)?;
+        Ok(dir_qid(synthetic(image, n)))
+    }
+}
+
+impl FileSystem for NamespaceFs {
+    type Node = NsNode;
+    type File = NsFile;
+
+    fn attach(&self, _creds: &Creds, aname: &str) -> Result<(NsNode, Qid)> {
+        if !aname.trim_matches('/').is_empty() {
+            return Err(Errno::ENOENT);
+        }
+        Ok((NsNode::Top, dir_qid(synthetic("/", 0))))
+    }
+
+    fn walk(
+        &self,
+        creds: &Creds,
+        from: &NsNode,
+        names: &[String],
+    ) -> (Vec<(NsNode, Qid)>, Option<Errno>) {
+        let mut out = Vec::new();
+        let mut cur = from.clone();
+        for (i, name) in names.iter().enumerate() {
+            let next = match (&cur, name.as_str()) {
+                (_, ".") => Ok(cur.clone()),
+                (NsNode::Top, "..") => Ok(NsNode::Top),
+                (NsNode::ImageDir(_), "..") => Ok(NsNode::Top),
+                (NsNode::Top, n) => {
+                    let pending = self
+                        .pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains(n);
+                    match self.image(n) {
+                        Ok(Some(_)) => Ok(NsNode::ImageDir(n.into())),
+                        Ok(None) if pending => Ok(NsNode::ImageDir(n.into())),
+                        Ok(None) => Err(Errno::ENOENT),
+                        Err(e) => Err(e),
+                    }
+                }
+                (NsNode::ImageDir(image), n) => self.in_image_dir(image, n),
+                (NsNode::Latest(_), _) => Err(Errno::ENOTDIR),
+                (NsNode::In(image, snap, node), _) => {
+                    // The rest of the walk happens inside the image.
+                    let fs = match self.fs(&(image.clone(), *snap)) {
+                        Ok(fs) => fs,
+                        Err(e) => return (out, Some(e)),
+                    };
+                    // ".." from an image's root leaves it, to the image directory.
+                    if name == ".." && fs.name(node) == "/" {
+                        Ok(NsNode::ImageDir(image.clone()))
+                    } else {
+                        let (steps, err) = fs.walk(creds, node, &names[i..i + 1]);
+                        match (steps.into_iter().next(), err) {
+                            (Some((n, q)), _) => {
+                                let next = NsNode::In(image.clone(), *snap, n);
+                                out.push((next.clone(), q));
+                                cur = next;
+                                continue;
+                            }
+                            (None, e) => Err(e.unwrap_or(Errno::ENOENT)),
+                        }
+                    }
+                }
+            };
+            match next.and_then(|n| Ok((self.qid_of(creds, &n)?, n))) {
+                Ok((q, n)) => {
+                    out.push((n.clone(), q));
+                    cur = n;
+                }
+                Err(e) => return (out, Some(e)),
+            }
+        }
+        (out, None)
+    }
+
+    fn name(&self, node: &NsNode) -> String {
+        match node {
+            NsNode::Top => "/".into(),
+            NsNode::ImageDir(n) => n.clone(),
+            NsNode::Latest(_) => "snapshot".into(),
+            NsNode::In(image, snap, n) => match self.fs(&(image.clone(), *snap)) {
+                Ok(fs) if fs.name(n) != "/" => fs.name(n),
+                _ => snap.map_or_else(|| "current".into(), |s| s.to_string()),
+            },
+        }
+    }
+
+    fn getattr(&self, creds: &Creds, node: &NsNode, file: Option<&NsFile>) -> Result<Attr> {
+        match node {
+            NsNode::Top => Ok(dir_attr(dir_qid(synthetic("/", 0)))),
+            NsNode::ImageDir(n) => Ok(dir_attr(dir_qid(synthetic(n, u64::MAX)))),
+            NsNode::Latest(n) => {
+                let latest = self.image(n)?.and_then(|i| i.snapshots.last().copied());
+                let target = latest.ok_or(Errno::ENOENT)?.to_string();
+                Ok(Attr {
+                    qid: Qid {
+                        ty: envoy_protocol::consts::QTSYMLINK,
+                        version: 0,
+                        path: synthetic(n, 1),
+                    },
+                    mode: libc::S_IFLNK | 0o777,
+                    nlink: 1,
+                    size: target.len() as u64,
+                    blksize: 4096,
+                    ..Attr::default()
+                })
+            }
+            NsNode::In(image, snap, n) => {
+                let fs = self.fs(&(image.clone(), *snap))?;
+                let f = match file {
+                    Some(NsFile::In(_, f)) => Some(f),
+                    _ => None,
+                };
+                fs.getattr(creds, n, f)
+            }
+        }
+    }
+
+    fn setattr(
+        &self,
+        creds: &Creds,
+        node: &NsNode,
+        file: Option<&NsFile>,
+        set: &SetAttr,
+    ) -> Result<()> {
+        match node {
+            NsNode::In(image, snap, n) => {
+                let fs = self.fs(&(image.clone(), *snap))?;
+                let f = match file {
+                    Some(NsFile::In(_, f)) => Some(f),
+                    _ => None,
+                };
+                fs.setattr(creds, n, f, set)
+            }
+            _ => Err(Errno::EPERM),
+        }
+    }
+
+    fn open(&self, creds: &Creds, node: &NsNode, flags: i32) -> Result<(NsFile, Qid)> {
+        match node {
+            NsNode::In(image, snap, n) => {
+                let fs = self.fs(&(image.clone(), *snap))?;
+                let (f, q) = fs.open(creds, n, flags)?;
+                Ok((NsFile::In(fs, f), q))
+            }
+            NsNode::Latest(_) => Err(Errno::ELOOP),
+            _ if flags & libc::O_ACCMODE != libc::O_RDONLY => Err(Errno::EISDIR),
+            other => Ok((NsFile::Listing(other.clone()), self.qid_of(creds, other)?)),
+        }
+    }
+
+    fn create(
+        &self,
+        creds: &Creds,
+        dir: &NsNode,
+        name: &str,
+        flags: i32,
+        mode: u32,
+        gid: Option<u32>,
+    ) -> Result<(NsNode, NsFile, Qid)> {
+        match dir {
+            NsNode::In(image, snap, n) => {
+                let fs = self.fs(&(image.clone(), *snap))?;
+                let (node, f, q) = fs.create(creds, n, name, flags, mode, gid)?;
+                Ok((NsNode::In(image.clone(), *snap, node), NsFile::In(fs, f), q))
+            }
+            _ => Err(Errno::EPERM),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        creds: &Creds,
+        dir: &NsNode,
+        name: &str,
+        mode: u32,
+        gid: Option<u32>,
+    ) -> Result<Qid> {
+        match dir {
+            NsNode::In(image, snap, n) => self
+                .fs(&(image.clone(), *snap))?
+                .mkdir(creds, n, name, mode, gid),
+            NsNode::Top => {
+                if !valid_name(name) {
+                    return Err(Errno::EINVAL);
+                }
+                if self.image(name)?.is_some() {
+                    return Err(Errno::EEXIST);
+                }
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name.to_owned());
+                Ok(dir_qid(synthetic(name, u64::MAX)))
+            }
+            _ => Err(Errno::EPERM),
+        }
+    }
+
+    fn symlink(
+        &self,
+        creds: &Creds,
+        dir: &NsNode,
+        name: &str,
+        target: &str,
+        gid: Option<u32>,
+    ) -> Result<Qid> {
+        match dir {
+            NsNode::In(image, snap, n) => self
+                .fs(&(image.clone(), *snap))?
+                .symlink(creds, n, name, target, gid),
+            NsNode::ImageDir(image) => self.link_in_image_dir(image, name, target),
+            _ => Err(Errno::EPERM),
+        }
+    }
+
+    fn mknod(
+        &self,
+        creds: &Creds,
+        dir: &NsNode,
+        name: &str,
+        kind: NodeKind,
+        mode: u32,
+        gid: Option<u32>,
+    ) -> Result<Qid> {
+        match dir {
+            NsNode::In(image, snap, n) => self
+                .fs(&(image.clone(), *snap))?
+                .mknod(creds, n, name, kind, mode, gid),
+            _ => Err(Errno::EPERM),
+        }
+    }
+
+    fn link(&self, creds: &Creds, dir: &NsNode, name: &str, target: &NsNode) -> Result<()> {
+        match (dir, target) {
+            (NsNode::In(i1, s1, d), NsNode::In(i2, s2, t)) if i1 == i2 && s1 == s2 => {
+                self.fs(&(i1.clone(), *s1))?.link(creds, d, name, t)
+            }
+            (NsNode::In(..), NsNode::In(..)) => Err(Errno::EXDEV),
+            _ => Err(Errno::EPERM),
+        }
+    }
+
+    fn readlink(&self, creds: &Creds, node: &NsNode) -> Result<String> {
+        match node {
+            NsNode::Latest(n) => self
+                .image(n)?
+                .and_then(|i| i.snapshots.last().map(u64::to_string))
+                .ok_or(Errno::ENOENT),
+            NsNode::In(image, snap, n) => self.fs(&(image.clone(), *snap))?.readlink(creds, n),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    fn rename(
+        &self,
+        creds: &Creds,
+        from_dir: &NsNode,
+        from_name: &str,
+        to_dir: &NsNode,
+        to_name: &str,
+    ) -> Result<()> {
+        match (from_dir, to_dir) {
+            (NsNode::In(i1, s1, a), NsNode::In(i2, s2, b)) if i1 == i2 && s1 == s2 => self
+                .fs(&(i1.clone(), *s1))?
+                .rename(creds, a, from_name, b, to_name),
+            (NsNode::In(..), NsNode::In(..)) => Err(Errno::EXDEV),
+            _ => Err(Errno::EPERM),
+        }
+    }
+
+    fn rename_node(
+        &self,
+        creds: &Creds,
+        node: &NsNode,
+        to_dir: Option<&NsNode>,
+        to_name: &str,
+    ) -> Result<()> {
+        match (node, to_dir) {
+            (NsNode::In(i1, s1, n), None) => self
+                .fs(&(i1.clone(), *s1))?
+                .rename_node(creds, n, None, to_name),
+            (NsNode::In(i1, s1, n), Some(NsNode::In(i2, s2, d))) if i1 == i2 && s1 == s2 => self
+                .fs(&(i1.clone(), *s1))?
+                .rename_node(creds, n, Some(d), to_name),
+            _ => Err(Errno::EPERM),
+        }
+    }
+
+    fn unlink(&self, creds: &Creds, dir: &NsNode, name: &str, dir_only: bool) -> Result<()> {
+        match dir {
+            NsNode::In(image, snap, n) => self
+                .fs(&(image.clone(), *snap))?
+                .unlink(creds, n, name, dir_only),
+            NsNode::Top => {
+                // An empty directory made for a fork that never happened may go.
+                if self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(name)
+                {
+                    Ok(())
+                } else {
+                    Err(Errno::EPERM)
+                }
+            }
+            _ => Err(Errno::EPERM),
+        }
+    }
+
+    fn remove(&self, creds: &Creds, node: &NsNode) -> Result<()> {
+        match node {
+            NsNode::In(image, snap, n) => self.fs(&(image.clone(), *snap))?.remove(creds, n),
+            _ => Err(Errno::EPERM),
+        }
+    }
+
+    fn read(&self, creds: &Creds, file: &NsFile, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        match file {
+            NsFile::In(fs, f) => fs.read(creds, f, offset, buf),
+            NsFile::Listing(_) => Err(Errno::EISDIR),
+        }
+    }
+
+    fn write(&self, creds: &Creds, file: &NsFile, offset: u64, data: &[u8]) -> Result<usize> {
+        match file {
+            NsFile::In(fs, f) => fs.write(creds, f, offset, data),
+            NsFile::Listing(_) => Err(Errno::EISDIR),
+        }
+    }
+
+    fn readdir(
+        &self,
+        creds: &Creds,
+        dir: &NsFile,
+        cookie: u64,
+        sink: &mut dyn FnMut(DirEntry) -> bool,
+    ) -> Result<()> {
+        let listing = match dir {
+            NsFile::In(fs, f) => return fs.readdir(creds, f, cookie, sink),
+            NsFile::Listing(node) => node,
+        };
+        // A small, synthetic directory: list it whole, resume by position.
+        let mut entries: Vec<(String, u8, Qid)> = vec![
+            (".".into(), libc::DT_DIR, dir_qid(0)),
+            ("..".into(), libc::DT_DIR, dir_qid(0)),
+        ];
+        match listing {
+            NsNode::Top => {
+                let mut names: BTreeSet<String> =
+                    self.images()?.into_iter().map(|i| i.name).collect();
+                names.extend(
+                    self.pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .iter()
+                        .cloned(),
+                );
+                for n in names {
+                    let q = dir_qid(synthetic(&n, u64::MAX));
+                    entries.push((n, libc::DT_DIR, q));
+                }
+            }
+            NsNode::ImageDir(image) => {
+                if let Some(info) = self.image(image)? {
+                    entries.push(("current".into(), libc::DT_DIR, dir_qid(synthetic(image, 0))));
+                    for n in &info.snapshots {
+                        entries.push((n.to_string(), libc::DT_DIR, dir_qid(synthetic(image, *n))));
+                    }
+                    if !info.snapshots.is_empty() {
+                        let q = Qid {
+                            ty: envoy_protocol::consts::QTSYMLINK,
+                            version: 0,
+                            path: synthetic(image, 1),
+                        };
+                        entries.push(("snapshot".into(), libc::DT_LNK, q));
+                    }
+                }
+            }
+            _ => return Err(Errno::ENOTDIR),
+        }
+        for (i, (name, kind, qid)) in entries.into_iter().enumerate().skip(cookie as usize) {
+            if !sink(DirEntry {
+                qid,
+                next: i as u64 + 1,
+                kind,
+                name,
+            }) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn fsync(&self, creds: &Creds, file: &NsFile, datasync: bool) -> Result<()> {
+        match file {
+            NsFile::In(fs, f) => fs.fsync(creds, f, datasync),
+            NsFile::Listing(_) => Ok(()),
+        }
+    }
+
+    fn statfs(&self, creds: &Creds, node: &NsNode) -> Result<StatFs> {
+        match node {
+            NsNode::In(image, snap, n) => self.fs(&(image.clone(), *snap))?.statfs(creds, n),
+            _ => {
+                let fs = ImageFs::statfs_figures();
+                Ok(fs)
+            }
+        }
+    }
+}
