@@ -43,8 +43,13 @@ struct Args {
     export: Option<PathBuf>,
     /// Serve the Envoy image NAME from this host's object store instead of a directory
     /// (created, empty, if it does not exist; needs --storage or --cluster).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", conflicts_with = "images")]
     image: Option<String>,
+    /// Serve every Envoy image of this host's object store as one tree: /NAME/current,
+    /// /NAME/N (snapshots), /NAME/snapshot; `ln -s current N` snapshots, `mkdir /NEW` +
+    /// `ln -s /img/NAME/N /NEW/current` forks (needs --storage or --cluster).
+    #[arg(long, conflicts_with = "export")]
+    images: bool,
     /// Where to listen: tcp:HOST:PORT, sctp:ADDR[,ADDR...]:PORT, unix:PATH or fd:R,W
     /// (repeatable).
     #[arg(long = "listen", value_name = "ENDPOINT")]
@@ -199,7 +204,22 @@ async fn run(args: Args) -> Result<()> {
         store = Some(envoy_dom0_agent::storage::start(setup, &stop_rx, &mut tasks).await?);
     }
     // Without an explicit export, a storage-only or Xen-only envoyd serves no default export.
-    if let Some(name) = &args.image {
+    if args.images {
+        let store = store.context(
+            "--images needs this host's object store: add --storage ENDPOINT or --cluster FILE",
+        )?;
+        let fs = envoy::image::namespace::NamespaceFs::new(store);
+        serve_fs(
+            &args,
+            fs,
+            "the image namespace",
+            config,
+            &stop_tx,
+            &stop_rx,
+            &mut tasks,
+        )
+        .await?;
+    } else if let Some(name) = &args.image {
         let store = store.context(
             "--image needs this host's object store: add --storage ENDPOINT or --cluster FILE",
         )?;
