@@ -208,7 +208,7 @@ async fn run(args: Args) -> Result<()> {
         let store = store.context(
             "--images needs this host's object store: add --storage ENDPOINT or --cluster FILE",
         )?;
-        let fs = envoy::image::namespace::NamespaceFs::new(store);
+        let fs = envoy::image::namespace::NamespaceFs::new(image_objects(store));
         serve_fs(
             &args,
             fs,
@@ -223,7 +223,7 @@ async fn run(args: Args) -> Result<()> {
         let store = store.context(
             "--image needs this host's object store: add --storage ENDPOINT or --cluster FILE",
         )?;
-        let fs = open_image(store, name)?;
+        let fs = open_image(image_objects(store), name)?;
         let what = format!("image {name}");
         serve_fs(&args, fs, &what, config, &stop_tx, &stop_rx, &mut tasks).await?;
     } else if !args.listen.is_empty() || args.export.is_some() || (!args.xen && !storage) {
@@ -268,8 +268,16 @@ fn server_config(args: &Args) -> ServerConfig {
     }
 }
 
+/// Images' objects through the cluster: replicated (R copies) when there are peers.
+fn image_objects(cluster: Arc<envoy_objstore::Cluster>) -> Arc<dyn envoy::image::objects::Objects> {
+    Arc::new(envoy::image::objects::ClusterObjects::new(
+        cluster,
+        tokio::runtime::Handle::current(),
+    ))
+}
+
 /// The image `name` in `store`, created (empty, root-owned) if it does not exist.
-fn open_image(store: Arc<envoy_objstore::LocalStore>, name: &str) -> Result<ImageFs> {
+fn open_image(store: Arc<dyn envoy::image::objects::Objects>, name: &str) -> Result<ImageFs> {
     use envoy::vfs::Errno;
     match ImageFs::open(store.clone(), name, false) {
         Ok(fs) => Ok(fs),

@@ -125,12 +125,12 @@ pub fn hostname() -> String {
 }
 
 /// Open the store, join the cluster and serve the storage dialect until `stop`; returns the
-/// store (for images served from it).
+/// cluster (images are served from it, replicated).
 pub async fn start(
     setup: StorageSetup,
     stop: &watch::Receiver<bool>,
     tasks: &mut tokio::task::JoinSet<Result<()>>,
-) -> Result<Arc<LocalStore>> {
+) -> Result<Arc<Cluster>> {
     let mut options = StoreOptions::default();
     if let Some(r) = setup.reserve {
         options.reserve = r;
@@ -202,7 +202,9 @@ pub async fn start(
     // SIGHUP: re-read the membership file.
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut stop_hup = stop.clone();
+    let reloading = cluster.clone();
     tasks.spawn(async move {
+        let cluster = reloading;
         loop {
             tokio::select! {
                 _ = stop_hup.changed() => return Ok(()),
@@ -213,5 +215,5 @@ pub async fn start(
             }
         }
     });
-    Ok(store)
+    Ok(cluster)
 }

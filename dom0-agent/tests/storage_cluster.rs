@@ -338,3 +338,69 @@ async fn records_are_replicated_and_gc_keeps_exactly_what_they_reach() {
     assert_eq!(msg, "gc done: 0 objects deleted");
     assert!(c0.get_object(&fresh.id, REPLICATED).await.is_ok());
 }
+
+/// An image served by one host is durable on both: what a client fsync'd through host a is
+/// served, whole, by host b after a is killed with -9.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_fsyncd_on_one_host_is_served_by_another_after_kill_9() {
+    use envoy_protocol::Dialect;
+    use envoy_protocol::consts::*;
+    use envoy_tools::client::Client;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("cluster.toml");
+    let (pa, pb, p9a, p9b) = (free_port(), free_port(), free_port(), free_port());
+    write_membership(&file, 2, &[("a", pa), ("b", pb)]);
+    let serve = |p: u16| {
+        vec![
+            "--image".to_owned(),
+            "vm".to_owned(),
+            "--listen".to_owned(),
+            format!("tcp:127.0.0.1:{p}"),
+        ]
+    };
+    let extra_a = serve(p9a);
+    let extra_a: Vec<&str> = extra_a.iter().map(String::as_str).collect();
+    let mut a = Host::start("a", pa, &tmp.path().join("a"), Some(&file), &extra_a);
+    let mut b = Host::start("b", pb, &tmp.path().join("b"), Some(&file), &[]);
+    a.client().await;
+    b.client().await;
+    let nine = |p: u16| async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], p));
+            match Client::connect_tcp(addr, Dialect::P9P2000L, 1 << 20).await {
+                Ok(c) => return c,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "no 9P server on {p}: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    };
+    let c = nine(p9a).await;
+    c.attach(1, "", "", 0).await.unwrap();
+    let data: Vec<u8> = (0..700_000).map(|i| (i % 241) as u8).collect();
+    c.walk(1, 2, &[]).await.unwrap();
+    c.lcreate(2, "disk.img", P9_DOTL_RDWR, 0o644, 0)
+        .await
+        .unwrap();
+    c.write(2, 0, &data).await.unwrap();
+    c.fsync(2, false).await.unwrap();
+    a.kill();
+    drop(c);
+    // Host b, restarted to serve the image too, has every object and the root record.
+    b.kill();
+    b.extra = serve(p9b);
+    b.restart();
+    let c = nine(p9b).await;
+    c.attach(1, "", "", 0).await.unwrap();
+    c.walk(1, 2, &["disk.img"]).await.unwrap();
+    c.lopen(2, P9_DOTL_RDONLY).await.unwrap();
+    let got = c.read(2, 0, data.len() + 1).await.unwrap();
+    assert!(
+        got[..] == data[..],
+        "host b served other bytes ({} of {})",
+        got.len(),
+        data.len()
+    );
+}

@@ -4,8 +4,10 @@
 //! A trait, so that an image runs on one host's store (`LocalStore`, synchronous) or on the
 //! replicated cluster (behind an async runtime) without knowing which.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
-use envoy_objstore::{LocalStore, ObjectId, PutObject, Record, StoreError};
+use envoy_objstore::{Cluster, LocalStore, ObjectId, PutObject, Record, StoreError};
 
 /// Immutable, content-addressed objects.
 pub trait Objects: Send + Sync {
@@ -59,5 +61,65 @@ impl Objects for LocalStore {
         refs: Vec<ObjectId>,
     ) -> Result<u64, StoreError> {
         self.cas_record(name, expected, value, refs)
+    }
+}
+
+/// The replicated cluster as an image's object layer: every put is on R hosts (a quorum)
+/// before it returns, reads fail over between replicas, records are replicated. The cluster
+/// is async; the image backend is called on the server's worker threads (and sometimes on
+/// the runtime's), so each call blocks on the runtime it was given.
+pub struct ClusterObjects {
+    cluster: Arc<Cluster>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl ClusterObjects {
+    /// Objects through `cluster`, driven on `runtime` (a multi-threaded runtime).
+    pub fn new(cluster: Arc<Cluster>, runtime: tokio::runtime::Handle) -> ClusterObjects {
+        ClusterObjects { cluster, runtime }
+    }
+
+    fn run<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // On one of the runtime's own threads: let it run other tasks meanwhile.
+            tokio::task::block_in_place(|| self.runtime.block_on(f))
+        } else {
+            self.runtime.block_on(f)
+        }
+    }
+}
+
+impl Objects for ClusterObjects {
+    fn put(&self, data: Bytes, refs: Vec<ObjectId>) -> Result<ObjectId, StoreError> {
+        let object = PutObject::new(data, refs);
+        let id = object.id;
+        self.run(self.cluster.put(object))?;
+        Ok(id)
+    }
+
+    fn get(&self, id: &ObjectId) -> Result<Bytes, StoreError> {
+        self.run(self.cluster.get(id, 0, u64::MAX)).map(|(_, b)| b)
+    }
+
+    fn record(&self, name: &str) -> Result<Option<Record>, StoreError> {
+        self.run(self.cluster.record(name))
+    }
+
+    fn records(&self) -> Result<Vec<(String, Bytes)>, StoreError> {
+        Ok(self
+            .run(self.cluster.all_records())?
+            .into_iter()
+            .map(|(n, r)| (n, r.value))
+            .collect())
+    }
+
+    fn cas(
+        &self,
+        name: &str,
+        expected: u64,
+        value: Bytes,
+        refs: Vec<ObjectId>,
+    ) -> Result<u64, StoreError> {
+        self.run(self.cluster.cas_record(name, expected, value, refs))
     }
 }

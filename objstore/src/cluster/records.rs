@@ -120,4 +120,31 @@ impl Cluster {
             }
         }
     }
+
+    /// Every record on every live host, the newest copy of each (hosts that do not answer
+    /// are skipped: their records have copies elsewhere).
+    pub async fn all_records(&self) -> Result<Vec<(String, Record)>> {
+        let local = self.local.clone();
+        let mut all: std::collections::BTreeMap<String, Record> = blocking(move || local.records())
+            .await?
+            .into_iter()
+            .collect();
+        for peer in self.peers() {
+            let Ok(records) = self
+                .on_peer(&peer, |c| async move { c.records().await })
+                .await
+            else {
+                continue;
+            };
+            for (name, r) in records {
+                match all.get(&name) {
+                    Some(have) if have.version >= r.version => {}
+                    _ => {
+                        all.insert(name, r);
+                    }
+                }
+            }
+        }
+        Ok(all.into_iter().collect())
+    }
 }
