@@ -181,6 +181,11 @@ async fn read_file(fs: ImageFs, path: &[&str]) -> Vec<u8> {
     c.read(2, 0, 1 << 20).await.unwrap().to_vec()
 }
 
+/// `/os-release` of an image or snapshot, read through a fresh server.
+async fn os_release(fs: Result<ImageFs, Errno>) -> Vec<u8> {
+    read_file(fs.unwrap(), &["os-release"]).await
+}
+
 #[tokio::test]
 async fn snapshots_keep_their_content_and_forks_diverge() {
     use envoy::image::catalog;
@@ -214,19 +219,11 @@ async fn snapshots_keep_their_content_and_forks_diverge() {
     );
     drop(c);
     assert_eq!(
-        read_file(
-            ImageFs::open_snapshot(s.clone(), "base", 1).unwrap(),
-            &["os-release"]
-        )
-        .await,
+        os_release(ImageFs::open_snapshot(s.clone(), "base", 1)).await,
         b"version 1"
     );
     assert_eq!(
-        read_file(
-            ImageFs::open(s.clone(), "base", false).unwrap(),
-            &["os-release"]
-        )
-        .await,
+        os_release(ImageFs::open(s.clone(), "base", false)).await,
         b"version 2, changed"
     );
     // A fork of snapshot 1 diverges on its own.
@@ -246,27 +243,15 @@ async fn snapshots_keep_their_content_and_forks_diverge() {
     c.clunk(2).await.unwrap();
     drop(c);
     assert_eq!(
-        read_file(
-            ImageFs::open(s.clone(), "vm7", false).unwrap(),
-            &["os-release"]
-        )
-        .await,
+        os_release(ImageFs::open(s.clone(), "vm7", false)).await,
         b"VM7sion 1"
     );
     assert_eq!(
-        read_file(
-            ImageFs::open_snapshot(s.clone(), "base", 1).unwrap(),
-            &["os-release"]
-        )
-        .await,
+        os_release(ImageFs::open_snapshot(s.clone(), "base", 1)).await,
         b"version 1"
     );
     assert_eq!(
-        read_file(
-            ImageFs::open(s.clone(), "base", false).unwrap(),
-            &["os-release"]
-        )
-        .await,
+        os_release(ImageFs::open(s.clone(), "base", false)).await,
         b"version 2, changed"
     );
     // The catalog lists both images and base's snapshot.

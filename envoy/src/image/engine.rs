@@ -495,14 +495,18 @@ impl Engine {
             let within = (pos % BLOCK as u64) as usize;
             let take = (BLOCK - within).min(n - done);
             let out = &mut buf[done..done + take];
-            match self.block(ino, index)? {
-                Some(b) if within < b.len() => {
-                    let have = (b.len() - within).min(take);
-                    out[..have].copy_from_slice(&b[within..within + have]);
-                    out[have..].fill(0);
+            // A dirty block is read in place; a stored one is fetched (verified) once.
+            let stored;
+            let block: &[u8] = match self.dirty.get(&(ino, index)) {
+                Some(b) => b,
+                None => {
+                    stored = self.block(ino, index)?.unwrap_or_default();
+                    &stored
                 }
-                _ => out.fill(0),
-            }
+            };
+            let have = block.len().saturating_sub(within).min(take);
+            out[..have].copy_from_slice(&block[within..within + have]);
+            out[have..].fill(0);
             done += take;
         }
         Ok(n)

@@ -31,6 +31,8 @@ pub fn record_name(image: &str) -> String {
 
 struct State {
     engine: Engine,
+    /// The root of the last commit (`None` until a new image's first).
+    root: Option<ObjectId>,
     /// The record's version at the last commit.
     version: u64,
     /// Changed since the last commit.
@@ -84,6 +86,7 @@ fn commit_state(store: &dyn Objects, record: &str, st: &mut State) -> Result<()>
             tracing::error!(%record, error = %e, "image: cannot record the new root");
             Errno::EIO
         })?;
+    st.root = Some(root);
     st.version = version;
     st.dirty = false;
     Ok(())
@@ -135,6 +138,31 @@ pub struct ImageFile {
     append: bool,
     written: AtomicBool,
     shared: Arc<Shared>,
+}
+
+/// Whether open `flags` ask to read and to write.
+fn access(flags: i32) -> (bool, bool) {
+    let acc = flags & libc::O_ACCMODE;
+    (
+        acc == libc::O_RDONLY || acc == libc::O_RDWR,
+        acc == libc::O_WRONLY || acc == libc::O_RDWR,
+    )
+}
+
+impl ImageFile {
+    /// A handle on `ino` with the access `flags` ask for; `written` if it changed the file
+    /// already (created or truncated).
+    fn new(ino: u64, flags: i32, written: bool, shared: Arc<Shared>) -> ImageFile {
+        let (readable, writable) = access(flags);
+        ImageFile {
+            ino,
+            readable,
+            writable,
+            append: flags & libc::O_APPEND != 0,
+            written: AtomicBool::new(written),
+            shared,
+        }
+    }
 }
 
 impl Drop for ImageFile {
@@ -211,18 +239,7 @@ impl ImageFs {
             return Err(Errno::EEXIST);
         }
         let engine = Engine::format(store.clone(), uid, gid, 0o755)?;
-        let fs = ImageFs {
-            shared: Arc::new(Shared {
-                store,
-                record,
-                state: Mutex::new(State {
-                    engine,
-                    version: 0,
-                    dirty: true,
-                }),
-            }),
-            read_only: false,
-        };
+        let fs = ImageFs::serve(store, record, engine, None, 0, false);
         {
             let mut st = fs.shared.lock();
             fs.shared.commit(&mut st)?;
@@ -239,18 +256,38 @@ impl ImageFs {
             .ok_or(Errno::ENOENT)?;
         let root = ObjectId::try_from_slice(&rec.value).ok_or(Errno::EIO)?;
         let engine = Engine::open(store.clone(), &root)?;
-        Ok(ImageFs {
+        Ok(ImageFs::serve(
+            store,
+            record,
+            engine,
+            Some(root),
+            rec.version,
+            read_only,
+        ))
+    }
+
+    /// Serve `engine`, whose last commit is `root`, recorded as `record` at `version`.
+    fn serve(
+        store: Arc<dyn Objects>,
+        record: String,
+        engine: Engine,
+        root: Option<ObjectId>,
+        version: u64,
+        read_only: bool,
+    ) -> ImageFs {
+        ImageFs {
             shared: Arc::new(Shared {
                 store,
                 record,
                 state: Mutex::new(State {
                     engine,
-                    version: rec.version,
-                    dirty: false,
+                    dirty: root.is_none(),
+                    root,
+                    version,
                 }),
             }),
             read_only,
-        })
+        }
     }
 
     /// Take snapshot `n`: commit what is dirty, then record the root as `image/NAME@N`
@@ -259,39 +296,18 @@ impl ImageFs {
         self.writable()?;
         let mut st = self.shared.lock();
         self.shared.commit(&mut st)?;
-        let root = self.current_root(&st)?;
+        let root = st.root.ok_or(Errno::EIO)?;
         let image = self.shared.record.trim_start_matches("image/");
         super::catalog::record_snapshot(&*self.shared.store, image, n, &root)?;
         Ok(root)
-    }
-
-    /// The committed root the record names.
-    fn current_root(&self, _st: &State) -> Result<ObjectId> {
-        let rec = self
-            .shared
-            .store
-            .record(&self.shared.record)
-            .map_err(|_| Errno::EIO)?
-            .ok_or(Errno::ENOENT)?;
-        ObjectId::try_from_slice(&rec.value).ok_or(Errno::EIO)
     }
 
     /// Serve snapshot `n` of image `name`, read-only.
     pub fn open_snapshot(store: Arc<dyn Objects>, name: &str, n: u64) -> Result<ImageFs> {
         let root = super::catalog::snapshot_root(&*store, name, n)?;
         let engine = Engine::open(store.clone(), &root)?;
-        Ok(ImageFs {
-            shared: Arc::new(Shared {
-                store,
-                record: super::catalog::snapshot_record(name, n),
-                state: Mutex::new(State {
-                    engine,
-                    version: 1,
-                    dirty: false,
-                }),
-            }),
-            read_only: true,
-        })
+        let record = super::catalog::snapshot_record(name, n);
+        Ok(ImageFs::serve(store, record, engine, Some(root), 1, true))
     }
 
     /// Commit now (what fsync does).
@@ -486,9 +502,7 @@ impl FileSystem for ImageFs {
 
     fn open(&self, creds: &Creds, node: &ImageNode, flags: i32) -> Result<(ImageFile, Qid)> {
         let ino = node.ino();
-        let acc = flags & libc::O_ACCMODE;
-        let readable = acc == libc::O_RDONLY || acc == libc::O_RDWR;
-        let writable = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        let (readable, writable) = access(flags);
         let truncate = flags & libc::O_TRUNC != 0;
         if (writable || truncate) && self.read_only {
             return Err(Errno::EROFS);
@@ -514,17 +528,7 @@ impl FileSystem for ImageFs {
             st.dirty = true;
         }
         let q = qid(ino, &st.engine.inode(ino)?);
-        Ok((
-            ImageFile {
-                ino,
-                readable,
-                writable,
-                append: flags & libc::O_APPEND != 0,
-                written: AtomicBool::new(truncate),
-                shared: self.shared.clone(),
-            },
-            q,
-        ))
+        Ok((ImageFile::new(ino, flags, truncate, self.shared.clone()), q))
     }
 
     fn create(
@@ -542,15 +546,7 @@ impl FileSystem for ImageFs {
             gid.unwrap_or(creds.gid),
         );
         let (ino, n) = self.make(creds, dir, name, new)?;
-        let acc = flags & libc::O_ACCMODE;
-        let file = ImageFile {
-            ino,
-            readable: acc == libc::O_RDONLY || acc == libc::O_RDWR,
-            writable: acc == libc::O_WRONLY || acc == libc::O_RDWR,
-            append: flags & libc::O_APPEND != 0,
-            written: AtomicBool::new(true),
-            shared: self.shared.clone(),
-        };
+        let file = ImageFile::new(ino, flags, true, self.shared.clone());
         Ok((dir.child(ino, name), file, qid(ino, &n)))
     }
 

@@ -118,6 +118,11 @@ impl NamespaceFs {
         Ok(fs)
     }
 
+    /// The served tree of `image`'s live state (`None`) or snapshot.
+    fn tree(&self, image: &str, snap: Option<u64>) -> Result<Arc<ImageFs>> {
+        self.fs(&(image.to_owned(), snap))
+    }
+
     /// What a name in `/NAME` leads to.
     fn in_image_dir(&self, image: &str, name: &str) -> Result<NsNode> {
         let info = self.image(image)?.ok_or(Errno::ENOENT)?;
@@ -172,6 +177,14 @@ impl NamespaceFs {
     }
 }
 
+/// The image's own handle behind a namespace file, if it is one.
+fn image_file(file: Option<&NsFile>) -> Option<&ImageFile> {
+    match file {
+        Some(NsFile::In(_, f)) => Some(f),
+        _ => None,
+    }
+}
+
 impl FileSystem for NamespaceFs {
     type Node = NsNode;
     type File = NsFile;
@@ -213,7 +226,7 @@ impl FileSystem for NamespaceFs {
                 (NsNode::Latest(_), _) => Err(Errno::ENOTDIR),
                 (NsNode::In(image, snap, node), _) => {
                     // The rest of the walk happens inside the image.
-                    let fs = match self.fs(&(image.clone(), *snap)) {
+                    let fs = match self.tree(image, *snap) {
                         Ok(fs) => fs,
                         Err(e) => return (out, Some(e)),
                     };
@@ -250,7 +263,7 @@ impl FileSystem for NamespaceFs {
             NsNode::Top => "/".into(),
             NsNode::ImageDir(n) => n.clone(),
             NsNode::Latest(_) => "snapshot".into(),
-            NsNode::In(image, snap, n) => match self.fs(&(image.clone(), *snap)) {
+            NsNode::In(image, snap, n) => match self.tree(image, *snap) {
                 Ok(fs) if fs.name(n) != "/" => fs.name(n),
                 _ => snap.map_or_else(|| "current".into(), |s| s.to_string()),
             },
@@ -278,12 +291,8 @@ impl FileSystem for NamespaceFs {
                 })
             }
             NsNode::In(image, snap, n) => {
-                let fs = self.fs(&(image.clone(), *snap))?;
-                let f = match file {
-                    Some(NsFile::In(_, f)) => Some(f),
-                    _ => None,
-                };
-                fs.getattr(creds, n, f)
+                let fs = self.tree(image, *snap)?;
+                fs.getattr(creds, n, image_file(file))
             }
         }
     }
@@ -297,12 +306,8 @@ impl FileSystem for NamespaceFs {
     ) -> Result<()> {
         match node {
             NsNode::In(image, snap, n) => {
-                let fs = self.fs(&(image.clone(), *snap))?;
-                let f = match file {
-                    Some(NsFile::In(_, f)) => Some(f),
-                    _ => None,
-                };
-                fs.setattr(creds, n, f, set)
+                let fs = self.tree(image, *snap)?;
+                fs.setattr(creds, n, image_file(file), set)
             }
             _ => Err(Errno::EPERM),
         }
@@ -311,7 +316,7 @@ impl FileSystem for NamespaceFs {
     fn open(&self, creds: &Creds, node: &NsNode, flags: i32) -> Result<(NsFile, Qid)> {
         match node {
             NsNode::In(image, snap, n) => {
-                let fs = self.fs(&(image.clone(), *snap))?;
+                let fs = self.tree(image, *snap)?;
                 let (f, q) = fs.open(creds, n, flags)?;
                 Ok((NsFile::In(fs, f), q))
             }
@@ -332,7 +337,7 @@ impl FileSystem for NamespaceFs {
     ) -> Result<(NsNode, NsFile, Qid)> {
         match dir {
             NsNode::In(image, snap, n) => {
-                let fs = self.fs(&(image.clone(), *snap))?;
+                let fs = self.tree(image, *snap)?;
                 let (node, f, q) = fs.create(creds, n, name, flags, mode, gid)?;
                 Ok((NsNode::In(image.clone(), *snap, node), NsFile::In(fs, f), q))
             }
@@ -406,7 +411,7 @@ impl FileSystem for NamespaceFs {
     fn link(&self, creds: &Creds, dir: &NsNode, name: &str, target: &NsNode) -> Result<()> {
         match (dir, target) {
             (NsNode::In(i1, s1, d), NsNode::In(i2, s2, t)) if i1 == i2 && s1 == s2 => {
-                self.fs(&(i1.clone(), *s1))?.link(creds, d, name, t)
+                self.tree(i1, *s1)?.link(creds, d, name, t)
             }
             (NsNode::In(..), NsNode::In(..)) => Err(Errno::EXDEV),
             _ => Err(Errno::EPERM),
@@ -419,7 +424,7 @@ impl FileSystem for NamespaceFs {
                 .image(n)?
                 .and_then(|i| i.snapshots.last().map(u64::to_string))
                 .ok_or(Errno::ENOENT),
-            NsNode::In(image, snap, n) => self.fs(&(image.clone(), *snap))?.readlink(creds, n),
+            NsNode::In(image, snap, n) => self.tree(image, *snap)?.readlink(creds, n),
             _ => Err(Errno::EINVAL),
         }
     }
@@ -483,7 +488,7 @@ impl FileSystem for NamespaceFs {
 
     fn remove(&self, creds: &Creds, node: &NsNode) -> Result<()> {
         match node {
-            NsNode::In(image, snap, n) => self.fs(&(image.clone(), *snap))?.remove(creds, n),
+            NsNode::In(image, snap, n) => self.tree(image, *snap)?.remove(creds, n),
             _ => Err(Errno::EPERM),
         }
     }
@@ -574,7 +579,7 @@ impl FileSystem for NamespaceFs {
 
     fn statfs(&self, creds: &Creds, node: &NsNode) -> Result<StatFs> {
         match node {
-            NsNode::In(image, snap, n) => self.fs(&(image.clone(), *snap))?.statfs(creds, n),
+            NsNode::In(image, snap, n) => self.tree(image, *snap)?.statfs(creds, n),
             _ => {
                 let fs = ImageFs::statfs_figures();
                 Ok(fs)
