@@ -33,9 +33,15 @@ fn eio(e: StoreError) -> Errno {
     Errno::EIO
 }
 
-/// The root a record names.
-fn root_of(value: &[u8]) -> Result<ObjectId, Errno> {
-    ObjectId::try_from_slice(value).ok_or(Errno::EIO)
+/// The root a record names: an image record's value is its root's id, followed (while
+/// changes since that root are only in the write-ahead log) by the log's head; a snapshot
+/// record's value is its root's id.
+pub fn root_of(value: &[u8]) -> Result<ObjectId, Errno> {
+    value
+        .get(..32)
+        .and_then(ObjectId::try_from_slice)
+        .filter(|_| value.len() == 32 || value.len() == 64)
+        .ok_or(Errno::EIO)
 }
 
 /// One image and its snapshots.

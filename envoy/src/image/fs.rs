@@ -254,7 +254,7 @@ impl ImageFs {
             .record(&record)
             .map_err(|_| Errno::EIO)?
             .ok_or(Errno::ENOENT)?;
-        let root = ObjectId::try_from_slice(&rec.value).ok_or(Errno::EIO)?;
+        let root = super::catalog::root_of(&rec.value)?;
         let engine = Engine::open(store.clone(), &root)?;
         Ok(ImageFs::serve(
             store,
