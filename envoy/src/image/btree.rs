@@ -14,7 +14,7 @@
 //! follows a tree from its root to every block.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use envoy_objstore::{ObjectId, StoreError};
+use envoy_objstore::{ObjectId, PutObject, StoreError};
 
 use super::objects::Objects;
 
@@ -297,9 +297,10 @@ fn scan(
     }
 }
 
-fn commit(node: &mut Mem, store: &dyn Objects, refs: ValueRefs) -> Result<ObjectId, StoreError> {
+/// Encode every changed node into `batch`, children before parents; the node's id.
+fn commit(node: &mut Mem, batch: &mut Vec<PutObject>, refs: ValueRefs) -> ObjectId {
     if let Some(id) = node.id {
-        return Ok(id);
+        return id;
     }
     let mut out = BytesMut::with_capacity(node.encoded_len());
     let mut ids = Vec::new();
@@ -320,7 +321,7 @@ fn commit(node: &mut Mem, store: &dyn Objects, refs: ValueRefs) -> Result<Object
             for (k, link) in v.iter_mut() {
                 let id = match link {
                     Link::Stored(id) => *id,
-                    Link::Loaded(m) => commit(m, store, refs)?,
+                    Link::Loaded(m) => commit(m, batch, refs),
                 };
                 out.put_u64_le(*k);
                 out.put_slice(&id.0);
@@ -328,9 +329,11 @@ fn commit(node: &mut Mem, store: &dyn Objects, refs: ValueRefs) -> Result<Object
             }
         }
     }
-    let id = store.put(out.freeze(), ids)?;
+    let object = PutObject::new(out.freeze(), ids);
+    let id = object.id;
+    batch.push(object);
     node.id = Some(id);
-    Ok(id)
+    id
 }
 
 /// Forget loaded, unchanged subtrees (they are reloaded on use): bounds memory.
@@ -428,7 +431,18 @@ impl Tree {
 
     /// Write every changed node; the root's id (a snapshot of the whole tree).
     pub fn commit(&mut self, store: &dyn Objects) -> Result<ObjectId, StoreError> {
-        commit(&mut self.root, store, self.refs)
+        let mut batch = Vec::new();
+        let id = self.commit_into(&mut batch);
+        store.put_many(batch)?;
+        Ok(id)
+    }
+
+    /// Every changed node as an object to store, into `batch` (children before parents: the
+    /// ids are their hashes, known before anything is stored); the root's id. The tree counts
+    /// as committed from here on: the caller must store the batch before it [`Tree::unload`]s
+    /// or names the root anywhere durable.
+    pub fn commit_into(&mut self, batch: &mut Vec<PutObject>) -> ObjectId {
+        commit(&mut self.root, batch, self.refs)
     }
 
     /// Drop unchanged subtrees from memory (they are read again when needed).

@@ -11,15 +11,19 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use envoy_objstore::{ObjectId, StoreError};
+use envoy_objstore::{ObjectId, PutObject, StoreError};
 use nix::errno::Errno;
 
 use super::btree::{Tree, no_refs};
 use super::inode::{self, Content, Entry, Inode};
 use super::objects::Objects;
+use super::wal::{AttrChange, Logged, Op};
 
 /// Bytes per file block.
 pub const BLOCK: usize = 64 * 1024;
+/// Bytes of ops the journal holds at most; past it, the journal is dropped and only a commit
+/// can make the changes durable (a log entry that large would cost what a commit costs).
+pub const JOURNAL_BYTES: usize = 1 << 20;
 /// The root directory's inode number.
 pub const ROOT_INO: u64 = 1;
 const ROOT_MAGIC: &[u8; 8] = b"ENVOYIMG";
@@ -79,6 +83,26 @@ pub struct Engine {
     trees: HashMap<u64, Tree>,
     /// Blocks written since the last commit: (inode, block index) → content (≤ BLOCK bytes).
     dirty: BTreeMap<(u64, u64), BytesMut>,
+    /// Objects of a commit whose store failed: stored again by the next commit.
+    unsaved: Vec<PutObject>,
+    /// Changes not yet in the write-ahead log (see [`Engine::take_journal`]).
+    journal: Journal,
+    /// The time of the change being made (a replay sets it from the log).
+    at: (u64, u32),
+    /// Replaying: the time to stamp the next change with.
+    clock: Option<(u64, u32)>,
+}
+
+/// The changes made since the journal was last taken, for the write-ahead log.
+#[derive(Debug, Default)]
+struct Journal {
+    ops: Vec<Logged>,
+    bytes: usize,
+    /// Changes were made that the ops do not describe (too many bytes, or a failure part way
+    /// through a change): only a commit can make them durable.
+    lost: bool,
+    /// Replaying a log: changes are not journaled again.
+    off: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -99,8 +123,12 @@ impl Engine {
             next_ino: ROOT_INO + 1,
             trees: HashMap::new(),
             dirty: BTreeMap::new(),
+            unsaved: Vec::new(),
+            journal: Journal::default(),
+            at: now(),
+            clock: None,
         };
-        let t = now();
+        let t = e.at;
         let root = Inode {
             mode: libc::S_IFDIR | (mode & 0o7777),
             uid,
@@ -134,15 +162,24 @@ impl Engine {
             next_ino,
             trees: HashMap::new(),
             dirty: BTreeMap::new(),
+            unsaved: Vec::new(),
+            journal: Journal::default(),
+            at: now(),
+            clock: None,
         })
     }
 
     /// Write everything changed and a new root object; the root's id (durable on return).
+    /// Every object is stored in one batch (their ids are their hashes, known up front); if
+    /// the batch fails, it is kept and stored again by the next commit.
     pub fn commit(&mut self) -> Result<ObjectId> {
+        let mut batch = std::mem::take(&mut self.unsaved);
         // Blocks into their files' maps.
         let dirty = std::mem::take(&mut self.dirty);
         for ((ino, index), data) in dirty {
-            let id = self.store.put(data.freeze(), Vec::new()).map_err(eio)?;
+            let block = PutObject::new(data.freeze(), Vec::new());
+            let id = block.id;
+            batch.push(block);
             let store = self.store.clone();
             self.tree(ino)?
                 .insert(&*store, index, Bytes::copy_from_slice(&id.0))
@@ -156,24 +193,37 @@ impl Engine {
             .map(|(ino, _)| *ino)
             .collect();
         for ino in changed {
-            let store = self.store.clone();
             let Some(tree) = self.trees.get_mut(&ino) else {
                 continue;
             };
-            let id = tree.commit(&*store).map_err(eio)?;
-            tree.unload();
+            let id = tree.commit_into(&mut batch);
             let mut node = self.inode(ino)?;
             node.content = Content::Tree(id);
             self.put_inode(ino, &node)?;
         }
-        let store = self.store.clone();
-        let table = self.inodes.commit(&*store).map_err(eio)?;
-        self.inodes.unload();
+        let table = self.inodes.commit_into(&mut batch);
         let mut root = BytesMut::with_capacity(48);
         root.put_slice(ROOT_MAGIC);
         root.put_slice(&table.0);
         root.put_u64_le(self.next_ino);
-        self.store.put(root.freeze(), vec![table]).map_err(eio)
+        let root = PutObject::new(root.freeze(), vec![table]);
+        let id = root.id;
+        batch.push(root);
+        if let Err(e) = self.store.put_many(batch.clone()) {
+            self.unsaved = batch;
+            return Err(eio(e));
+        }
+        // Stored: what is unchanged can leave memory (it is read again when needed).
+        self.inodes.unload();
+        for tree in self.trees.values_mut() {
+            tree.unload();
+        }
+        // Everything is in the root now: the journal starts afresh.
+        self.journal = Journal {
+            off: self.journal.off,
+            ..Journal::default()
+        };
+        Ok(id)
     }
 
     /// Bytes of file data changed since the last commit (callers commit past a limit).
@@ -204,11 +254,11 @@ impl Engine {
     }
 
     /// Change an inode's attributes (its version and change time move on).
-    pub fn update(&mut self, ino: u64, f: impl FnOnce(&mut Inode)) -> Result<Inode> {
+    fn update(&mut self, ino: u64, f: impl FnOnce(&mut Inode)) -> Result<Inode> {
         let mut node = self.inode(ino)?;
         f(&mut node);
         node.version += 1;
-        node.times[2] = now();
+        node.times[2] = self.at;
         self.put_inode(ino, &node)?;
         Ok(node)
     }
@@ -282,9 +332,10 @@ impl Engine {
         });
         self.set_entries(dir, key, &list)?;
         let is_dir = kind == libc::S_IFDIR;
+        let at = self.at;
         self.update(dir, |d| {
             d.size += 1;
-            d.times[1] = now();
+            d.times[1] = at;
             if is_dir {
                 d.nlink += 1;
             }
@@ -302,9 +353,10 @@ impl Engine {
         let e = list.remove(i);
         self.set_entries(dir, key, &list)?;
         let is_dir = e.kind == libc::S_IFDIR;
+        let at = self.at;
         self.update(dir, |d| {
             d.size = d.size.saturating_sub(1);
-            d.times[1] = now();
+            d.times[1] = at;
             if is_dir {
                 d.nlink = d.nlink.saturating_sub(1);
             }
@@ -314,6 +366,22 @@ impl Engine {
 
     /// Create `name` in `dir` as `new` says. Returns the new inode number.
     pub fn create(&mut self, dir: u64, name: &str, new: &NewNode<'_>) -> Result<u64> {
+        self.begin();
+        let r = self.do_create(dir, name, new);
+        self.log_change(&r, |ino| Op::Create {
+            dir,
+            name: name.to_owned(),
+            ino: *ino,
+            mode: new.mode,
+            uid: new.uid,
+            gid: new.gid,
+            rdev: new.rdev,
+            target: new.target.map(str::to_owned),
+        });
+        r
+    }
+
+    fn do_create(&mut self, dir: u64, name: &str, new: &NewNode<'_>) -> Result<u64> {
         let NewNode {
             mode,
             uid,
@@ -335,7 +403,7 @@ impl Engine {
         };
         let ino = self.next_ino;
         self.next_ino += 1;
-        let t = now();
+        let t = self.at;
         let node = Inode {
             mode: kind | (mode & 0o7777),
             uid,
@@ -354,6 +422,17 @@ impl Engine {
 
     /// A hard link `name` in `dir` to the non-directory `ino`.
     pub fn link(&mut self, dir: u64, name: &str, ino: u64) -> Result<()> {
+        self.begin();
+        let r = self.do_link(dir, name, ino);
+        self.log_change(&r, |_| Op::Link {
+            dir,
+            name: name.to_owned(),
+            ino,
+        });
+        r
+    }
+
+    fn do_link(&mut self, dir: u64, name: &str, ino: u64) -> Result<()> {
         let node = self.inode(ino)?;
         if node.mode & libc::S_IFMT == libc::S_IFDIR {
             return Err(Errno::EPERM);
@@ -366,6 +445,17 @@ impl Engine {
     /// Remove `name` from `dir` (`rmdir`: it must be an empty directory; otherwise it must
     /// not be one). The inode goes when its last link does.
     pub fn unlink(&mut self, dir: u64, name: &str, rmdir: bool) -> Result<()> {
+        self.begin();
+        let r = self.do_unlink(dir, name, rmdir);
+        self.log_change(&r, |_| Op::Unlink {
+            dir,
+            name: name.to_owned(),
+            rmdir,
+        });
+        r
+    }
+
+    fn do_unlink(&mut self, dir: u64, name: &str, rmdir: bool) -> Result<()> {
         let e = self.lookup(dir, name)?.ok_or(Errno::ENOENT)?;
         let is_dir = e.kind == libc::S_IFDIR;
         if rmdir && !is_dir {
@@ -402,6 +492,18 @@ impl Engine {
 
     /// Move `oname` in `odir` to `nname` in `ndir`, replacing a compatible target.
     pub fn rename(&mut self, odir: u64, oname: &str, ndir: u64, nname: &str) -> Result<()> {
+        self.begin();
+        let r = self.do_rename(odir, oname, ndir, nname);
+        self.log_change(&r, |_| Op::Rename {
+            odir,
+            oname: oname.to_owned(),
+            ndir,
+            nname: nname.to_owned(),
+        });
+        r
+    }
+
+    fn do_rename(&mut self, odir: u64, oname: &str, ndir: u64, nname: &str) -> Result<()> {
         let e = self.lookup(odir, oname)?.ok_or(Errno::ENOENT)?;
         if odir == ndir && oname == nname {
             return Ok(());
@@ -410,7 +512,7 @@ impl Engine {
             return Err(Errno::EINVAL);
         }
         if let Some(old) = self.lookup(ndir, nname)? {
-            self.unlink(ndir, nname, old.kind == libc::S_IFDIR)?;
+            self.do_unlink(ndir, nname, old.kind == libc::S_IFDIR)?;
         }
         self.drop_entry(odir, oname)?;
         self.add_entry(ndir, nname, e.ino, e.kind)
@@ -528,6 +630,17 @@ impl Engine {
 
     /// Write `data` into file `ino` at `offset`; bytes written. Only the blocks touched change.
     pub fn write(&mut self, ino: u64, offset: u64, data: &[u8]) -> Result<usize> {
+        self.begin();
+        let r = self.do_write(ino, offset, data);
+        self.log_change(&r, |_| Op::Write {
+            ino,
+            offset,
+            data: Bytes::copy_from_slice(data),
+        });
+        r
+    }
+
+    fn do_write(&mut self, ino: u64, offset: u64, data: &[u8]) -> Result<usize> {
         let node = self.inode(ino)?;
         if node.mode & libc::S_IFMT != libc::S_IFREG {
             return Err(Errno::EINVAL);
@@ -560,7 +673,7 @@ impl Engine {
             self.dirty.insert((ino, index), block);
             done += take;
         }
-        let t = now();
+        let t = self.at;
         self.update(ino, |n| {
             n.size = n.size.max(end);
             n.times[1] = t;
@@ -570,6 +683,13 @@ impl Engine {
 
     /// Set file `ino`'s size: blocks past it are dropped, a partial last block is cut.
     pub fn truncate(&mut self, ino: u64, size: u64) -> Result<()> {
+        self.begin();
+        let r = self.do_truncate(ino, size);
+        self.log_change(&r, |_| Op::Truncate { ino, size });
+        r
+    }
+
+    fn do_truncate(&mut self, ino: u64, size: u64) -> Result<()> {
         let node = self.inode(ino)?;
         if node.mode & libc::S_IFMT != libc::S_IFREG {
             return Err(Errno::EINVAL);
@@ -606,11 +726,159 @@ impl Engine {
                 }
             }
         }
-        let t = now();
+        let t = self.at;
         self.update(ino, |n| {
             n.size = size;
             n.times[1] = t;
         })?;
+        Ok(())
+    }
+
+    /// Change `ino`'s attributes as `change` says.
+    pub fn set_attr(&mut self, ino: u64, change: &AttrChange) -> Result<Inode> {
+        self.begin();
+        let c = *change;
+        let r = self.update(ino, |n| {
+            if let Some(m) = c.mode {
+                n.mode = (n.mode & libc::S_IFMT) | (m & 0o7777);
+            }
+            if let Some(u) = c.uid {
+                n.uid = u;
+            }
+            if let Some(g) = c.gid {
+                n.gid = g;
+            }
+            if let Some(t) = c.atime {
+                n.times[0] = t;
+            }
+            if let Some(t) = c.mtime {
+                n.times[1] = t;
+            }
+        });
+        self.log_change(&r, |_| Op::SetAttr { ino, change: c });
+        r
+    }
+
+    /// The time the change about to be made carries.
+    fn begin(&mut self) {
+        self.at = self.clock.unwrap_or_else(now);
+    }
+
+    /// Journal a change that returned `r`. Errors other than EIO are refusals made before
+    /// anything changed; after an EIO the state may be half changed, which no op describes.
+    fn log_change<T>(&mut self, r: &Result<T>, op: impl FnOnce(&T) -> Op) {
+        let j = &mut self.journal;
+        if j.off || j.lost {
+            return;
+        }
+        match r {
+            Ok(v) => {
+                let op = op(v);
+                j.bytes += op.size();
+                if j.bytes > JOURNAL_BYTES {
+                    j.ops = Vec::new();
+                    j.lost = true;
+                } else {
+                    j.ops.push(Logged { at: self.at, op });
+                }
+            }
+            Err(Errno::EIO) => {
+                j.ops = Vec::new();
+                j.lost = true;
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Whether changes were made since the journal was last taken or the last commit.
+    pub fn unlogged(&self) -> bool {
+        self.journal.lost || !self.journal.ops.is_empty()
+    }
+
+    /// The changes made since the last call (or commit), oldest first, for a log entry;
+    /// `None` if they cannot be described by ops (then only a commit makes them durable).
+    pub fn take_journal(&mut self) -> Option<Vec<Logged>> {
+        if self.journal.lost {
+            return None;
+        }
+        self.journal.bytes = 0;
+        Some(std::mem::take(&mut self.journal.ops))
+    }
+
+    /// Give up on the journal (a log entry holding its ops failed): the changes are still
+    /// here, and the next sync must commit them.
+    pub fn lose_journal(&mut self) {
+        self.journal.ops = Vec::new();
+        self.journal.lost = true;
+    }
+
+    /// Apply logged changes (a log replayed onto the root it was written against): each is
+    /// made exactly as it was, with its time and, for a new node, its inode number.
+    pub fn replay(&mut self, ops: &[Logged]) -> Result<()> {
+        let off = std::mem::replace(&mut self.journal.off, true);
+        let r = ops.iter().try_for_each(|l| self.apply(l));
+        self.journal.off = off;
+        self.clock = None;
+        r
+    }
+
+    fn apply(&mut self, l: &Logged) -> Result<()> {
+        self.clock = Some(l.at);
+        let diverged = |what: &str| {
+            tracing::error!(op = ?l.op, "image: log replay diverged: {what}");
+            Errno::EIO
+        };
+        match &l.op {
+            Op::Create {
+                dir,
+                name,
+                ino,
+                mode,
+                uid,
+                gid,
+                rdev,
+                target,
+            } => {
+                let new = NewNode {
+                    mode: *mode,
+                    uid: *uid,
+                    gid: *gid,
+                    rdev: *rdev,
+                    target: target.as_deref(),
+                };
+                let got = self
+                    .create(*dir, name, &new)
+                    .map_err(|_| diverged("create"))?;
+                if got != *ino {
+                    return Err(diverged("inode number"));
+                }
+            }
+            Op::Link { dir, name, ino } => {
+                self.link(*dir, name, *ino).map_err(|_| diverged("link"))?
+            }
+            Op::Unlink { dir, name, rmdir } => self
+                .unlink(*dir, name, *rmdir)
+                .map_err(|_| diverged("unlink"))?,
+            Op::Rename {
+                odir,
+                oname,
+                ndir,
+                nname,
+            } => self
+                .rename(*odir, oname, *ndir, nname)
+                .map_err(|_| diverged("rename"))?,
+            Op::Write { ino, offset, data } => {
+                self.write(*ino, *offset, data)
+                    .map_err(|_| diverged("write"))?;
+            }
+            Op::Truncate { ino, size } => self
+                .truncate(*ino, *size)
+                .map_err(|_| diverged("truncate"))?,
+            Op::SetAttr { ino, change } => {
+                self.set_attr(*ino, change)
+                    .map_err(|_| diverged("setattr"))?;
+            }
+        }
         Ok(())
     }
 }
@@ -674,6 +942,127 @@ mod tests {
                 assert_eq!(read_all(&mut e, ino), model, "after reopen at {step}");
             }
         }
+    }
+
+    /// Everything in an image, by path: attributes (times and versions included) and content.
+    fn dump(e: &mut Engine) -> Vec<(String, Inode, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![(String::new(), ROOT_INO)];
+        while let Some((path, ino)) = stack.pop() {
+            let mut node = e.inode(ino).unwrap();
+            let content = match node.mode & libc::S_IFMT {
+                libc::S_IFREG => read_all(e, ino),
+                libc::S_IFDIR => {
+                    let mut names = Vec::new();
+                    e.readdir(ino, 0, |en| {
+                        names.push((en.name.clone(), en.ino));
+                        true
+                    })
+                    .unwrap();
+                    for (n, i) in names {
+                        stack.push((format!("{path}/{n}"), i));
+                    }
+                    Vec::new()
+                }
+                _ => Vec::new(),
+            };
+            // Tree ids differ between a committed and a replayed copy until both commit.
+            node.content = match node.content {
+                Content::Tree(_) => Content::Empty,
+                c => c,
+            };
+            out.push((path, node, content));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// The journal describes every change exactly: replaying the ops taken from it onto the
+    /// root they started from gives the same image, times, inode numbers and all; and a
+    /// journal that overflowed says so instead of handing out a partial log.
+    #[test]
+    fn a_replayed_journal_reproduces_the_image() {
+        let (_d, s) = store();
+        let mut e = Engine::format(s.clone(), 0, 0, 0o755).unwrap();
+        let d = e
+            .create(ROOT_INO, "d", &NewNode::new(libc::S_IFDIR | 0o755, 0, 0))
+            .unwrap();
+        let f = file(&mut e, "f");
+        e.write(f, 0, &vec![7u8; 3 * BLOCK]).unwrap();
+        let base = e.commit().unwrap();
+        assert!(!e.unlogged());
+        let mut log = Vec::new();
+        let mut x = 7u64;
+        let mut files = vec![(ROOT_INO, "f".to_string())];
+        for step in 0..400u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let (dir, name) = files[(x % files.len() as u64) as usize].clone();
+            let ino = e.lookup(dir, &name).unwrap().map(|en| en.ino);
+            let _ = match (x >> 8) % 8 {
+                0 => {
+                    let name = format!("n{step}");
+                    let dir = if x & 1 == 0 { ROOT_INO } else { d };
+                    let r = e.create(dir, &name, &NewNode::new(libc::S_IFREG | 0o640, 5, 6));
+                    if r.is_ok() {
+                        files.push((dir, name));
+                    }
+                    r.map(drop)
+                }
+                1 => e.link(d, &format!("l{step}"), ino.unwrap()),
+                2 if files.len() > 2 => {
+                    files.retain(|f| *f != (dir, name.clone()));
+                    e.unlink(dir, &name, false)
+                }
+                3 => {
+                    let nname = format!("r{step}");
+                    let r = e.rename(dir, &name, d, &nname);
+                    files.retain(|f| *f != (dir, name.clone()));
+                    files.push((d, nname));
+                    r
+                }
+                4 => e.truncate(ino.unwrap(), (x >> 16) % (2 * BLOCK as u64)),
+                5 => e
+                    .set_attr(
+                        ino.unwrap(),
+                        &AttrChange {
+                            mode: Some(0o600),
+                            mtime: Some((x >> 40, 9)),
+                            ..AttrChange::default()
+                        },
+                    )
+                    .map(drop),
+                _ => e
+                    .write(
+                        ino.unwrap(),
+                        (x >> 12) % (3 * BLOCK as u64),
+                        &[step as u8; 5000],
+                    )
+                    .map(drop),
+            };
+            // Failed ops (EEXIST, ...) change nothing and log nothing.
+            e.create(ROOT_INO, "d", &NewNode::new(libc::S_IFREG, 0, 0))
+                .unwrap_err();
+            if step % 37 == 0 {
+                log.extend(e.take_journal().expect("journal kept"));
+            }
+        }
+        log.extend(e.take_journal().expect("journal kept"));
+        assert!(log.len() > 300, "only {} ops succeeded", log.len());
+        let mut replayed = Engine::open(s.clone(), &base).unwrap();
+        replayed.replay(&log).unwrap();
+        assert_eq!(dump(&mut replayed), dump(&mut e));
+        // A replay on the wrong base diverges loudly instead of making something up.
+        let mut fresh = Engine::format(s.clone(), 0, 0, 0o755).unwrap();
+        assert_eq!(fresh.replay(&log), Err(Errno::EIO));
+        // Past JOURNAL_BYTES the journal gives up: only a commit can save the changes.
+        e.write(f, 0, &vec![1u8; JOURNAL_BYTES + 1]).unwrap();
+        assert!(e.unlogged());
+        assert_eq!(e.take_journal(), None);
+        e.commit().unwrap();
+        assert!(!e.unlogged());
+        assert_eq!(e.take_journal(), Some(Vec::new()));
     }
 
     /// A committed root is a snapshot: later changes do not show in it; an engine opened on it

@@ -1,28 +1,38 @@
 //! One image served through the [`FileSystem`] trait: the engine behind a lock, Unix
-//! permission checks, and commits that make changes durable.
+//! permission checks, and the owner's write path that makes changes durable.
 //!
-//! The image's current root is the record `image/NAME`; a commit writes the engine's changes
-//! and compare-and-sets the record to the new root, so a crash leaves the image at its last
-//! commit. Commits happen on fsync, on the clunk of a file that was written, and whenever more
-//! than [`COMMIT_BYTES`] of file data are dirty (so memory stays bounded). An image opened
-//! read-only (a snapshot) refuses every change with EROFS.
+//! The image's record `image/NAME` names its last committed root and, while there are changes
+//! since, the head of its write-ahead log ([`super::wal`]). fsync, the clunk of a written file
+//! and wstat-sync append the changes made since the last flush to the log — one small object
+//! and one record update, durable on the object layer's replicas before the reply — and
+//! concurrent syncs share one flush. Commits of a new root happen in batches: every
+//! [`COMMIT_INTERVAL`] while there are changes, whenever more than [`COMMIT_BYTES`] of file
+//! data are dirty (so memory stays bounded), when the log grows past [`LOG_ENTRIES`] entries
+//! or the changes are too large to log, and for a snapshot. A crash leaves the image at its
+//! last commit plus its log, which opening replays. An image opened read-only (a snapshot)
+//! refuses every change with EROFS.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use envoy_objstore::ObjectId;
 use envoy_protocol::Qid;
 
 use super::engine::{BLOCK, Engine, NewNode, ROOT_INO};
 use super::inode::{Content, Inode};
 use super::objects::Objects;
+use super::wal::{self, AttrChange, LogEntry};
 use crate::vfs::{
     Attr, Creds, DirEntry, Errno, FileSystem, NodeKind, Result, SetAttr, SetTime, StatFs,
 };
 
 /// Dirty file data past which a commit happens on its own.
 pub const COMMIT_BYTES: usize = 64 << 20;
+/// How long changes stay in the log (and memory) before a batch commit folds them into a root.
+pub const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
+/// Log entries past which a sync commits instead (bounds the replay at open).
+pub const LOG_ENTRIES: usize = 1024;
 
 /// The record naming an image's current root.
 pub fn record_name(image: &str) -> String {
@@ -33,16 +43,35 @@ struct State {
     engine: Engine,
     /// The root of the last commit (`None` until a new image's first).
     root: Option<ObjectId>,
-    /// The record's version at the last commit.
+    /// The write-ahead log's head (changes since `root` made durable by syncs).
+    head: Option<ObjectId>,
+    /// Entries in the log.
+    log_len: usize,
+    /// The record's version.
     version: u64,
     /// Changed since the last commit.
     dirty: bool,
+    /// When the oldest change not committed was made.
+    since: Option<Instant>,
+}
+
+impl State {
+    /// The engine was changed: the image is dirty from now (if it was not already).
+    fn changed(&mut self) {
+        if !self.dirty {
+            self.dirty = true;
+            self.since = Some(Instant::now());
+        }
+    }
 }
 
 struct Shared {
     store: Arc<dyn Objects>,
     record: String,
     state: Mutex<State>,
+    /// Held by whoever writes the record (a log flush or a commit), so that they happen one
+    /// at a time and in order; taken before `state`, never after.
+    flush: Mutex<()>,
 }
 
 impl Shared {
@@ -50,17 +79,80 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Commit the engine and point the record at the new root.
-    fn commit(&self, st: &mut State) -> Result<()> {
-        commit_state(&*self.store, &self.record, st)
+    fn flushing(&self) -> MutexGuard<'_, ()> {
+        self.flush.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Commit now: the engine's changes into a new root, the record pointed at it.
+    fn commit(&self) -> Result<()> {
+        let _f = self.flushing();
+        let mut st = self.lock();
+        commit_state(&*self.store, &self.record, &mut st)
+    }
+
+    /// Make every change made so far durable: one log entry with the changes since the last
+    /// flush (shared by every sync waiting meanwhile), or a commit when they cannot be logged.
+    fn sync(&self) -> Result<()> {
+        let _f = self.flushing();
+        let mut st = self.lock();
+        if !st.engine.unlogged() {
+            // Nothing new, or a flush that finished while we waited took our changes.
+            return Ok(());
+        }
+        let (Some(base), true) = (st.root, st.log_len < LOG_ENTRIES) else {
+            return commit_state(&*self.store, &self.record, &mut st);
+        };
+        let Some(ops) = st.engine.take_journal() else {
+            return commit_state(&*self.store, &self.record, &mut st);
+        };
+        let entry = LogEntry {
+            base,
+            prev: st.head,
+            ops,
+        };
+        let version = st.version;
+        // The entry is written without the state lock: reads and writes go on meanwhile
+        // (their changes go to the next flush); the flush lock keeps record writers in order.
+        drop(st);
+        let (data, refs) = entry.encode();
+        let written = self.store.put(data, refs).and_then(|head| {
+            let (value, refs) = wal::record_value(&base, Some(&head));
+            let version = self.store.cas(&self.record, version, value, refs)?;
+            Ok((head, version))
+        });
+        let mut st = self.lock();
+        match written {
+            Ok((head, version)) => {
+                st.head = Some(head);
+                st.version = version;
+                st.log_len += 1;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(record = %self.record, error = %e, "image: cannot log changes");
+                // They are still in the engine: the next sync commits them.
+                st.engine.lose_journal();
+                Err(Errno::EIO)
+            }
+        }
+    }
+
+    /// The batch committer's tick: commit if changes are older than `interval`.
+    fn commit_if_due(&self, interval: Duration) {
+        let due = {
+            let st = self.lock();
+            st.dirty && st.since.is_some_and(|t| t.elapsed() >= interval)
+        };
+        if due && let Err(e) = self.commit() {
+            tracing::error!(record = %self.record, errno = %e, "image: batch commit failed");
+        }
     }
 }
 
 impl Drop for Shared {
     /// The last user is gone (envoyd stopping): commit what is left.
     fn drop(&mut self) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let st = &mut *st;
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         if st.dirty
             && let Err(e) = commit_state(&*self.store, &self.record, st)
         {
@@ -69,27 +161,69 @@ impl Drop for Shared {
     }
 }
 
-/// Commit the engine and point the record at the new root.
+/// Commit the engine and point the record at the new root (and no log).
 fn commit_state(store: &dyn Objects, record: &str, st: &mut State) -> Result<()> {
     if !st.dirty {
         return Ok(());
     }
     let root = st.engine.commit()?;
-    let version = store
-        .cas(
-            record,
-            st.version,
-            Bytes::copy_from_slice(&root.0),
-            vec![root],
-        )
-        .map_err(|e| {
-            tracing::error!(%record, error = %e, "image: cannot record the new root");
-            Errno::EIO
-        })?;
+    let (value, refs) = wal::record_value(&root, None);
+    let version = store.cas(record, st.version, value, refs).map_err(|e| {
+        tracing::error!(%record, error = %e, "image: cannot record the new root");
+        Errno::EIO
+    })?;
     st.root = Some(root);
+    st.head = None;
+    st.log_len = 0;
     st.version = version;
     st.dirty = false;
+    st.since = None;
     Ok(())
+}
+
+/// Read the log whose head is `head` back to its first entry: the entries, oldest first.
+fn read_log(store: &dyn Objects, root: &ObjectId, head: ObjectId) -> Result<Vec<LogEntry>> {
+    let mut entries = Vec::new();
+    let mut next = Some(head);
+    while let Some(id) = next {
+        let data = store.get(&id).map_err(|e| {
+            tracing::error!(log = %id, error = %e, "image: cannot read the write-ahead log");
+            Errno::EIO
+        })?;
+        let entry = LogEntry::decode(data)
+            .filter(|e| e.base == *root)
+            .ok_or_else(|| {
+                tracing::error!(log = %id, %root, "image: not a log entry of this root");
+                Errno::EIO
+            })?;
+        next = entry.prev;
+        entries.push(entry);
+        if entries.len() > LOG_ENTRIES + 1 {
+            tracing::error!(log = %head, "image: write-ahead log longer than it may be");
+            return Err(Errno::EIO);
+        }
+    }
+    entries.reverse();
+    Ok(entries)
+}
+
+/// Commits an image's changes every [`COMMIT_INTERVAL`] until the image is dropped.
+fn spawn_committer(shared: Weak<Shared>) {
+    let tick = COMMIT_INTERVAL / 5;
+    let spawned = std::thread::Builder::new()
+        .name("image-commit".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(tick);
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                shared.commit_if_due(COMMIT_INTERVAL);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "image: cannot start the batch committer; changes commit on sync");
+    }
 }
 
 /// An image served over 9P (see the module docs).
@@ -166,13 +300,12 @@ impl ImageFile {
 }
 
 impl Drop for ImageFile {
-    /// A written file is committed when it is closed (clunk): close after write is durable.
+    /// A written file is synced when it is closed (clunk): close after write is durable.
     fn drop(&mut self) {
-        if self.written.load(Ordering::Acquire) {
-            let mut st = self.shared.lock();
-            if let Err(e) = self.shared.commit(&mut st) {
-                tracing::error!(ino = self.ino, errno = %e, "image: commit at close failed");
-            }
+        if self.written.load(Ordering::Acquire)
+            && let Err(e) = self.shared.sync()
+        {
+            tracing::error!(ino = self.ino, errno = %e, "image: sync at close failed");
         }
     }
 }
@@ -240,14 +373,11 @@ impl ImageFs {
         }
         let engine = Engine::format(store.clone(), uid, gid, 0o755)?;
         let fs = ImageFs::serve(store, record, engine, None, 0, false);
-        {
-            let mut st = fs.shared.lock();
-            fs.shared.commit(&mut st)?;
-        }
+        fs.shared.commit()?;
         Ok(fs)
     }
 
-    /// Serve image `name` from its last commit (ENOENT if there is none).
+    /// Serve image `name` from its last commit and log (ENOENT if there is none).
     pub fn open(store: Arc<dyn Objects>, name: &str, read_only: bool) -> Result<ImageFs> {
         let record = record_name(name);
         let rec = store
@@ -255,15 +385,25 @@ impl ImageFs {
             .map_err(|_| Errno::EIO)?
             .ok_or(Errno::ENOENT)?;
         let root = super::catalog::root_of(&rec.value)?;
-        let engine = Engine::open(store.clone(), &root)?;
-        Ok(ImageFs::serve(
-            store,
-            record,
-            engine,
-            Some(root),
-            rec.version,
-            read_only,
-        ))
+        let mut engine = Engine::open(store.clone(), &root)?;
+        let head = wal::head_of(&rec.value);
+        let mut log_len = 0;
+        if let Some(head) = head {
+            let log = read_log(&*store, &root, head)?;
+            log_len = log.len();
+            for entry in &log {
+                engine.replay(&entry.ops)?;
+            }
+            tracing::info!(%record, entries = log_len, "image: replayed the write-ahead log");
+        }
+        let fs = ImageFs::serve(store, record, engine, Some(root), rec.version, read_only);
+        if head.is_some() {
+            let mut st = fs.shared.lock();
+            st.head = head;
+            st.log_len = log_len;
+            st.changed();
+        }
+        Ok(fs)
     }
 
     /// Serve `engine`, whose last commit is `root`, recorded as `record` at `version`.
@@ -275,28 +415,35 @@ impl ImageFs {
         version: u64,
         read_only: bool,
     ) -> ImageFs {
-        ImageFs {
-            shared: Arc::new(Shared {
-                store,
-                record,
-                state: Mutex::new(State {
-                    engine,
-                    dirty: root.is_none(),
-                    root,
-                    version,
-                }),
+        let shared = Arc::new(Shared {
+            store,
+            record,
+            state: Mutex::new(State {
+                engine,
+                dirty: root.is_none(),
+                root,
+                head: None,
+                log_len: 0,
+                version,
+                since: None,
             }),
-            read_only,
+            flush: Mutex::new(()),
+        });
+        if !read_only {
+            spawn_committer(Arc::downgrade(&shared));
         }
+        ImageFs { shared, read_only }
     }
 
     /// Take snapshot `n`: commit what is dirty, then record the root as `image/NAME@N`
     /// (EEXIST if N is taken). Costs one commit and one record, whatever the image's size.
     pub fn snapshot(&self, n: u64) -> Result<ObjectId> {
         self.writable()?;
+        let _f = self.shared.flushing();
         let mut st = self.shared.lock();
-        self.shared.commit(&mut st)?;
+        commit_state(&*self.shared.store, &self.shared.record, &mut st)?;
         let root = st.root.ok_or(Errno::EIO)?;
+        drop(st);
         let image = self.shared.record.trim_start_matches("image/");
         super::catalog::record_snapshot(&*self.shared.store, image, n, &root)?;
         Ok(root)
@@ -310,10 +457,14 @@ impl ImageFs {
         Ok(ImageFs::serve(store, record, engine, Some(root), 1, true))
     }
 
-    /// Commit now (what fsync does).
+    /// Make every change durable (what fsync does): a log entry, or a commit.
     pub fn sync(&self) -> Result<()> {
-        let mut st = self.shared.lock();
-        self.shared.commit(&mut st)
+        self.shared.sync()
+    }
+
+    /// Commit now: fold the changes and the log into a new root.
+    pub fn commit(&self) -> Result<()> {
+        self.shared.commit()
     }
 
     fn writable(&self) -> Result<()> {
@@ -328,12 +479,16 @@ impl ImageFs {
     fn change<T>(&self, f: impl FnOnce(&mut Engine) -> Result<T>) -> Result<T> {
         self.writable()?;
         let mut st = self.shared.lock();
-        let out = f(&mut st.engine)?;
-        st.dirty = true;
-        if st.engine.dirty_bytes() > COMMIT_BYTES {
-            self.shared.commit(&mut st)?;
+        let out = f(&mut st.engine);
+        if st.engine.unlogged() {
+            st.changed();
         }
-        Ok(out)
+        let full = st.engine.dirty_bytes() > COMMIT_BYTES;
+        drop(st);
+        if full {
+            self.shared.commit()?;
+        }
+        out
     }
 
     fn make(
@@ -479,23 +634,14 @@ impl FileSystem for ImageFs {
                 may(creds, &n, W)?;
                 e.truncate(ino, size)?;
             }
-            e.update(ino, |n| {
-                if let Some(m) = set.mode {
-                    n.mode = (n.mode & libc::S_IFMT) | (m & 0o7777);
-                }
-                if let Some(u) = set.uid {
-                    n.uid = u;
-                }
-                if let Some(g) = set.gid {
-                    n.gid = g;
-                }
-                if let Some(t) = set.atime {
-                    n.times[0] = time_of(t);
-                }
-                if let Some(t) = set.mtime {
-                    n.times[1] = time_of(t);
-                }
-            })?;
+            let change = AttrChange {
+                mode: set.mode,
+                uid: set.uid,
+                gid: set.gid,
+                atime: set.atime.map(time_of),
+                mtime: set.mtime.map(time_of),
+            };
+            e.set_attr(ino, &change)?;
             Ok(())
         })
     }
@@ -525,7 +671,7 @@ impl FileSystem for ImageFs {
         may(creds, &n, want)?;
         if truncate && n.size > 0 {
             st.engine.truncate(ino, 0)?;
-            st.dirty = true;
+            st.changed();
         }
         let q = qid(ino, &st.engine.inode(ino)?);
         Ok((ImageFile::new(ino, flags, truncate, self.shared.clone()), q))
@@ -792,5 +938,157 @@ impl ImageFs {
             fsid: 0,
             namelen: 255,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_objstore::{LocalStore, StoreOptions};
+
+    fn store() -> (tempfile::TempDir, Arc<LocalStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStore::open(dir.path(), StoreOptions::default()).unwrap();
+        (dir, Arc::new(s))
+    }
+
+    fn root() -> ImageNode {
+        ImageNode::root()
+    }
+
+    fn write_file(fs: &ImageFs, name: &str, data: &[u8]) -> ImageFile {
+        let (_, f, _) = fs
+            .create(&Creds::root(), &root(), name, libc::O_RDWR, 0o644, None)
+            .unwrap();
+        fs.write(&Creds::root(), &f, 0, data).unwrap();
+        f
+    }
+
+    fn read_file(fs: &ImageFs, name: &str) -> Vec<u8> {
+        let (nodes, err) = fs.walk(&Creds::root(), &root(), &[name.to_owned()]);
+        assert_eq!(err, None, "walk {name}");
+        let (f, _) = fs
+            .open(&Creds::root(), &nodes[0].0, libc::O_RDONLY)
+            .unwrap();
+        let mut buf = vec![0; 1 << 20];
+        let n = fs.read(&Creds::root(), &f, 0, &mut buf).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    /// The owner dies without committing (a crash: no final commit runs).
+    fn crash(fs: ImageFs) {
+        std::mem::forget(fs);
+    }
+
+    /// A sync writes one log entry, not a commit; a crash after it loses nothing synced, and
+    /// the reopened image replays the log (and keeps extending it).
+    #[test]
+    fn synced_changes_survive_a_crash_through_the_log() {
+        let (_d, s) = store();
+        let fs = ImageFs::create(s.clone(), "vm", 0, 0).unwrap();
+        let committed = s.record("image/vm").unwrap().unwrap();
+        let f = write_file(&fs, "a", b"first");
+        fs.fsync(&Creds::root(), &f, false).unwrap();
+        let rec = s.record("image/vm").unwrap().unwrap();
+        assert_eq!(rec.value.len(), 64, "the record names a log head");
+        assert_eq!(
+            rec.value[..32],
+            committed.value[..],
+            "and the same root: no commit"
+        );
+        // A second sync with nothing new writes nothing.
+        fs.fsync(&Creds::root(), &f, false).unwrap();
+        assert_eq!(s.record("image/vm").unwrap().unwrap().version, rec.version);
+        fs.write(&Creds::root(), &f, 5, b" second").unwrap();
+        fs.mkdir(&Creds::root(), &root(), "dir", 0o700, None)
+            .unwrap();
+        fs.sync().unwrap();
+        // Written after the last sync: may be lost, and is.
+        fs.write(&Creds::root(), &f, 0, b"FIRST").unwrap();
+        std::mem::forget(f); // (closing it would sync)
+        crash(fs);
+
+        let fs = ImageFs::open(s.clone(), "vm", false).unwrap();
+        assert_eq!(read_file(&fs, "a"), b"first second");
+        let (nodes, err) = fs.walk(&Creds::root(), &root(), &["dir".into()]);
+        assert_eq!(err, None);
+        let dir = fs.getattr(&Creds::root(), &nodes[0].0, None).unwrap();
+        assert_eq!(dir.mode, libc::S_IFDIR | 0o700);
+        // The replayed image goes on logging on top of the same chain.
+        let g = write_file(&fs, "b", b"after replay");
+        drop(g);
+        crash(fs);
+        let fs = ImageFs::open(s.clone(), "vm", false).unwrap();
+        assert_eq!(read_file(&fs, "b"), b"after replay");
+        assert_eq!(read_file(&fs, "a"), b"first second");
+        // A commit folds the log into a new root; the record drops the head.
+        fs.commit().unwrap();
+        let rec = s.record("image/vm").unwrap().unwrap();
+        assert_eq!(rec.value.len(), 32);
+        assert_ne!(rec.value[..], committed.value[..32]);
+        crash(fs);
+        let fs = ImageFs::open(s, "vm", false).unwrap();
+        assert_eq!(read_file(&fs, "b"), b"after replay");
+    }
+
+    /// Many threads writing and syncing at once: every sync returns only once its own
+    /// writes are durable, and the flushes are shared (fewer log entries than syncs).
+    #[test]
+    fn concurrent_syncs_share_flushes_and_lose_nothing() {
+        let (_d, s) = store();
+        let fs = Arc::new(ImageFs::create(s.clone(), "vm", 0, 0).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let fs = fs.clone();
+                std::thread::spawn(move || {
+                    let f = write_file(&fs, &format!("t{t}"), b"");
+                    for i in 0..25u64 {
+                        let piece = format!("{t}:{i};");
+                        let size = {
+                            let mut st = fs.shared.lock();
+                            st.engine.inode(f.ino).unwrap().size
+                        };
+                        fs.write(&Creds::root(), &f, size, piece.as_bytes())
+                            .unwrap();
+                        fs.fsync(&Creds::root(), &f, false).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let entries = fs.shared.lock().log_len;
+        assert!(entries <= 200, "{entries} entries for 200 syncs");
+        let fs = Arc::into_inner(fs).unwrap();
+        crash(fs);
+        let fs = ImageFs::open(s, "vm", false).unwrap();
+        for t in 0..8 {
+            let want: String = (0..25).map(|i| format!("{t}:{i};")).collect();
+            assert_eq!(read_file(&fs, &format!("t{t}")), want.as_bytes());
+        }
+    }
+
+    /// Large changes are committed, not logged; the log stays bounded by LOG_ENTRIES.
+    #[test]
+    fn big_changes_commit_and_the_log_is_bounded() {
+        let (_d, s) = store();
+        let fs = ImageFs::create(s.clone(), "vm", 0, 0).unwrap();
+        let f = write_file(&fs, "big", &vec![3u8; 2 << 20]);
+        fs.fsync(&Creds::root(), &f, false).unwrap();
+        assert_eq!(s.record("image/vm").unwrap().unwrap().value.len(), 32);
+        for i in 0..LOG_ENTRIES + 3 {
+            fs.write(&Creds::root(), &f, i as u64, b"x").unwrap();
+            fs.fsync(&Creds::root(), &f, false).unwrap();
+            assert!(fs.shared.lock().log_len <= LOG_ENTRIES);
+        }
+        drop(f);
+        crash(fs);
+        let fs = ImageFs::open(s, "vm", false).unwrap();
+        let data = read_file(&fs, "big");
+        assert_eq!(data.len(), 1 << 20, "read_file reads 1 MiB");
+        assert!(data[..LOG_ENTRIES + 3].iter().all(|&b| b == b'x'));
+        assert_eq!(data[LOG_ENTRIES + 3], 3);
     }
 }

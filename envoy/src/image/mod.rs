@@ -18,3 +18,4 @@ pub mod fs;
 pub mod inode;
 pub mod namespace;
 pub mod objects;
+pub mod wal;

@@ -13,6 +13,9 @@ use envoy_objstore::{Cluster, LocalStore, ObjectId, PutObject, Record, StoreErro
 pub trait Objects: Send + Sync {
     /// Store `data` (which refers to `refs`); returns its id once durable.
     fn put(&self, data: Bytes, refs: Vec<ObjectId>) -> Result<ObjectId, StoreError>;
+    /// Store many objects (a commit's blocks and nodes), all durable on return; as fast as
+    /// the store allows (one group commit locally, many in flight on the cluster).
+    fn put_many(&self, objects: Vec<PutObject>) -> Result<(), StoreError>;
     /// The object's content, verified.
     fn get(&self, id: &ObjectId) -> Result<Bytes, StoreError>;
     /// A record, if it exists.
@@ -36,6 +39,12 @@ impl Objects for LocalStore {
         let id = object.id;
         LocalStore::put(self, object)?;
         Ok(id)
+    }
+
+    fn put_many(&self, objects: Vec<PutObject>) -> Result<(), StoreError> {
+        LocalStore::put_many(self, objects)
+            .into_iter()
+            .try_for_each(|r| r.map(drop))
     }
 
     fn get(&self, id: &ObjectId) -> Result<Bytes, StoreError> {
@@ -63,6 +72,9 @@ impl Objects for LocalStore {
         self.cas_record(name, expected, value, refs)
     }
 }
+
+/// Objects a commit keeps in flight to the cluster at once.
+const PUTS_IN_FLIGHT: usize = 32;
 
 /// The replicated cluster as an image's object layer: every put is on R hosts (a quorum)
 /// before it returns, reads fail over between replicas, records are replicated. The cluster
@@ -95,6 +107,31 @@ impl Objects for ClusterObjects {
         let id = object.id;
         self.run(self.cluster.put(object))?;
         Ok(id)
+    }
+
+    fn put_many(&self, objects: Vec<PutObject>) -> Result<(), StoreError> {
+        self.run(async {
+            let mut objects = objects.into_iter();
+            let mut running = tokio::task::JoinSet::new();
+            let mut result = Ok(());
+            loop {
+                while running.len() < PUTS_IN_FLIGHT
+                    && result.is_ok()
+                    && let Some(o) = objects.next()
+                {
+                    let cluster = self.cluster.clone();
+                    running.spawn(async move { cluster.put(o).await.map(drop) });
+                }
+                let Some(done) = running.join_next().await else {
+                    return result;
+                };
+                let done =
+                    done.unwrap_or_else(|e| Err(StoreError::Refused(format!("put task: {e}"))));
+                if result.is_ok() {
+                    result = done;
+                }
+            }
+        })
     }
 
     fn get(&self, id: &ObjectId) -> Result<Bytes, StoreError> {
