@@ -12,7 +12,7 @@ use envoy_objstore::wire::{AdminOp, HostState, REPLICATED};
 use envoy_objstore::{
     ErrorCode, LocalStore, ObjectId, PutObject, StorageClient, StoreError, StoreOptions,
 };
-use support::storage::{Host, content, free_port, three_hosts, write_membership};
+use support::storage::{Host, content, free_port, nine_p, three_hosts, write_membership};
 
 /// How many hosts' stores hold each object.
 async fn copies(clients: &[&StorageClient]) -> HashMap<ObjectId, usize> {
@@ -343,9 +343,7 @@ async fn records_are_replicated_and_gc_keeps_exactly_what_they_reach() {
 /// served, whole, by host b after a is killed with -9.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_fsyncd_on_one_host_is_served_by_another_after_kill_9() {
-    use envoy_protocol::Dialect;
     use envoy_protocol::consts::*;
-    use envoy_tools::client::Client;
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("cluster.toml");
     let (pa, pb, p9a, p9b) = (free_port(), free_port(), free_port(), free_port());
@@ -364,20 +362,7 @@ async fn an_image_fsyncd_on_one_host_is_served_by_another_after_kill_9() {
     let mut b = Host::start("b", pb, &tmp.path().join("b"), Some(&file), &[]);
     a.client().await;
     b.client().await;
-    let nine = |p: u16| async move {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], p));
-            match Client::connect_tcp(addr, Dialect::P9P2000L, 1 << 20).await {
-                Ok(c) => return c,
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "no 9P server on {p}: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    };
-    let c = nine(p9a).await;
+    let c = nine_p(p9a).await;
     c.attach(1, "", "", 0).await.unwrap();
     let data: Vec<u8> = (0..700_000).map(|i| (i % 241) as u8).collect();
     c.walk(1, 2, &[]).await.unwrap();
@@ -392,7 +377,7 @@ async fn an_image_fsyncd_on_one_host_is_served_by_another_after_kill_9() {
     b.kill();
     b.extra = serve(p9b);
     b.restart();
-    let c = nine(p9b).await;
+    let c = nine_p(p9b).await;
     c.attach(1, "", "", 0).await.unwrap();
     c.walk(1, 2, &["disk.img"]).await.unwrap();
     c.lopen(2, P9_DOTL_RDONLY).await.unwrap();

@@ -147,6 +147,27 @@ impl Drop for Host {
     }
 }
 
+/// A 9P2000.L client of the envoyd serving 9P on 127.0.0.1:`port`, once it answers (20 s).
+pub async fn nine_p(port: u16) -> envoy_tools::client::Client {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    loop {
+        match envoy_tools::client::Client::connect_tcp(
+            addr,
+            envoy_protocol::Dialect::P9P2000L,
+            1 << 20,
+        )
+        .await
+        {
+            Ok(c) => return c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no 9P server on {port}: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Write a membership file: `replicas` and the hosts by (name, port).
 pub fn write_membership(path: &Path, replicas: usize, hosts: &[(&str, u16)]) {
     let mut s = format!(
