@@ -12,7 +12,9 @@ use envoy_objstore::wire::{AdminOp, HostState, REPLICATED};
 use envoy_objstore::{
     ErrorCode, LocalStore, ObjectId, PutObject, StorageClient, StoreError, StoreOptions,
 };
-use support::storage::{Host, content, free_port, nine_p, three_hosts, write_membership};
+use support::storage::{
+    Host, content, flip_byte, free_port, nine_p, three_hosts, write_membership,
+};
 
 /// How many hosts' stores hold each object.
 async fn copies(clients: &[&StorageClient]) -> HashMap<ObjectId, usize> {
@@ -140,16 +142,6 @@ async fn objects_survive_a_killed_host_and_a_replacement_restores_two_copies() {
         assert!(r.len() >= 2 && !r.contains(&"c".to_string()), "{id}: {r:?}");
     }
     drop((a, b, d));
-}
-
-/// Flip one byte of `id`'s content in a stopped host's store.
-fn flip_byte(store_dir: &std::path::Path, id: &ObjectId) {
-    let store = LocalStore::open(store_dir, StoreOptions::default()).expect("open store");
-    let (path, offset) = store.locate(id).expect("locate").expect("object is there");
-    drop(store);
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[offset as usize + 7] ^= 0x40;
-    std::fs::write(&path, bytes).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -168,6 +168,17 @@ pub async fn nine_p(port: u16) -> envoy_tools::client::Client {
     }
 }
 
+/// Flip one byte of `id`'s content in a stopped host's store.
+pub fn flip_byte(store_dir: &Path, id: &envoy_objstore::ObjectId) {
+    let store =
+        envoy_objstore::LocalStore::open(store_dir, Default::default()).expect("open store");
+    let (path, offset) = store.locate(id).expect("locate").expect("object is there");
+    drop(store);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[offset as usize + 7] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+}
+
 /// Write a membership file: `replicas` and the hosts by (name, port).
 pub fn write_membership(path: &Path, replicas: usize, hosts: &[(&str, u16)]) {
     let mut s = format!(
