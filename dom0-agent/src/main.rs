@@ -17,7 +17,7 @@ use envoy_transport::{Endpoint, Listener};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 /// Default TCP endpoint when none is given.
 const DEFAULT_LISTEN: &str = "tcp:127.0.0.1:5640";
@@ -223,7 +223,7 @@ async fn run(args: Args) -> Result<()> {
         let store = store.context(
             "--image needs this host's object store: add --storage ENDPOINT or --cluster FILE",
         )?;
-        let fs = open_image(image_objects(store), name)?;
+        let fs = open_image(image_objects(store), name).await?;
         let what = format!("image {name}");
         serve_fs(&args, fs, &what, config, &stop_tx, &stop_rx, &mut tasks).await?;
     } else if !args.listen.is_empty() || args.export.is_some() || (!args.xen && !storage) {
@@ -276,17 +276,27 @@ fn image_objects(cluster: Arc<envoy_objstore::Cluster>) -> Arc<dyn envoy::image:
     ))
 }
 
-/// The image `name` in `store`, created (empty, root-owned) if it does not exist.
-fn open_image(store: Arc<dyn envoy::image::objects::Objects>, name: &str) -> Result<ImageFs> {
+/// The image `name` in `store`, created (empty, root-owned) if it does not exist. While the
+/// object layer cannot answer (EIO: the cluster's peers starting together with this host),
+/// it is retried for a minute.
+async fn open_image(store: Arc<dyn envoy::image::objects::Objects>, name: &str) -> Result<ImageFs> {
     use envoy::vfs::Errno;
-    match ImageFs::open(store.clone(), name, false) {
-        Ok(fs) => Ok(fs),
-        Err(Errno::ENOENT) => {
-            println!("envoyd: image {name} does not exist: created it, empty");
-            ImageFs::create(store, name, 0, 0)
-                .map_err(|e| anyhow::anyhow!("cannot create image {name}: {e}"))
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let opened = match ImageFs::open(store.clone(), name, false) {
+            Err(Errno::ENOENT) => ImageFs::create(store.clone(), name, 0, 0).inspect(|_| {
+                println!("envoyd: image {name} does not exist: created it, empty");
+            }),
+            r => r,
+        };
+        match opened {
+            Err(Errno::EIO) if std::time::Instant::now() < deadline => {
+                warn!(image = %name, "the object layer cannot serve the image yet (peers starting?); retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => bail!("cannot open image {name}: {e} (see the log above)"),
+            Ok(fs) => return Ok(fs),
         }
-        Err(e) => bail!("cannot open image {name}: {e}"),
     }
 }
 

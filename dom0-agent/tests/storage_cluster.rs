@@ -9,9 +9,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use envoy_objstore::wire::{AdminOp, HostState, REPLICATED};
-use envoy_objstore::{
-    ErrorCode, LocalStore, ObjectId, PutObject, StorageClient, StoreError, StoreOptions,
-};
+use envoy_objstore::{ErrorCode, ObjectId, PutObject, StorageClient, StoreError};
 use support::storage::{
     Host, content, flip_byte, free_port, nine_p, three_hosts, write_membership,
 };
