@@ -62,7 +62,7 @@ async fn objects_survive_a_killed_host_and_a_replacement_restores_two_copies() {
         let object = PutObject::new(data.clone(), Vec::new());
         let (_, copies) = ca.put(&object, REPLICATED).await.expect("replicated put");
         assert_eq!(copies, 2, "object {n} should be on two hosts");
-        objects.push((object.id, data));
+        objects.push((object.id(), data));
     }
     let before = copies(&[&ca, &cb, &cc]).await;
     for (id, _) in &objects {
@@ -84,7 +84,7 @@ async fn objects_survive_a_killed_host_and_a_replacement_restores_two_copies() {
         let object = PutObject::new(data.clone(), Vec::new());
         let (_, copies) = cb.put(&object, REPLICATED).await.expect("put with c down");
         assert_eq!(copies, 2);
-        objects.push((object.id, data));
+        objects.push((object.id(), data));
     }
 
     // Replace c by d: a new host with an empty disk; the survivors reload the membership.
@@ -149,7 +149,7 @@ async fn a_corrupt_copy_is_detected_never_served_and_repaired() {
     let (mut hosts, mut clients) = three_hosts(tmp.path()).await;
     let data = content(7, 100_000);
     let object = PutObject::new(data.clone(), Vec::new());
-    let id = object.id;
+    let id = object.id();
     clients[0].put(&object, REPLICATED).await.unwrap();
     let holders = clients[0].replicas(&id).await.unwrap();
     assert_eq!(holders.len(), 2, "{holders:?}");
@@ -185,9 +185,9 @@ async fn a_corrupt_copy_is_detected_never_served_and_repaired() {
     // Scrub finds a silently corrupted copy of another object and repairs it from a replica.
     let other = PutObject::new(content(8, 50_000), Vec::new());
     clients[0].put(&other, REPLICATED).await.unwrap();
-    let holder = idx(&clients[0].replicas(&other.id).await.unwrap()[0]);
+    let holder = idx(&clients[0].replicas(&other.id()).await.unwrap()[0]);
     hosts[holder].kill();
-    flip_byte(&hosts[holder].store_dir(), &other.id);
+    flip_byte(&hosts[holder].store_dir(), &other.id());
     hosts[holder].restart();
     clients[holder] = hosts[holder].client().await;
     let msg = clients[holder].admin(AdminOp::Scrub, 1).await.unwrap();
@@ -200,8 +200,8 @@ async fn a_corrupt_copy_is_detected_never_served_and_repaired() {
     assert_eq!(s.maintenance.scrub_repaired, 1);
     assert_eq!(s.maintenance.scrub_checked, s.maintenance.scrub_total);
     assert_eq!(
-        clients[holder].get_object(&other.id, 0).await.unwrap(),
-        other.data
+        clients[holder].get_object(&other.id(), 0).await.unwrap(),
+        other.data()
     );
 
     // Both copies corrupt: an explicit checksum error, never wrong bytes.
@@ -233,22 +233,22 @@ async fn records_are_replicated_and_gc_keeps_exactly_what_they_reach() {
         for j in 0..5u64 {
             let leaf = PutObject::new(content(100 + i * 10 + j, 3000), Vec::new());
             c0.put(&leaf, REPLICATED).await.unwrap();
-            children.push(leaf.id);
-            live.push(leaf.id);
+            children.push(leaf.id());
+            live.push(leaf.id());
         }
         let node = PutObject::new(content(200 + i, 500), children);
         c0.put(&node, REPLICATED).await.unwrap();
-        inner.push(node.id);
-        live.push(node.id);
+        inner.push(node.id());
+        live.push(node.id());
     }
     let root = PutObject::new(content(300, 100), inner);
     c0.put(&root, REPLICATED).await.unwrap();
-    live.push(root.id);
+    live.push(root.id());
     let mut garbage = Vec::new();
     for n in 0..30u64 {
         let g = PutObject::new(content(400 + n, 2000), Vec::new());
         c0.put(&g, REPLICATED).await.unwrap();
-        garbage.push(g.id);
+        garbage.push(g.id());
     }
 
     // Records: compare-and-set through the cluster; a stale expectation is a conflict that
@@ -258,7 +258,7 @@ async fn records_are_replicated_and_gc_keeps_exactly_what_they_reach() {
             "image/root",
             0,
             bytes::Bytes::from_static(b"one"),
-            vec![root.id],
+            vec![root.id()],
             REPLICATED,
         )
         .await
@@ -281,7 +281,7 @@ async fn records_are_replicated_and_gc_keeps_exactly_what_they_reach() {
         let r = c.record("image/root", REPLICATED).await.unwrap().unwrap();
         assert_eq!(
             (r.version, &r.value[..], &r.refs[..]),
-            (1, &b"one"[..], &[root.id][..])
+            (1, &b"one"[..], &[root.id()][..])
         );
     }
     // With one replica of the record down, it is still read and advanced.
@@ -326,7 +326,7 @@ async fn records_are_replicated_and_gc_keeps_exactly_what_they_reach() {
     c0.put(&fresh, REPLICATED).await.unwrap();
     let msg = c0.admin(AdminOp::Gc, 3600).await.unwrap();
     assert_eq!(msg, "gc done: 0 objects deleted");
-    assert!(c0.get_object(&fresh.id, REPLICATED).await.is_ok());
+    assert!(c0.get_object(&fresh.id(), REPLICATED).await.is_ok());
 }
 
 /// An image served by one host is durable on both: what a client fsync'd through host a is

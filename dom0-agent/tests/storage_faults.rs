@@ -55,7 +55,7 @@ async fn kill_9_during_writes_loses_no_acknowledged_object() {
                     let len = 1024 << (seed % 11);
                     let object = PutObject::new(content(seed, len), Vec::new());
                     match client.put(&object, 0).await {
-                        Ok(_) => acked.lock().unwrap().push(object.id),
+                        Ok(_) => acked.lock().unwrap().push(object.id()),
                         Err(_) => return, // killed
                     }
                 }
@@ -312,7 +312,10 @@ async fn malformed_frames_and_false_hashes_are_refused() {
     while junk.join_next().await.is_some() {}
     let object = PutObject::new(content(1, 10_000), Vec::new());
     good.put(&object, 0).await.unwrap();
-    assert_eq!(good.get_object(&object.id, 0).await.unwrap(), object.data);
+    assert_eq!(
+        good.get_object(&object.id(), 0).await.unwrap(),
+        object.data()
+    );
     assert!(host.exited().is_none(), "envoyd died: {}", host.log_tail());
 }
 
@@ -339,7 +342,7 @@ async fn a_client_that_never_reads_replies_cannot_grow_the_service() {
     for tag in 0..400u16 {
         let get = Request::Get {
             flags: 0,
-            id: big.id,
+            id: big.id(),
             offset: 0,
             count: 16 << 20,
         };
@@ -358,7 +361,7 @@ async fn a_client_that_never_reads_replies_cannot_grow_the_service() {
     // Other clients are still served.
     let small = PutObject::new(content(6, 1000), Vec::new());
     good.put(&small, 0).await.unwrap();
-    assert_eq!(good.get_object(&small.id, 0).await.unwrap(), small.data);
+    assert_eq!(good.get_object(&small.id(), 0).await.unwrap(), small.data());
     drop(greedy);
     assert!(host.exited().is_none(), "envoyd died: {}", host.log_tail());
 }
@@ -435,14 +438,14 @@ async fn a_full_disk_is_a_clear_error_and_the_service_recovers() {
     assert!(stored.len() >= 10, "only {} objects fit", stored.len());
     // Nothing corrupted: every acknowledged object reads back; small puts still fail cleanly.
     for o in &stored {
-        assert_eq!(client.get_object(&o.id, 0).await.unwrap(), o.data);
+        assert_eq!(client.get_object(&o.id(), 0).await.unwrap(), o.data());
     }
     // Still full after a restart; the store opens and serves what it has.
     host.kill();
     host.restart();
     let client = host.client().await;
     for o in &stored {
-        assert_eq!(client.get_object(&o.id, 0).await.unwrap(), o.data);
+        assert_eq!(client.get_object(&o.id(), 0).await.unwrap(), o.data());
     }
     // Space returns: puts succeed again, old objects intact.
     disk.resize("96m");
@@ -453,12 +456,15 @@ async fn a_full_disk_is_a_clear_error_and_the_service_recovers() {
             .put(&object, 0)
             .await
             .expect("put after space returned");
-        assert_eq!(client.get_object(&object.id, 0).await.unwrap(), object.data);
+        assert_eq!(
+            client.get_object(&object.id(), 0).await.unwrap(),
+            object.data()
+        );
         ok += 1;
     }
     assert_eq!(ok, 10);
     for o in &stored {
-        assert_eq!(client.get_object(&o.id, 0).await.unwrap(), o.data);
+        assert_eq!(client.get_object(&o.id(), 0).await.unwrap(), o.data());
     }
     drop(host);
 }

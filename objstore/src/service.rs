@@ -342,7 +342,7 @@ impl StorageService {
                 data,
                 ..
             } => {
-                let object = PutObject { id, data, refs };
+                let object = PutObject::claimed(id, data, refs);
                 if flags & REPLICATED != 0 {
                     let (outcome, copies) = cluster.put(object).await?;
                     Reply::Put {

@@ -72,28 +72,31 @@ fn round_trip_small_large_empty_and_present_on_reput() {
     let s = open(dir.path());
     for (seed, size) in [(1, 100), (2, 4 << 20), (3, 0)] {
         let o = obj(seed, size);
-        let id = o.id;
+        let id = o.id();
         assert_eq!(s.put(o.clone()).expect("put"), PutOutcome::Stored);
-        assert_eq!(s.get(&id).expect("get"), o.data);
+        assert_eq!(s.get(&id).expect("get"), o.data());
         assert_eq!(
             s.info(&id).expect("info").expect("present").size,
             size as u64
         );
         assert_eq!(s.put(o).expect("re-put"), PutOutcome::Present);
     }
-    assert_eq!(ObjectId::of(b""), obj(3, 0).id);
+    assert_eq!(ObjectId::of(b""), obj(3, 0).id());
     let missing = ObjectId::of(b"missing");
     assert!(matches!(s.get(&missing), Err(StoreError::NotFound(id)) if id == missing));
     assert_eq!(s.info(&missing).expect("info"), None);
     assert_eq!(
-        s.has(&[obj(1, 100).id, missing]).expect("has"),
+        s.has(&[obj(1, 100).id(), missing]).expect("has"),
         vec![true, false]
     );
 
     // put_many: duplicates within one call and mixed refusals, answered in order.
     let a = obj(10, 1000);
-    let mut bad = obj(11, 10);
-    bad.data = Bytes::from_static(b"not the content");
+    let bad = PutObject::claimed(
+        obj(11, 10).id(),
+        Bytes::from_static(b"not the content"),
+        vec![],
+    );
     let r = s.put_many(vec![a.clone(), bad, a.clone(), obj(1, 100)]);
     assert_eq!(r.len(), 4);
     assert_eq!(*r[0].as_ref().expect("a"), PutOutcome::Stored);
@@ -107,11 +110,11 @@ fn hash_mismatch_and_too_large_are_refused_and_nothing_is_stored() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = open_with(dir.path(), |o| o.max_object = 1024);
     let claimed = ObjectId::of(b"one thing");
-    let r = s.put(PutObject {
-        id: claimed,
-        data: Bytes::from_static(b"another"),
-        refs: vec![],
-    });
+    let r = s.put(PutObject::claimed(
+        claimed,
+        Bytes::from_static(b"another"),
+        vec![],
+    ));
     match r {
         Err(StoreError::HashMismatch { claimed: c, actual }) => {
             assert_eq!(c, claimed);
@@ -125,7 +128,7 @@ fn hash_mismatch_and_too_large_are_refused_and_nothing_is_stored() {
     );
 
     let big = obj(1, 2000);
-    let big_id = big.id;
+    let big_id = big.id();
     match s.put(big) {
         Err(StoreError::TooLarge { size, max }) => assert_eq!((size, max), (2000, 1024)),
         other => panic!("expected TooLarge, got {other:?}"),
@@ -144,16 +147,16 @@ fn ranges_clip_at_the_end_and_refuse_starts_past_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = open(dir.path());
     let o = obj(5, 1000);
-    let id = o.id;
+    let id = o.id();
     s.put(o.clone()).expect("put");
     let (size, b) = s.get_range(&id, 10, 20).expect("range");
-    assert_eq!((size, &b[..]), (1000, &o.data[10..30]));
+    assert_eq!((size, &b[..]), (1000, &o.data()[10..30]));
     let (size, b) = s.get_range(&id, 990, 100).expect("clipped");
-    assert_eq!((size, &b[..]), (1000, &o.data[990..]));
+    assert_eq!((size, &b[..]), (1000, &o.data()[990..]));
     let (_, b) = s.get_range(&id, 1000, 5).expect("at the end");
     assert!(b.is_empty());
     let (_, b) = s.get_range(&id, 0, u64::MAX).expect("everything");
-    assert_eq!(b, o.data);
+    assert_eq!(b, o.data());
     match s.get_range(&id, 1001, 1) {
         Err(StoreError::BadRange { offset, size, .. }) => assert_eq!((offset, size), (1001, 1000)),
         other => panic!("expected BadRange, got {other:?}"),
@@ -169,7 +172,7 @@ fn ranges_clip_at_the_end_and_refuse_starts_past_it() {
     let mut got = Vec::new();
     let mut off = 0;
     loop {
-        let (size, b) = s.get_range(&big.id, off, 512 << 10).expect("range");
+        let (size, b) = s.get_range(&big.id(), off, 512 << 10).expect("range");
         assert_eq!(size, 4 << 20);
         if b.is_empty() {
             break;
@@ -177,7 +180,7 @@ fn ranges_clip_at_the_end_and_refuse_starts_past_it() {
         off += b.len() as u64;
         got.extend_from_slice(&b);
     }
-    assert_eq!(got, big.data);
+    assert_eq!(got, big.data()[..]);
 }
 
 #[test]
@@ -187,7 +190,7 @@ fn list_pages_through_ids_in_order() {
     let mut ids: Vec<ObjectId> = (0..25)
         .map(|i| obj(i, 10 + i as usize))
         .map(|o| {
-            let id = o.id;
+            let id = o.id();
             s.put(o).expect("put");
             id
         })
@@ -217,7 +220,7 @@ fn refs_are_kept_and_survive_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let child1 = obj(1, 10);
     let child2 = obj(2, 10);
-    let parent = PutObject::new(content(3, 64), vec![child1.id, child2.id]);
+    let parent = PutObject::new(content(3, 64), vec![child1.id(), child2.id()]);
     {
         let s = open(dir.path());
         s.put_many(vec![child1.clone(), child2.clone(), parent.clone()])
@@ -226,16 +229,16 @@ fn refs_are_kept_and_survive_reopen() {
                 r.expect("put");
             });
         assert_eq!(
-            s.refs(&parent.id).expect("refs"),
-            vec![child1.id, child2.id]
+            s.refs(&parent.id()).expect("refs"),
+            vec![child1.id(), child2.id()]
         );
-        assert!(s.refs(&child1.id).expect("refs").is_empty());
+        assert!(s.refs(&child1.id()).expect("refs").is_empty());
         assert!(s.refs(&ObjectId::of(b"nope")).expect("refs").is_empty());
     }
     let s = open(dir.path());
     assert_eq!(
-        s.refs(&parent.id).expect("refs"),
-        vec![child1.id, child2.id]
+        s.refs(&parent.id()).expect("refs"),
+        vec![child1.id(), child2.id()]
     );
 }
 
@@ -341,7 +344,7 @@ fn everything_survives_reopen() {
     };
     let s = open_with(dir.path(), |o| o.segment_size = 2 << 20);
     for o in &objs {
-        assert_eq!(s.get(&o.id).expect("get after reopen"), o.data);
+        assert_eq!(s.get(&o.id()).expect("get after reopen"), o.data());
     }
     let again = s.stats().expect("stats");
     assert_eq!(
@@ -381,7 +384,7 @@ fn a_torn_tail_is_cut_off_and_acknowledged_objects_stay() {
         let s = open(dir.path());
         assert_eq!(std::fs::metadata(&seg).expect("stat").len(), good_len);
         for o in &objs {
-            assert_eq!(s.get(&o.id).expect("get"), o.data);
+            assert_eq!(s.get(&o.id()).expect("get"), o.data());
         }
         assert_eq!(s.put(obj(100, 777)).expect("new put"), PutOutcome::Stored);
     }
@@ -394,24 +397,24 @@ fn a_torn_tail_is_cut_off_and_acknowledged_objects_stay() {
     let (seg, content_at) = {
         let s = open(dir.path());
         s.put(last.clone()).expect("put");
-        s.locate(&last.id).expect("locate").expect("here")
+        s.locate(&last.id()).expect("locate").expect("here")
     };
     std::fs::rename(&saved, dir.path().join("index.redb")).expect("restore index");
     let f = OpenOptions::new().write(true).open(&seg).expect("open");
     f.set_len(content_at + 50_000).expect("truncate");
     drop(f);
     let s = open(dir.path());
-    assert_eq!(s.has(&[last.id]).expect("has"), vec![false]);
+    assert_eq!(s.has(&[last.id()]).expect("has"), vec![false]);
     // Cut back to the record's start (header 52 bytes, no refs).
     assert_eq!(
         std::fs::metadata(&seg).expect("stat").len(),
         content_at - 52
     );
     for o in objs.iter().chain([&obj(100, 777)]) {
-        assert_eq!(s.get(&o.id).expect("get"), o.data);
+        assert_eq!(s.get(&o.id()).expect("get"), o.data());
     }
     assert_eq!(s.put(last.clone()).expect("put again"), PutOutcome::Stored);
-    assert_eq!(s.get(&last.id).expect("get"), last.data);
+    assert_eq!(s.get(&last.id()).expect("get"), last.data());
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -431,7 +434,7 @@ fn replay_rebuilds_what_the_index_lost() {
     let dir = base.path().join("live");
     let child = obj(1, 10);
     let first: Vec<PutObject> = (0..20).map(|i| obj(i + 10, 3000)).collect();
-    let parent = PutObject::new(content(2, 300), vec![child.id]);
+    let parent = PutObject::new(content(2, 300), vec![child.id()]);
 
     // 1. A copy taken while the store is open (index commits not yet durable) replays.
     let s = open(&dir);
@@ -443,9 +446,9 @@ fn replay_rebuilds_what_the_index_lost() {
     {
         let c = open(&crashed);
         for o in first.iter().chain([&child, &parent]) {
-            assert_eq!(c.get(&o.id).expect("replayed"), o.data);
+            assert_eq!(c.get(&o.id()).expect("replayed"), o.data());
         }
-        assert_eq!(c.refs(&parent.id).expect("refs"), vec![child.id]);
+        assert_eq!(c.refs(&parent.id()).expect("refs"), vec![child.id()]);
         assert_eq!(c.stats().expect("stats").objects, 22);
     }
     drop(s);
@@ -464,7 +467,7 @@ fn replay_rebuilds_what_the_index_lost() {
     {
         let s = open(&dir);
         for o in first.iter().chain(&second) {
-            assert_eq!(s.get(&o.id).expect("after old index"), o.data);
+            assert_eq!(s.get(&o.id()).expect("after old index"), o.data());
         }
         assert_eq!(s.stats().expect("stats").objects, 42);
     }
@@ -473,9 +476,9 @@ fn replay_rebuilds_what_the_index_lost() {
     std::fs::remove_file(dir.join("index.redb")).expect("remove index");
     let s = open(&dir);
     for o in first.iter().chain(&second).chain([&child, &parent]) {
-        assert_eq!(s.get(&o.id).expect("after rebuild"), o.data);
+        assert_eq!(s.get(&o.id()).expect("after rebuild"), o.data());
     }
-    assert_eq!(s.refs(&parent.id).expect("refs"), vec![child.id]);
+    assert_eq!(s.refs(&parent.id()).expect("refs"), vec![child.id()]);
     let st = s.stats().expect("stats");
     assert_eq!(st.objects, 42);
     assert_eq!(st.bytes, 20 * 3000 + 20 * 5000 + 10 + 300);
@@ -490,36 +493,36 @@ fn a_corrupt_copy_is_never_served_and_is_quarantined() {
         s.put(o.clone()).expect("put");
     }
     let bad = &objs[1];
-    let (seg, off) = s.locate(&bad.id).expect("locate").expect("here");
+    let (seg, off) = s.locate(&bad.id()).expect("locate").expect("here");
     flip_byte(&seg, off + 1234);
-    match s.get(&bad.id) {
+    match s.get(&bad.id()) {
         Err(StoreError::Corrupt { id, detail }) => {
-            assert_eq!(id, bad.id);
+            assert_eq!(id, bad.id());
             assert!(detail.contains("hashes to"), "{detail}");
             assert!(detail.contains(&seg.display().to_string()), "{detail}");
         }
         other => panic!("expected Corrupt, got {:?}", other.map(|b| b.len())),
     }
-    assert_eq!(s.has(&[bad.id]).expect("has"), vec![false]);
-    assert!(matches!(s.get(&bad.id), Err(StoreError::NotFound(_))));
+    assert_eq!(s.has(&[bad.id()]).expect("has"), vec![false]);
+    assert!(matches!(s.get(&bad.id()), Err(StoreError::NotFound(_))));
     let st = s.stats().expect("stats");
     assert_eq!((st.quarantined, st.objects, st.bytes), (1, 2, 20_000));
     // The neighbours are fine.
-    assert_eq!(s.get(&objs[0].id).expect("get"), objs[0].data);
-    assert_eq!(s.get(&objs[2].id).expect("get"), objs[2].data);
+    assert_eq!(s.get(&objs[0].id()).expect("get"), objs[0].data());
+    assert_eq!(s.get(&objs[2].id()).expect("get"), objs[2].data());
     // A good copy can be put again and is served.
     assert_eq!(s.put(bad.clone()).expect("re-put"), PutOutcome::Stored);
-    assert_eq!(s.get(&bad.id).expect("get"), bad.data);
-    let (_, b) = s.get_range(&bad.id, 5, 5).expect("range");
-    assert_eq!(&b[..], &bad.data[5..10]);
+    assert_eq!(s.get(&bad.id()).expect("get"), bad.data());
+    let (_, b) = s.get_range(&bad.id(), 5, 5).expect("range");
+    assert_eq!(&b[..], &bad.data()[5..10]);
 
     // A range read of a corrupt copy is refused too; so is a missing segment's.
     let other = obj(50, 20_000);
     s.put(other.clone()).expect("put");
-    let (seg, off) = s.locate(&other.id).expect("locate").expect("here");
+    let (seg, off) = s.locate(&other.id()).expect("locate").expect("here");
     flip_byte(&seg, off);
     assert!(matches!(
-        s.get_range(&other.id, 0, 10),
+        s.get_range(&other.id(), 0, 10),
         Err(StoreError::Corrupt { .. })
     ));
     assert_eq!(s.stats().expect("stats").quarantined, 2);
@@ -540,21 +543,21 @@ fn missing_or_short_segments_read_as_corrupt() {
     }
     let (seg_a, _) = {
         let s = open_with(dir.path(), opts);
-        s.locate(&a.id).expect("locate").expect("here")
+        s.locate(&a.id()).expect("locate").expect("here")
     };
     std::fs::remove_file(&seg_a).expect("remove a's segment");
     let s = open_with(dir.path(), opts);
-    match s.get(&a.id) {
+    match s.get(&a.id()) {
         Err(StoreError::Corrupt { detail, .. }) => assert!(detail.contains("missing"), "{detail}"),
         other => panic!("expected Corrupt, got {:?}", other.map(|b| b.len())),
     }
-    assert_eq!(s.has(&[a.id]).expect("has"), vec![false]);
+    assert_eq!(s.has(&[a.id()]).expect("has"), vec![false]);
     // A segment cut short under an open store.
-    let (seg_b, off_b) = s.locate(&b.id).expect("locate").expect("here");
+    let (seg_b, off_b) = s.locate(&b.id()).expect("locate").expect("here");
     let f = OpenOptions::new().write(true).open(&seg_b).expect("open");
     f.set_len(off_b + 10).expect("truncate");
-    assert!(matches!(s.get(&b.id), Err(StoreError::Corrupt { .. })));
-    assert_eq!(s.get(&c.id).expect("c is elsewhere"), c.data);
+    assert!(matches!(s.get(&b.id()), Err(StoreError::Corrupt { .. })));
+    assert_eq!(s.get(&c.id()).expect("c is elsewhere"), c.data());
     assert_eq!(s.stats().expect("stats").quarantined, 2);
 }
 
@@ -573,18 +576,18 @@ fn scrub_finds_the_one_bad_object_and_reports_progress() {
         r.expect("put");
     }
     let victim = &objs[17];
-    let (seg, off) = s.locate(&victim.id).expect("locate").expect("here");
+    let (seg, off) = s.locate(&victim.id()).expect("locate").expect("here");
     flip_byte(&seg, off + 7);
     let progress = ScrubProgress::default();
     let corrupt = s.scrub(&progress).expect("scrub");
-    assert_eq!(corrupt, vec![victim.id]);
+    assert_eq!(corrupt, vec![victim.id()]);
     assert_eq!(progress.total.load(Ordering::SeqCst), 50);
     assert_eq!(progress.checked.load(Ordering::SeqCst), 50);
     assert_eq!(progress.corrupt.load(Ordering::SeqCst), 1);
     let good_bytes: u64 = objs
         .iter()
-        .filter(|o| o.id != victim.id)
-        .map(|o| o.data.len() as u64)
+        .filter(|o| o.id() != victim.id())
+        .map(|o| o.data().len() as u64)
         .sum();
     assert_eq!(progress.bytes.load(Ordering::SeqCst), good_bytes);
     assert!(!progress.running.load(Ordering::SeqCst));
@@ -602,24 +605,24 @@ fn delete_spares_recent_stamps() {
     let b = obj(2, 200);
     s.put(a.clone()).expect("put");
     s.put(b.clone()).expect("put");
-    let stamp = s.info(&b.id).expect("info").expect("here").stamp;
+    let stamp = s.info(&b.id()).expect("info").expect("here").stamp;
     // A cutoff at (not after) b's stamp spares it.
-    assert_eq!(s.delete(&[b.id], stamp).expect("delete"), 0);
+    assert_eq!(s.delete(&[b.id()], stamp).expect("delete"), 0);
     assert_eq!(
-        s.delete(&[a.id, ObjectId::of(b"absent")], stamp + 1)
+        s.delete(&[a.id(), ObjectId::of(b"absent")], stamp + 1)
             .expect("delete"),
         1
     );
-    assert!(matches!(s.get(&a.id), Err(StoreError::NotFound(_))));
-    assert_eq!(s.get(&b.id).expect("get"), b.data);
+    assert!(matches!(s.get(&a.id()), Err(StoreError::NotFound(_))));
+    assert_eq!(s.get(&b.id()).expect("get"), b.data());
     let st = s.stats().expect("stats");
     assert_eq!((st.objects, st.bytes), (1, 200));
     // Deleted stays deleted across a reopen; re-put brings it back.
     drop(s);
     let s = open(dir.path());
-    assert_eq!(s.has(&[a.id, b.id]).expect("has"), vec![false, true]);
+    assert_eq!(s.has(&[a.id(), b.id()]).expect("has"), vec![false, true]);
     assert_eq!(s.put(a.clone()).expect("put"), PutOutcome::Stored);
-    assert_eq!(s.get(&a.id).expect("get"), a.data);
+    assert_eq!(s.get(&a.id()).expect("get"), a.data());
 }
 
 #[test]
@@ -636,8 +639,8 @@ fn compaction_gives_back_the_space_of_deleted_objects() {
         let doomed: Vec<ObjectId> = objs
             .iter()
             .skip(1)
-            .filter(|o| !survivors.iter().any(|s| s.id == o.id))
-            .map(|o| o.id)
+            .filter(|o| !survivors.iter().any(|s| s.id() == o.id()))
+            .map(|o| o.id())
             .collect();
         // Nothing to do before the deletes.
         assert_eq!(s.compact().expect("compact").segments_removed, 0);
@@ -655,12 +658,12 @@ fn compaction_gives_back_the_space_of_deleted_objects() {
         assert!(report.bytes_freed > 0);
         assert_eq!(after.objects, 10);
         for o in &survivors {
-            assert_eq!(s.get(&o.id).expect("survivor"), o.data);
+            assert_eq!(s.get(&o.id()).expect("survivor"), o.data());
         }
     }
     let s = open_with(dir.path(), small_segments);
     for o in &survivors {
-        assert_eq!(s.get(&o.id).expect("survivor after reopen"), o.data);
+        assert_eq!(s.get(&o.id()).expect("survivor after reopen"), o.data());
     }
     assert_eq!(s.stats().expect("stats").objects, 10);
 }
@@ -680,7 +683,7 @@ fn puts_and_reads_run_safely_during_compaction() {
         .enumerate()
         .partition(|(i, _)| i % 3 == 0)
         .into_iter_pair();
-    s.delete(&doomed.iter().map(|o| o.id).collect::<Vec<_>>(), u64::MAX)
+    s.delete(&doomed.iter().map(|o| o.id()).collect::<Vec<_>>(), u64::MAX)
         .expect("delete");
     let keep = Arc::new(keep);
 
@@ -694,7 +697,7 @@ fn puts_and_reads_run_safely_during_compaction() {
                         s.put(o.clone()).expect("concurrent put"),
                         PutOutcome::Stored
                     );
-                    assert_eq!(s.get(&o.id).expect("read own put"), o.data);
+                    assert_eq!(s.get(&o.id()).expect("read own put"), o.data());
                 }
             });
         }
@@ -704,9 +707,9 @@ fn puts_and_reads_run_safely_during_compaction() {
             scope.spawn(move || {
                 for round in 0..6 {
                     for o in keep.iter().skip((t + round) % 2) {
-                        assert_eq!(s.get(&o.id).expect("read during compaction"), o.data);
-                        let (_, b) = s.get_range(&o.id, 100, 10).expect("range");
-                        assert_eq!(&b[..], &o.data[100..110]);
+                        assert_eq!(s.get(&o.id()).expect("read during compaction"), o.data());
+                        let (_, b) = s.get_range(&o.id(), 100, 10).expect("range");
+                        assert_eq!(&b[..], &o.data()[100..110]);
                     }
                 }
             });
@@ -718,7 +721,7 @@ fn puts_and_reads_run_safely_during_compaction() {
         assert!(removed > 0);
     });
     for o in keep.iter() {
-        assert_eq!(s.get(&o.id).expect("after"), o.data);
+        assert_eq!(s.get(&o.id()).expect("after"), o.data());
     }
     assert_eq!(s.stats().expect("stats").objects, 40 + 120);
     assert!(
@@ -842,7 +845,7 @@ fn a_full_disk_refuses_puts_keeps_what_was_acknowledged_and_recovers() {
         }
         assert!(acked.len() > 10, "only {} puts fit", acked.len());
         for o in &acked {
-            assert_eq!(s.get(&o.id).expect("acknowledged object"), o.data);
+            assert_eq!(s.get(&o.id()).expect("acknowledged object"), o.data());
         }
         // Present puts still work on a full disk.
         assert_eq!(
@@ -853,7 +856,7 @@ fn a_full_disk_refuses_puts_keeps_what_was_acknowledged_and_recovers() {
     {
         let s = open_with(&dir, opts);
         for o in &acked {
-            assert_eq!(s.get(&o.id).expect("after reopen"), o.data);
+            assert_eq!(s.get(&o.id()).expect("after reopen"), o.data());
         }
         assert!(matches!(
             s.put(obj(1000, 256 << 10)),
@@ -871,7 +874,7 @@ fn a_full_disk_refuses_puts_keeps_what_was_acknowledged_and_recovers() {
             s.put(o.clone()).expect("put after space returned"),
             PutOutcome::Stored
         );
-        assert_eq!(s.get(&o.id).expect("get"), o.data);
+        assert_eq!(s.get(&o.id()).expect("get"), o.data());
     }
     drop(open_with(&dir, opts));
 }

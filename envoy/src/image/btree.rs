@@ -330,7 +330,7 @@ fn commit(node: &mut Mem, batch: &mut Vec<PutObject>, refs: ValueRefs) -> Object
         }
     }
     let object = PutObject::new(out.freeze(), ids);
-    let id = object.id;
+    let id = object.id();
     batch.push(object);
     node.id = Some(id);
     id

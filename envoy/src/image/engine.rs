@@ -83,6 +83,9 @@ pub struct Engine {
     trees: HashMap<u64, Tree>,
     /// Blocks written since the last commit: (inode, block index) → content (≤ BLOCK bytes).
     dirty: BTreeMap<(u64, u64), BytesMut>,
+    /// Blocks being stored outside the owner's lock (see [`Engine::start_flush`]): still
+    /// read from here until [`Engine::finish_flush`] puts them in their files' maps.
+    flushing: BTreeMap<(u64, u64), Bytes>,
     /// Objects of a commit whose store failed: stored again by the next commit.
     unsaved: Vec<PutObject>,
     /// Changes not yet in the write-ahead log (see [`Engine::take_journal`]).
@@ -123,6 +126,7 @@ impl Engine {
             next_ino: ROOT_INO + 1,
             trees: HashMap::new(),
             dirty: BTreeMap::new(),
+            flushing: BTreeMap::new(),
             unsaved: Vec::new(),
             journal: Journal::default(),
             at: now(),
@@ -162,6 +166,7 @@ impl Engine {
             next_ino,
             trees: HashMap::new(),
             dirty: BTreeMap::new(),
+            flushing: BTreeMap::new(),
             unsaved: Vec::new(),
             journal: Journal::default(),
             at: now(),
@@ -173,12 +178,14 @@ impl Engine {
     /// Every object is stored in one batch (their ids are their hashes, known up front); if
     /// the batch fails, it is kept and stored again by the next commit.
     pub fn commit(&mut self) -> Result<ObjectId> {
+        // Blocks of a flush that never finished are stored below, with the rest.
+        self.abort_flush();
         let mut batch = std::mem::take(&mut self.unsaved);
         // Blocks into their files' maps.
         let dirty = std::mem::take(&mut self.dirty);
         for ((ino, index), data) in dirty {
             let block = PutObject::new(data.freeze(), Vec::new());
-            let id = block.id;
+            let id = block.id();
             batch.push(block);
             let store = self.store.clone();
             self.tree(ino)?
@@ -207,7 +214,7 @@ impl Engine {
         root.put_slice(&table.0);
         root.put_u64_le(self.next_ino);
         let root = PutObject::new(root.freeze(), vec![table]);
-        let id = root.id;
+        let id = root.id();
         batch.push(root);
         if let Err(e) = self.store.put_many(batch.clone()) {
             self.unsaved = batch;
@@ -224,6 +231,47 @@ impl Engine {
             ..Journal::default()
         };
         Ok(id)
+    }
+
+    /// Take the dirty blocks out to be stored without the owner's lock (hashing and writing
+    /// a commit's data is most of its cost; changes go on meanwhile). They stay readable
+    /// here; [`Engine::finish_flush`] with their ids puts them in their files' maps, or
+    /// [`Engine::abort_flush`] makes them dirty again.
+    pub fn start_flush(&mut self) -> Vec<((u64, u64), Bytes)> {
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut out = Vec::with_capacity(dirty.len());
+        for (k, b) in dirty {
+            let b = b.freeze();
+            out.push((k, b.clone()));
+            self.flushing.insert(k, b);
+        }
+        out
+    }
+
+    /// The blocks of [`Engine::start_flush`] are stored, as `ids`: each that was not
+    /// truncated or unlinked meanwhile goes into its file's map (one written again meanwhile
+    /// is dirty, and its newer content wins at the next commit).
+    pub fn finish_flush(&mut self, ids: Vec<((u64, u64), ObjectId)>) -> Result<()> {
+        let store = self.store.clone();
+        for ((ino, index), id) in ids {
+            if self.flushing.remove(&(ino, index)).is_none() {
+                continue;
+            }
+            self.tree(ino)?
+                .insert(&*store, index, Bytes::copy_from_slice(&id.0))
+                .map_err(eio)?;
+        }
+        Ok(())
+    }
+
+    /// Storing the blocks of [`Engine::start_flush`] failed: they are dirty again (unless
+    /// written again meanwhile).
+    pub fn abort_flush(&mut self) {
+        for (k, b) in std::mem::take(&mut self.flushing) {
+            self.dirty
+                .entry(k)
+                .or_insert_with(|| BytesMut::from(&b[..]));
+        }
     }
 
     /// Bytes of file data changed since the last commit (callers commit past a limit).
@@ -479,15 +527,22 @@ impl Engine {
         let store = self.store.clone();
         self.inodes.remove(&*store, ino).map_err(eio)?;
         self.trees.remove(&ino);
-        let blocks: Vec<(u64, u64)> = self
-            .dirty
-            .range((ino, 0)..=(ino, u64::MAX))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in blocks {
+        self.drop_blocks(ino, 0);
+        Ok(())
+    }
+
+    /// Forget the unstored blocks of `ino` from block `from` on (dirty, or being flushed:
+    /// a flush finishing later must not bring them back).
+    fn drop_blocks(&mut self, ino: u64, from: u64) {
+        let range = (ino, from)..=(ino, u64::MAX);
+        let gone: Vec<(u64, u64)> = self.dirty.range(range.clone()).map(|(k, _)| *k).collect();
+        for k in gone {
             self.dirty.remove(&k);
         }
-        Ok(())
+        let gone: Vec<(u64, u64)> = self.flushing.range(range).map(|(k, _)| *k).collect();
+        for k in gone {
+            self.flushing.remove(&k);
+        }
     }
 
     /// Move `oname` in `odir` to `nname` in `ndir`, replacing a compatible target.
@@ -619,6 +674,9 @@ impl Engine {
         if let Some(b) = self.dirty.get(&(ino, index)) {
             return Ok(Some(Bytes::copy_from_slice(b)));
         }
+        if let Some(b) = self.flushing.get(&(ino, index)) {
+            return Ok(Some(b.clone()));
+        }
         let store = self.store.clone();
         let Some(v) = self.tree(ino)?.get(&*store, index).map_err(eio)? else {
             return Ok(None);
@@ -696,14 +754,7 @@ impl Engine {
         }
         if size < node.size {
             let first_gone = size.div_ceil(BLOCK as u64);
-            let gone: Vec<(u64, u64)> = self
-                .dirty
-                .range((ino, first_gone)..=(ino, u64::MAX))
-                .map(|(k, _)| *k)
-                .collect();
-            for k in gone {
-                self.dirty.remove(&k);
-            }
+            self.drop_blocks(ino, first_gone);
             let store = self.store.clone();
             let mut stored = Vec::new();
             self.tree(ino)?
@@ -916,7 +967,22 @@ mod tests {
         let ino = file(&mut e, "f");
         let mut model: Vec<u8> = Vec::new();
         let mut x = 99u64;
+        let mut flight = Vec::new();
         for step in 0..300u64 {
+            // Blocks taken out for storing while writes and truncates go on.
+            match step % 30 {
+                5 => flight = e.start_flush(),
+                15 => {
+                    let ids = std::mem::take(&mut flight)
+                        .into_iter()
+                        .map(|(k, b)| (k, Objects::put(&*s, b, Vec::new()).unwrap()))
+                        .collect();
+                    e.finish_flush(ids).unwrap();
+                }
+                22 => flight = e.start_flush(),
+                27 => e.abort_flush(),
+                _ => {}
+            }
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;

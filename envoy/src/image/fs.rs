@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use envoy_objstore::ObjectId;
+use envoy_objstore::{ObjectId, PutObject};
 use envoy_protocol::Qid;
 
 use super::engine::{BLOCK, Engine, NewNode, ROOT_INO};
@@ -86,6 +86,33 @@ impl Shared {
     /// Commit now: the engine's changes into a new root, the record pointed at it.
     fn commit(&self) -> Result<()> {
         let _f = self.flushing();
+        self.commit_flushing()
+    }
+
+    /// Commit, the flush lock held: the dirty blocks are hashed and stored first without
+    /// the state lock (changes go on meanwhile), then the rest — the few blocks changed
+    /// since, the tree nodes, the root, the record — under it.
+    fn commit_flushing(&self) -> Result<()> {
+        let blocks = self.lock().engine.start_flush();
+        if !blocks.is_empty() {
+            let (keys, objects): (Vec<_>, Vec<_>) = blocks
+                .into_iter()
+                .map(|(k, b)| (k, PutObject::new(b, Vec::new())))
+                .unzip();
+            let ids: Vec<ObjectId> = objects.iter().map(|o| o.id()).collect();
+            let stored = self.store.put_many(objects);
+            let mut st = self.lock();
+            match stored {
+                Ok(()) => st
+                    .engine
+                    .finish_flush(keys.into_iter().zip(ids).collect())?,
+                Err(e) => {
+                    st.engine.abort_flush();
+                    tracing::error!(record = %self.record, error = %e, "image: cannot store blocks");
+                    return Err(Errno::EIO);
+                }
+            }
+        }
         let mut st = self.lock();
         commit_state(&*self.store, &self.record, &mut st)
     }
@@ -100,10 +127,12 @@ impl Shared {
             return Ok(());
         }
         let (Some(base), true) = (st.root, st.log_len < LOG_ENTRIES) else {
-            return commit_state(&*self.store, &self.record, &mut st);
+            drop(st);
+            return self.commit_flushing();
         };
         let Some(ops) = st.engine.take_journal() else {
-            return commit_state(&*self.store, &self.record, &mut st);
+            drop(st);
+            return self.commit_flushing();
         };
         let entry = LogEntry {
             base,
@@ -440,10 +469,8 @@ impl ImageFs {
     pub fn snapshot(&self, n: u64) -> Result<ObjectId> {
         self.writable()?;
         let _f = self.shared.flushing();
-        let mut st = self.shared.lock();
-        commit_state(&*self.shared.store, &self.shared.record, &mut st)?;
-        let root = st.root.ok_or(Errno::EIO)?;
-        drop(st);
+        self.shared.commit_flushing()?;
+        let root = self.shared.lock().root.ok_or(Errno::EIO)?;
         let image = self.shared.record.trim_start_matches("image/");
         super::catalog::record_snapshot(&*self.shared.store, image, n, &root)?;
         Ok(root)

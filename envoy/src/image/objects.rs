@@ -36,7 +36,7 @@ pub trait Objects: Send + Sync {
 impl Objects for LocalStore {
     fn put(&self, data: Bytes, refs: Vec<ObjectId>) -> Result<ObjectId, StoreError> {
         let object = PutObject::new(data, refs);
-        let id = object.id;
+        let id = object.id();
         LocalStore::put(self, object)?;
         Ok(id)
     }
@@ -73,7 +73,7 @@ impl Objects for LocalStore {
     }
 }
 
-/// Objects a commit keeps in flight to the cluster at once.
+/// Objects a commit keeps in flight to each peer at once.
 const PUTS_IN_FLIGHT: usize = 32;
 
 /// The replicated cluster as an image's object layer: every put is on R hosts (a quorum)
@@ -104,34 +104,13 @@ impl ClusterObjects {
 impl Objects for ClusterObjects {
     fn put(&self, data: Bytes, refs: Vec<ObjectId>) -> Result<ObjectId, StoreError> {
         let object = PutObject::new(data, refs);
-        let id = object.id;
+        let id = object.id();
         self.run(self.cluster.put(object))?;
         Ok(id)
     }
 
     fn put_many(&self, objects: Vec<PutObject>) -> Result<(), StoreError> {
-        self.run(async {
-            let mut objects = objects.into_iter();
-            let mut running = tokio::task::JoinSet::new();
-            let mut result = Ok(());
-            loop {
-                while running.len() < PUTS_IN_FLIGHT
-                    && result.is_ok()
-                    && let Some(o) = objects.next()
-                {
-                    let cluster = self.cluster.clone();
-                    running.spawn(async move { cluster.put(o).await.map(drop) });
-                }
-                let Some(done) = running.join_next().await else {
-                    return result;
-                };
-                let done =
-                    done.unwrap_or_else(|e| Err(StoreError::Refused(format!("put task: {e}"))));
-                if result.is_ok() {
-                    result = done;
-                }
-            }
-        })
+        self.run(self.cluster.put_many(objects, PUTS_IN_FLIGHT))
     }
 
     fn get(&self, id: &ObjectId) -> Result<Bytes, StoreError> {

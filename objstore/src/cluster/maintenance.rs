@@ -190,11 +190,7 @@ impl Cluster {
     async fn copy_to(&self, peer: &Arc<Peer>, id: &ObjectId) -> Result<()> {
         let (local, i) = (self.local.clone(), *id);
         let (data, refs) = blocking(move || Ok((local.get(&i)?, local.refs(&i)?))).await?;
-        let object = PutObject {
-            id: *id,
-            data,
-            refs,
-        };
+        let object = PutObject::claimed(*id, data, refs);
         self.on_peer(peer, |c| async move { c.put(&object, 0).await.map(|_| ()) })
             .await
     }
@@ -221,14 +217,7 @@ impl Cluster {
             match self.get_from(id, 0, u64::MAX, true).await {
                 Ok((_, data)) => {
                     let refs = self.refs_anywhere(id).await;
-                    let (local, obj) = (
-                        self.local.clone(),
-                        PutObject {
-                            id: *id,
-                            data,
-                            refs,
-                        },
-                    );
+                    let (local, obj) = (self.local.clone(), PutObject::claimed(*id, data, refs));
                     match blocking(move || local.put(obj)).await {
                         Ok(_) => {
                             repaired += 1;

@@ -14,7 +14,11 @@ impl Cluster {
     /// Store an object on R hosts; succeeds once a majority of them have it durably.
     /// Returns the outcome and the number of copies written or found.
     pub async fn put(&self, object: PutObject) -> Result<(PutOutcome, usize)> {
-        let actual = ObjectId::of(&object.data);
+        let actual = if object.is_hashed() {
+            object.id
+        } else {
+            ObjectId::of(&object.data)
+        };
         if actual != object.id {
             return Err(StoreError::HashMismatch {
                 claimed: object.id,
@@ -74,6 +78,75 @@ impl Cluster {
                 failures: failures.join("; "),
             })
         }
+    }
+
+    /// Store many objects (an image commit's blocks and nodes), each on R hosts, all durable
+    /// on return. The copies placed on this host go to the local store in one batch (one
+    /// group commit, no task per object); the copies for peers are pipelined, `window` at a
+    /// time. An object any of whose copies failed goes through [`Cluster::put`] again, which
+    /// replaces failed hosts and needs a majority, as every put does.
+    pub async fn put_many(&self, objects: Vec<PutObject>, window: usize) -> Result<()> {
+        let objects: Vec<Arc<PutObject>> = objects.into_iter().map(Arc::new).collect();
+        let mut local = Vec::new();
+        let mut remote = Vec::new();
+        for (i, o) in objects.iter().enumerate() {
+            let placement = self.placement(&o.id.0);
+            let r = self.replicas().min(placement.len());
+            let (up, down): (Vec<Host>, Vec<Host>) = placement.into_iter().partition(Self::is_up);
+            for h in up.into_iter().chain(down).take(r) {
+                match h {
+                    Host::Me => local.push(i),
+                    peer => remote.push((i, peer)),
+                }
+            }
+        }
+        let mut failed = vec![false; objects.len()];
+        let mut running = tokio::task::JoinSet::new();
+        if !local.is_empty() {
+            let store = self.local.clone();
+            let batch: Vec<PutObject> = local.iter().map(|&i| (*objects[i]).clone()).collect();
+            running.spawn(async move {
+                let results = blocking(move || Ok(store.put_many(batch))).await;
+                match results {
+                    Ok(results) => local
+                        .into_iter()
+                        .zip(results)
+                        .filter(|(_, r)| r.is_err())
+                        .map(|(i, _)| i)
+                        .collect::<Vec<_>>(),
+                    Err(_) => local,
+                }
+            });
+        }
+        let mut remote = remote.into_iter();
+        loop {
+            while running.len() < window.max(2) {
+                let Some((i, host)) = remote.next() else {
+                    break;
+                };
+                let put = self.put_on(host, objects[i].clone());
+                running.spawn(async move {
+                    match put.await {
+                        (_, Ok(_)) => Vec::new(),
+                        (_, Err(_)) => vec![i],
+                    }
+                });
+            }
+            let Some(done) = running.join_next().await else {
+                break;
+            };
+            match done {
+                Ok(bad) => bad.into_iter().for_each(|i| failed[i] = true),
+                Err(e) => return Err(StoreError::Refused(format!("put task failed: {e}"))),
+            }
+        }
+        for (i, o) in objects.iter().enumerate() {
+            if failed[i] {
+                debug!(id = %o.id, "a copy of a batched put failed: putting it again");
+                self.put((**o).clone()).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Store the object on one host; a `'static` future, for the put's task set.
@@ -256,7 +329,7 @@ impl Cluster {
                         Host::Peer(p) => peer_client(p).await?.get_object(&id, 0).await?,
                     },
                 };
-                Ok::<_, StoreError>(PutObject { id, data, refs })
+                Ok::<_, StoreError>(PutObject::claimed(id, data, refs))
             }
             .await;
             let object = match fetched {

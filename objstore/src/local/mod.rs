@@ -58,22 +58,57 @@ impl Default for StoreOptions {
 /// An object to store.
 #[derive(Clone, Debug)]
 pub struct PutObject {
-    /// The id the writer claims; the store checks it against the content.
-    pub id: ObjectId,
+    /// Its id: the content's hash, computed here ([`PutObject::new`]) or claimed by whoever
+    /// sent it ([`PutObject::claimed`]), which the store checks.
+    pub(crate) id: ObjectId,
     /// The content.
-    pub data: Bytes,
+    pub(crate) data: Bytes,
     /// Objects this one refers to (its children in a tree): followed by GC's mark phase.
-    pub refs: Vec<ObjectId>,
+    pub(crate) refs: Vec<ObjectId>,
+    /// The id was computed from the data in this process: the store need not hash it again.
+    hashed: bool,
 }
 
 impl PutObject {
-    /// An object named by its content's hash.
+    /// An object named by its content's hash (computed here, once).
     pub fn new(data: Bytes, refs: Vec<ObjectId>) -> PutObject {
         PutObject {
             id: ObjectId::of(&data),
             data,
             refs,
+            hashed: true,
         }
+    }
+
+    /// An object whose id someone else claims (a peer, a client, a replica's copy): the
+    /// store hashes the content and refuses it if the claim is false.
+    pub fn claimed(id: ObjectId, data: Bytes, refs: Vec<ObjectId>) -> PutObject {
+        PutObject {
+            id,
+            data,
+            refs,
+            hashed: false,
+        }
+    }
+
+    /// Its id.
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+
+    /// Its content.
+    pub fn data(&self) -> &Bytes {
+        &self.data
+    }
+
+    /// The objects it refers to.
+    pub fn refs(&self) -> &[ObjectId] {
+        &self.refs
+    }
+
+    /// Whether the id was computed from the data in this process.
+    pub(crate) fn is_hashed(&self) -> bool {
+        self.hashed
     }
 }
 
@@ -271,7 +306,11 @@ impl LocalStore {
                     format::MAX_REFS
                 )))));
             } else {
-                let actual = ObjectId::of(&o.data);
+                let actual = if o.hashed {
+                    o.id
+                } else {
+                    ObjectId::of(&o.data)
+                };
                 if actual != o.id {
                     results.push(Some(Err(StoreError::HashMismatch {
                         claimed: o.id,

@@ -2,6 +2,7 @@
 //! server, the loopback ceiling, and the tree they read.
 
 pub mod hist;
+pub mod image;
 pub mod loopback;
 pub mod objstore;
 pub mod prepare;

@@ -95,7 +95,7 @@ pub fn run(b: ObjBench) -> Result<()> {
             let get = threads(b.jobs, b.count, {
                 let (store, objs) = (store.clone(), objs.clone());
                 move |i| {
-                    let data = store.get(&objs[i].id)?;
+                    let data = store.get(&objs[i].id())?;
                     check(&objs[i], &data, verify)
                 }
             })?;
@@ -130,7 +130,7 @@ pub fn run(b: ObjBench) -> Result<()> {
                     b.count,
                     objs.clone(),
                     move |c, o| async move {
-                        let data = c.get_object(&o.id, flags).await?;
+                        let data = c.get_object(&o.id(), flags).await?;
                         check(&o, &data, verify)
                     },
                 )
@@ -157,8 +157,8 @@ pub fn run(b: ObjBench) -> Result<()> {
 
 /// Every get must return the object's size; with `verify`, its exact content.
 fn check(object: &PutObject, data: &Bytes, verify: bool) -> Result<()> {
-    if data.len() != object.data.len() || (verify && ObjectId::of(data) != object.id) {
-        bail!("object {} read back wrong", object.id);
+    if data.len() != object.data().len() || (verify && ObjectId::of(data) != object.id()) {
+        bail!("object {} read back wrong", object.id());
     }
     Ok(())
 }

@@ -208,6 +208,54 @@ enum Cmd {
         #[arg(long)]
         verify: bool,
     },
+    /// What Envoy images cost: snapshot/fork latency by image size, space of forks
+    #[command(subcommand)]
+    Image(ImageCmd),
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Build an image of FILES files of FILE_KIB each in a local store at DIR and time
+    /// snapshots (after a 4 KiB write, and of an unchanged image), forks and a fork's first open
+    Snapshot {
+        /// A local store in this directory (created)
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Files in the image
+        #[arg(long, default_value_t = 1000)]
+        files: usize,
+        /// KiB per file
+        #[arg(long, default_value_t = 4)]
+        file_kib: usize,
+        /// Snapshots and forks timed
+        #[arg(long, default_value_t = 50)]
+        reps: usize,
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build a base image of BASE_MIB, fork it FORKS times, rewrite CHANGE_PCT % of every
+    /// fork in WRITE_KIB writes, and report the store's bytes
+    Space {
+        /// A local store in this directory (created)
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The base image's size in MiB (64 MiB files)
+        #[arg(long, default_value_t = 1024)]
+        base_mib: usize,
+        /// Forks
+        #[arg(long, default_value_t = 10)]
+        forks: usize,
+        /// Percent of each fork rewritten
+        #[arg(long, default_value_t = 1.0)]
+        change_pct: f64,
+        /// KiB per write of the change (64: whole blocks; 4: small scattered writes)
+        #[arg(long, default_value_t = 64)]
+        write_kib: usize,
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_dialect(s: &str) -> Result<Dialect, String> {
@@ -281,6 +329,38 @@ fn main() -> Result<()> {
                 verify,
             })
         }
+        Some(Cmd::Image(ImageCmd::Snapshot {
+            dir,
+            files,
+            file_kib,
+            reps,
+            json,
+        })) => bench::image::snapshot(
+            dir,
+            bench::image::Shape {
+                files,
+                file_bytes: file_kib << 10,
+            },
+            reps,
+            json,
+        ),
+        Some(Cmd::Image(ImageCmd::Space {
+            dir,
+            base_mib,
+            forks,
+            change_pct,
+            write_kib,
+            json,
+        })) => bench::image::space(
+            dir,
+            bench::image::Space {
+                base_mib,
+                forks,
+                change_pct,
+                write_bytes: write_kib << 10,
+            },
+            json,
+        ),
         None => run(cli.run),
     }
 }
