@@ -2,7 +2,10 @@
 # The Linux-guest suite: the kernel's own v9fs client, in a QEMU guest, against envoyd.
 #
 #   tests/vm/run-suite.sh              the matrix: trans=tcp and trans=fd x 9p2000.u and 9p2000.L,
-#                                      msize 512 KiB (tcp also 1 MiB); and the SCTP cases, run
+#                                      msize 512 KiB (tcp also 1 MiB); the same workload over
+#                                      trans=tcp on an Envoy image (.L and .u: envoyd --image, the
+#                                      image seeded through 9P, checked after a restart of envoyd);
+#                                      and the SCTP cases, run
 #                                      inside the guest because its kernel has SCTP and the hosts'
 #                                      does not (tests/vm/sctp-guest.sh: envoy-mount over loopback
 #                                      in .L and .u, a multi-homed association losing a path
@@ -25,45 +28,67 @@ EXPECTED_CHECKS=14
 
 [ -x "$ENVOYD" ] || { echo "run-suite: build envoyd first ($ENVOYD)" >&2; exit 3; }
 ENVOY_MOUNT=$(dirname "$ENVOYD")/envoy-mount
+ENVOY_9P=$(dirname "$ENVOYD")/envoy-9p
 "$ROOT/tools/vm/build.sh" || exit 3
 W=$(mktemp -d /tmp/envoy-vmsuite-XXXXXX)
-cleanup() { pkill -f "envoyd --export $W/" 2>/dev/null; rm -rf "$W"; }
+cleanup() { pkill -f "envoyd --export $W/" 2>/dev/null; pkill -f "envoyd --host vm --data-dir $W/" 2>/dev/null; rm -rf "$W"; }
 trap cleanup EXIT
 
 mkdir -p "$W/payload/bin"
 gcc -static -O2 -Wall -o "$W/payload/bin/mmapcat" "$ROOT/tests/vm/mmapcat.c" || exit 3
 install -m 0755 "$ROOT/tests/vm/workload.sh" "$W/payload/workload.sh"
 
+# start_envoyd DIR LISTEN ARGS...: envoyd serving with ARGS (and any extra ones) on LISTEN, its
+# output in DIR; sets PID and PORT (for tcp).
+start_envoyd() {
+    local d=$1 listen=$2; shift 2
+    "$ENVOYD" "$@" --listen "$listen" >"$d/envoyd.out" 2>>"$d/envoyd.log" &
+    PID=$!
+    for _ in $(seq 200); do grep -q '^envoyd: serving' "$d/envoyd.out" 2>/dev/null && break; sleep 0.05; done
+    PORT=$(sed -n 's/^envoyd: serving .* on tcp:127\.0\.0\.1:\([0-9]*\)$/\1/p' "$d/envoyd.out")
+}
+
 # run_case NAME MODE VERSION MSIZE [ENVOYD ARGS...]: writes $W/NAME/verdict (PASS or FAIL).
+# MODE: tcp or fd to an envoyd exporting a directory, or image: tcp to an envoyd serving an
+# Envoy image, seeded with the same files through 9P (envoy-9p import) and read back after
+# envoyd restarts.
 run_case() {
     local name=$1 mode=$2 ver=$3 msize=$4; shift 4
-    local d=$W/$name
+    local d=$W/$name trans=$mode serve listen target
     "$ROOT/tests/vm/bigdir.sh" "$d/export" 5000
-    local listen target
-    if [ "$mode" = tcp ]; then listen=tcp:127.0.0.1:0; else listen=unix:$d/envoy.sock; fi
-    "$ENVOYD" --export "$d/export/" --listen "$listen" "$@" >"$d/envoyd.out" 2>"$d/envoyd.log" &
-    local pid=$!
-    for _ in $(seq 100); do grep -q '^envoyd: serving' "$d/envoyd.out" 2>/dev/null && break; sleep 0.05; done
-    if [ "$mode" = tcp ]; then
-        local port
-        port=$(sed -n 's/^envoyd: serving .* on tcp:127\.0\.0\.1:\([0-9]*\)$/\1/p' "$d/envoyd.out")
-        target=(-p "$port")
+    if [ "$mode" = image ]; then
+        trans=tcp
+        serve=(--host vm --data-dir "$d/data" --storage "unix:$d/storage.sock" --image vm "$@")
     else
-        target=(-u "$d/envoy.sock")
+        serve=(--export "$d/export/" "$@")
     fi
-    local start=$SECONDS
-    "$ROOT/tools/vm/run-vm.sh" -t "$mode" -v "$ver" -s "$msize" "${target[@]}" -P "$W/payload" \
+    if [ "$trans" = tcp ]; then listen=tcp:127.0.0.1:0; else listen=unix:$d/envoy.sock; fi
+    start_envoyd "$d" "$listen" "${serve[@]}"
+    if [ "$trans" = tcp ]; then target=(-p "$PORT"); else target=(-u "$d/envoy.sock"); fi
+    local start=$SECONDS seeded=PASS
+    if [ "$mode" = image ]; then
+        "$ENVOY_9P" --tcp "127.0.0.1:$PORT" --uid 0 import "$d/export" / >"$d/import.log" 2>&1 || seeded=FAIL
+    fi
+    "$ROOT/tools/vm/run-vm.sh" -t "$trans" -v "$ver" -s "$msize" "${target[@]}" -P "$W/payload" \
         -l "$d/console.log" -T 240 -- 'sh /workload.sh' 2>"$d/run-vm.log"
     local vmrc=$?
-    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null
+    # The host's view: the export directory, or the image served by a restarted envoyd.
+    host_md5() { md5sum "$d/export/$1" 2>/dev/null | cut -d' ' -f1; }
+    if [ "$mode" = image ]; then
+        start_envoyd "$d" tcp:127.0.0.1:0 "${serve[@]}"
+        host_md5() { "$ENVOY_9P" --tcp "127.0.0.1:$PORT" --uid 0 cat "$1" 2>/dev/null | md5sum | cut -d' ' -f1; }
+    fi
     {
+        [ "$mode" = image ] && echo "$seeded image_seeded_through_9p"
         tr -d '\r' < "$d/console.log" | grep -a '^ENVOY-CHECK: ' | sed 's/^ENVOY-CHECK: //'
         tr -d '\r' < "$d/console.log" | grep -a '^ENVOY-HOST: md5 ' | while read -r _ _ path hash; do
             local have
-            have=$(md5sum "$d/export/$path" 2>/dev/null | cut -d' ' -f1)
+            have=$(host_md5 "$path")
             if [ "$have" = "$hash" ]; then echo "PASS host_sees_$path"; else echo "FAIL host_sees_$path: host has ${have:-nothing}, guest wrote $hash"; fi
         done
     } > "$d/checks"
+    if [ "$mode" = image ]; then kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; fi
     verdict "$d" "$name" "$vmrc" $((EXPECTED_CHECKS + 3)) "$start"
 }
 
@@ -149,7 +174,8 @@ CASES=("sctp-rust sctp rust - 32" "sctp-multihome-L sctp multihome 9p2000.L 23"
        "sctp-loop-L sctp loop 9p2000.L 20" "sctp-loop-u sctp loop 9p2000.u 20"
        "tcp-u-512k tcp 9p2000.u 524288" "tcp-L-512k tcp 9p2000.L 524288"
        "fd-u-512k fd 9p2000.u 524288" "fd-L-512k fd 9p2000.L 524288"
-       "tcp-u-1m tcp 9p2000.u 1048576" "tcp-L-1m tcp 9p2000.L 1048576")
+       "tcp-u-1m tcp 9p2000.u 1048576" "tcp-L-1m tcp 9p2000.L 1048576"
+       "image-tcp-L image 9p2000.L 524288" "image-tcp-u image 9p2000.u 524288")
 names=()
 t0=$SECONDS
 payload_built=0

@@ -3,6 +3,7 @@
 //! ```text
 //! envoy-9p [--tcp ADDR | --unix PATH] [--dialect L|u|base] [--msize N] [--aname A] COMMAND
 //!   ls [-l] PATH | cat PATH | put PATH (data on stdin) | stat PATH | mkdir PATH | rm PATH
+//!   | import DIR PATH (copy a local tree in: directories, files, symlinks)
 //! ```
 //!
 //! It attaches as the calling user (numeric id from the process; name from `$USER` or
@@ -73,6 +74,9 @@ enum Cmd {
     Mkdir { path: String },
     /// Remove a file or an empty directory
     Rm { path: String },
+    /// Copy the local directory tree DIR into the existing directory PATH: directories,
+    /// regular files and symlinks (9P2000.L), e.g. to seed an Envoy image
+    Import { dir: PathBuf, path: String },
 }
 
 fn parse_dialect(s: &str) -> Result<Dialect, String> {
@@ -171,6 +175,7 @@ impl Session {
             Cmd::Stat { path } => self.stat(&path).await,
             Cmd::Mkdir { path } => self.mkdir(&path).await,
             Cmd::Rm { path } => self.rm(&path).await,
+            Cmd::Import { dir, path } => self.import(&dir, &path).await,
         }
     }
 
@@ -294,6 +299,15 @@ impl Session {
     }
 
     async fn put(&self, path: &str) -> Result<()> {
+        self.put_from(tokio::io::stdin(), path).await
+    }
+
+    /// Write everything `input` gives to the file `path`, creating or truncating it.
+    async fn put_from(
+        &self,
+        mut input: impl tokio::io::AsyncRead + Unpin,
+        path: &str,
+    ) -> Result<()> {
         let (parent, name) = split_parent(path)?;
         self.walk(FID, &parent).await?;
         // Open the file if it exists, else create it.
@@ -319,11 +333,10 @@ impl Session {
             }
             Err(e) => return Err(e).with_context(|| format!("walking to {path:?}")),
         };
-        let mut stdin = tokio::io::stdin();
         let mut buf = vec![0u8; self.c.max_io() as usize];
         let mut offset = 0u64;
         loop {
-            let n = stdin.read(&mut buf).await.context("reading stdin")?;
+            let n = input.read(&mut buf).await.context("reading the input")?;
             if n == 0 {
                 break;
             }
@@ -339,6 +352,7 @@ impl Session {
             }
             offset += n as u64;
         }
+        self.release().await;
         Ok(())
     }
 
@@ -410,6 +424,71 @@ impl Session {
                 .await
                 .with_context(|| format!("mkdir {path:?}"))?;
         }
+        Ok(())
+    }
+
+    /// Clunk the working fids (errors ignored: a fid may not be in use).
+    async fn release(&self) {
+        let _ = self.c.clunk(FID2).await;
+        let _ = self.c.clunk(FID).await;
+    }
+
+    async fn import(&self, dir: &std::path::Path, path: &str) -> Result<()> {
+        if !self.dotl() {
+            bail!("import needs 9P2000.L (--dialect L)");
+        }
+        let base = components(path).join("/");
+        let mut todo = vec![(dir.to_owned(), base)];
+        let mut copied = 0u64;
+        while let Some((local, remote)) = todo.pop() {
+            let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(&local)
+                .with_context(|| format!("reading {}", local.display()))?
+                .collect::<std::io::Result<_>>()
+                .with_context(|| format!("reading {}", local.display()))?;
+            entries.sort_by_key(|e| e.file_name());
+            for e in entries {
+                let name = e
+                    .file_name()
+                    .into_string()
+                    .map_err(|n| anyhow::anyhow!("{n:?} in {} is not UTF-8", local.display()))?;
+                let target = if remote.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{remote}/{name}")
+                };
+                let kind = e.file_type()?;
+                if kind.is_dir() {
+                    self.mkdir(&target).await?;
+                    self.release().await;
+                    todo.push((e.path(), target));
+                } else if kind.is_symlink() {
+                    let to = std::fs::read_link(e.path())?;
+                    let to = to.to_str().context("a symlink target that is not UTF-8")?;
+                    self.walk(FID, &remote).await?;
+                    self.c
+                        .symlink(FID, &name, to, self.gid)
+                        .await
+                        .with_context(|| format!("symlink {target:?}"))?;
+                    self.release().await;
+                } else if kind.is_file() {
+                    let f = tokio::fs::File::open(e.path())
+                        .await
+                        .with_context(|| format!("opening {}", e.path().display()))?;
+                    self.put_from(f, &target).await?;
+                } else {
+                    eprintln!(
+                        "envoy-9p: skipping {} (not a file, directory or symlink)",
+                        e.path().display()
+                    );
+                    continue;
+                }
+                copied += 1;
+            }
+        }
+        eprintln!(
+            "envoy-9p: imported {copied} entries from {} into {path:?}",
+            dir.display()
+        );
         Ok(())
     }
 
