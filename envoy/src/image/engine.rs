@@ -6,6 +6,11 @@
 //! hold it (its id is its hash). [`Engine::commit`] writes the changed blocks, then the changed
 //! tree nodes bottom-up, then the root object, and returns the root's id: that id *is* a
 //! snapshot, and [`Engine::open`] on it is a fork.
+//!
+//! Extended attributes live in their inode ([`Engine::set_xattr`]). An inode whose last link
+//! goes while a handle has it open ([`Engine::opened`]) stays, with no links, until the last
+//! handle closes ([`Engine::closed`]); a commit in between records it (a crash then leaves it
+//! unreachable: its space is lost, not other data).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -15,8 +20,9 @@ use envoy_objstore::{ObjectId, StoreError};
 use nix::errno::Errno;
 
 use super::btree::{Tree, no_refs};
-use super::inode::{self, Content, Entry, Inode};
+use super::inode::{self, Content, Entry, Inode, XATTR_BYTES_MAX, XATTR_NAME_MAX};
 use super::objects::Objects;
+use crate::vfs::XATTR_SIZE_MAX;
 
 /// Bytes per file block.
 pub const BLOCK: usize = 64 * 1024;
@@ -31,6 +37,21 @@ pub type Result<T> = std::result::Result<T, Errno>;
 fn eio(e: StoreError) -> Errno {
     tracing::error!(error = %e, "image: object layer failed");
     Errno::EIO
+}
+
+/// Refuse names that cannot be a directory entry: EINVAL for an empty name or one with a `/`
+/// or NUL, EEXIST for `.` and `..` (what mkdir(2) says), ENAMETOOLONG past 255 bytes.
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains(['/', '\0']) {
+        return Err(Errno::EINVAL);
+    }
+    if name == "." || name == ".." {
+        return Err(Errno::EEXIST);
+    }
+    if name.len() > 255 {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(())
 }
 
 fn now() -> (u64, u32) {
@@ -79,6 +100,8 @@ pub struct Engine {
     trees: HashMap<u64, Tree>,
     /// Blocks written since the last commit: (inode, block index) → content (≤ BLOCK bytes).
     dirty: BTreeMap<(u64, u64), BytesMut>,
+    /// Handles open on each inode (an unlinked inode stays while it has some).
+    open: HashMap<u64, usize>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -99,6 +122,7 @@ impl Engine {
             next_ino: ROOT_INO + 1,
             trees: HashMap::new(),
             dirty: BTreeMap::new(),
+            open: HashMap::new(),
         };
         let t = now();
         let root = Inode {
@@ -111,6 +135,7 @@ impl Engine {
             times: [t; 3],
             version: 1,
             content: Content::Empty,
+            xattrs: BTreeMap::new(),
         };
         e.put_inode(ROOT_INO, &root)?;
         Ok(e)
@@ -134,6 +159,7 @@ impl Engine {
             next_ino,
             trees: HashMap::new(),
             dirty: BTreeMap::new(),
+            open: HashMap::new(),
         })
     }
 
@@ -213,6 +239,65 @@ impl Engine {
         Ok(node)
     }
 
+    /// The value of extended attribute `name` of `ino` (ENODATA if it has none).
+    pub fn xattr(&mut self, ino: u64, name: &str) -> Result<Bytes> {
+        self.inode(ino)?.xattrs.remove(name).ok_or(Errno::ENODATA)
+    }
+
+    /// The names of `ino`'s extended attributes, in order.
+    pub fn xattrs(&mut self, ino: u64) -> Result<Vec<String>> {
+        Ok(self.inode(ino)?.xattrs.into_keys().collect())
+    }
+
+    /// Set extended attribute `name` of `ino` to `value`, as setxattr(2) does: `flags`
+    /// `XATTR_CREATE` fails with EEXIST if it exists, `XATTR_REPLACE` with ENODATA if not; a
+    /// name must be 1 to 255 bytes (ERANGE), a value at most `XATTR_SIZE_MAX` (E2BIG), and all
+    /// of an inode's attributes at most [`XATTR_BYTES_MAX`] bytes (ENOSPC).
+    pub fn set_xattr(&mut self, ino: u64, name: &str, value: &[u8], flags: u32) -> Result<()> {
+        if flags & !(libc::XATTR_CREATE | libc::XATTR_REPLACE) as u32 != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if name.is_empty() || name.len() > XATTR_NAME_MAX {
+            return Err(Errno::ERANGE);
+        }
+        if value.len() > XATTR_SIZE_MAX {
+            return Err(Errno::E2BIG);
+        }
+        let node = self.inode(ino)?;
+        let exists = node.xattrs.contains_key(name);
+        if exists && flags & libc::XATTR_CREATE as u32 != 0 {
+            return Err(Errno::EEXIST);
+        }
+        if !exists && flags & libc::XATTR_REPLACE as u32 != 0 {
+            return Err(Errno::ENODATA);
+        }
+        let others: usize = node
+            .xattrs
+            .iter()
+            .filter(|(n, _)| n.as_str() != name)
+            .map(|(n, v)| n.len() + v.len())
+            .sum();
+        if others + name.len() + value.len() > XATTR_BYTES_MAX {
+            return Err(Errno::ENOSPC);
+        }
+        let value = Bytes::copy_from_slice(value);
+        self.update(ino, |n| {
+            n.xattrs.insert(name.to_owned(), value);
+        })?;
+        Ok(())
+    }
+
+    /// Remove extended attribute `name` of `ino` (ENODATA if it has none).
+    pub fn remove_xattr(&mut self, ino: u64, name: &str) -> Result<()> {
+        if !self.inode(ino)?.xattrs.contains_key(name) {
+            return Err(Errno::ENODATA);
+        }
+        self.update(ino, |n| {
+            n.xattrs.remove(name);
+        })?;
+        Ok(())
+    }
+
     /// The tree (block map or directory) of an inode, loaded.
     fn tree(&mut self, ino: u64) -> Result<&mut Tree> {
         if !self.trees.contains_key(&ino) {
@@ -268,8 +353,10 @@ impl Engine {
             .find(|e| e.name == name))
     }
 
-    /// Add `name → ino` to `dir` (EEXIST if taken).
+    /// Add `name → ino` to directory `dir` (EEXIST if taken).
     fn add_entry(&mut self, dir: u64, name: &str, ino: u64, kind: u32) -> Result<()> {
+        self.dir(dir)?;
+        check_name(name)?;
         let key = inode::name_key(name);
         let mut list = self.entries(dir, key)?;
         if list.iter().any(|e| e.name == name) {
@@ -322,9 +409,7 @@ impl Engine {
             target,
         } = *new;
         self.dir(dir)?;
-        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
-            return Err(Errno::EINVAL);
-        }
+        check_name(name)?;
         if self.lookup(dir, name)?.is_some() {
             return Err(Errno::EEXIST);
         }
@@ -346,17 +431,21 @@ impl Engine {
             times: [t; 3],
             version: 1,
             content: target.map_or(Content::Empty, |t| Content::Target(t.to_owned())),
+            xattrs: BTreeMap::new(),
         };
         self.put_inode(ino, &node)?;
         self.add_entry(dir, name, ino, kind)?;
         Ok(ino)
     }
 
-    /// A hard link `name` in `dir` to the non-directory `ino`.
+    /// A hard link `name` in `dir` to the non-directory `ino` (ENOENT once it has no links).
     pub fn link(&mut self, dir: u64, name: &str, ino: u64) -> Result<()> {
         let node = self.inode(ino)?;
         if node.mode & libc::S_IFMT == libc::S_IFDIR {
             return Err(Errno::EPERM);
+        }
+        if node.nlink == 0 {
+            return Err(Errno::ENOENT);
         }
         self.add_entry(dir, name, ino, node.mode & libc::S_IFMT)?;
         self.update(ino, |n| n.nlink += 1)?;
@@ -364,7 +453,7 @@ impl Engine {
     }
 
     /// Remove `name` from `dir` (`rmdir`: it must be an empty directory; otherwise it must
-    /// not be one). The inode goes when its last link does.
+    /// not be one). The inode goes with its last link, or at its last close if it is open.
     pub fn unlink(&mut self, dir: u64, name: &str, rmdir: bool) -> Result<()> {
         let e = self.lookup(dir, name)?.ok_or(Errno::ENOENT)?;
         let is_dir = e.kind == libc::S_IFDIR;
@@ -378,11 +467,37 @@ impl Engine {
             return Err(Errno::ENOTEMPTY);
         }
         self.drop_entry(dir, name)?;
-        let node = self.update(e.ino, |n| n.nlink = n.nlink.saturating_sub(1))?;
-        if node.nlink == 0 || is_dir {
+        // A removed directory has no links left (its "." goes with it).
+        let node = self.update(e.ino, |n| {
+            n.nlink = if is_dir { 0 } else { n.nlink.saturating_sub(1) }
+        })?;
+        if node.nlink == 0 && !self.open.contains_key(&e.ino) {
             self.forget(e.ino)?;
         }
         Ok(())
+    }
+
+    /// A handle on `ino` was opened: the inode stays while any is.
+    pub fn opened(&mut self, ino: u64) {
+        *self.open.entry(ino).or_default() += 1;
+    }
+
+    /// A handle on `ino` was closed. At the last, an inode without links goes; returns whether
+    /// it did (a change to commit).
+    pub fn closed(&mut self, ino: u64) -> Result<bool> {
+        let Some(count) = self.open.get_mut(&ino) else {
+            return Ok(false);
+        };
+        *count -= 1;
+        if *count > 0 {
+            return Ok(false);
+        }
+        self.open.remove(&ino);
+        match self.inode(ino) {
+            Ok(node) if node.nlink == 0 => self.forget(ino).map(|()| true),
+            Ok(_) | Err(Errno::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     fn forget(&mut self, ino: u64) -> Result<()> {
@@ -400,17 +515,29 @@ impl Engine {
         Ok(())
     }
 
-    /// Move `oname` in `odir` to `nname` in `ndir`, replacing a compatible target.
+    /// Move `oname` in `odir` to `nname` in `ndir`, replacing a compatible target as
+    /// rename(2) does: a directory only an empty directory (ENOTDIR, ENOTEMPTY), anything else
+    /// only a non-directory (EISDIR); a name for the same inode stays as it is.
     pub fn rename(&mut self, odir: u64, oname: &str, ndir: u64, nname: &str) -> Result<()> {
         let e = self.lookup(odir, oname)?.ok_or(Errno::ENOENT)?;
+        self.dir(ndir)?;
+        check_name(nname).map_err(|_| Errno::EINVAL)?;
         if odir == ndir && oname == nname {
             return Ok(());
         }
-        if e.kind == libc::S_IFDIR && self.is_within(ndir, e.ino)? {
+        let moving_dir = e.kind == libc::S_IFDIR;
+        if moving_dir && self.is_within(ndir, e.ino)? {
             return Err(Errno::EINVAL);
         }
         if let Some(old) = self.lookup(ndir, nname)? {
-            self.unlink(ndir, nname, old.kind == libc::S_IFDIR)?;
+            if old.ino == e.ino {
+                return Ok(());
+            }
+            match (moving_dir, old.kind == libc::S_IFDIR) {
+                (true, false) => return Err(Errno::ENOTDIR),
+                (false, true) => return Err(Errno::EISDIR),
+                (replacing_dir, _) => self.unlink(ndir, nname, replacing_dir)?,
+            }
         }
         self.drop_entry(odir, oname)?;
         self.add_entry(ndir, nname, e.ino, e.kind)
