@@ -8,7 +8,7 @@
 //! Paths are relative to the export's root (`""` is the root); symlinks are never followed.
 
 use envoy::image::fs::{ImageFs, ImageNode};
-use envoy::vfs::{Attr, Creds, Errno, FileSystem, SetAttr};
+use envoy::vfs::{Attr, Creds, Errno, FileSystem, NodeKind, SetAttr};
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
@@ -147,7 +147,9 @@ impl Host {
     }
 
     /// Make `path` a file holding `data` (created mode 0666, as `std::fs::write` under the
-    /// export's umask 0; truncated first if it exists).
+    /// export's umask 0; truncated first if it exists). In an image, a new empty file is made
+    /// with mknod: no handle, so no commit at its close (thousands of entries are prepared
+    /// quickly); data is written through a handle, committed when it closes.
     pub fn write(&self, path: &str, data: impl AsRef<[u8]>) -> io::Result<()> {
         let data = data.as_ref();
         match &self.0 {
@@ -156,6 +158,10 @@ impl Host {
                 let (dir, name) = image_parent(fs, path)?;
                 let file = match image_walk(fs, &dir, &name) {
                     Ok(node) => fs.open(&root(), &node, libc::O_WRONLY | libc::O_TRUNC)?.0,
+                    Err(Errno::ENOENT) if data.is_empty() => {
+                        fs.mknod(&root(), &dir, &name, NodeKind::Regular, 0o666, None)?;
+                        return Ok(());
+                    }
                     Err(Errno::ENOENT) => {
                         fs.create(&root(), &dir, &name, libc::O_WRONLY, 0o666, None)?
                             .1

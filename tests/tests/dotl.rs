@@ -1063,7 +1063,129 @@ async fn xattrs() {
         errno(&c, Fcall::Tclunk(Tclunk { fid: 8 })).await,
         libc::EOPNOTSUPP as u32
     );
+    // setxattr's flags, checked when the clunk sets the value: XATTR_CREATE of an existing name
+    // is EEXIST, XATTR_REPLACE of a missing one ENODATA; a replace changes the value.
+    assert_eq!(
+        set_xattr(&c, "f", "user.envoy", b"again", XATTR_CREATE).await,
+        Err(libc::EEXIST as u32)
+    );
+    assert_eq!(set_xattr(&c, "f", "user.other", b"x", 0).await, Ok(()));
+    assert_eq!(
+        set_xattr(&c, "f", "user.missing", b"x", XATTR_REPLACE).await,
+        Err(libc::ENODATA as u32)
+    );
+    assert_eq!(
+        set_xattr(&c, "f", "user.envoy", b"replaced", XATTR_REPLACE).await,
+        Ok(())
+    );
+    assert_eq!(
+        get_xattr(&c, "f", "user.envoy").await,
+        Ok(b"replaced".to_vec())
+    );
+    // A zero-length value removes the attribute (Linux's removexattr); removing a missing one
+    // is ENODATA.
+    assert_eq!(
+        set_xattr(&c, "f", "user.envoy", b"", XATTR_REPLACE).await,
+        Ok(())
+    );
+    assert_eq!(
+        get_xattr(&c, "f", "user.envoy").await,
+        Err(libc::ENODATA as u32)
+    );
+    assert_eq!(
+        set_xattr(&c, "f", "user.envoy", b"", 0).await,
+        Err(libc::ENODATA as u32)
+    );
+    assert_eq!(get_xattr(&c, "f", "").await, Ok(b"user.other\0".to_vec()));
+    // Limits: a value past XATTR_SIZE_MAX is E2BIG at the create, a name past 255 bytes ERANGE.
+    walk(&c, ROOT, 10, &["f"]).await.unwrap();
+    let big = Fcall::Txattrcreate(Txattrcreate {
+        fid: 10,
+        name: "user.big".into(),
+        attr_size: 65537,
+        flags: 0,
+    });
+    assert_eq!(errno(&c, big).await, libc::E2BIG as u32);
+    let long = format!("user.{}", "n".repeat(251));
+    assert_eq!(
+        set_xattr(&c, "f", &long, b"x", 0).await,
+        Err(libc::ERANGE as u32)
+    );
+    assert_eq!(set_xattr(&c, "f", &long[..255], b"x", 0).await, Ok(()));
+    assert_eq!(get_xattr(&c, "f", &long[..255]).await, Ok(b"x".to_vec()));
     let _ = srv;
+}
+
+/// Set extended attribute `name` of `path` to `value` through a Txattrcreate (on fid 39); the
+/// outcome of the clunk that applies it (its errno on failure).
+async fn set_xattr(
+    c: &Client,
+    path: &str,
+    name: &str,
+    value: &[u8],
+    flags: u32,
+) -> Result<(), u32> {
+    let fid = 39;
+    walk(c, ROOT, fid, &[path]).await.unwrap();
+    ok(
+        c,
+        Fcall::Txattrcreate(Txattrcreate {
+            fid,
+            name: name.into(),
+            attr_size: value.len() as u64,
+            flags,
+        }),
+    )
+    .await;
+    if !value.is_empty() {
+        ok(
+            c,
+            Fcall::Twrite(Twrite {
+                fid,
+                offset: 0,
+                data: Bytes::copy_from_slice(value),
+            }),
+        )
+        .await;
+    }
+    match c.rpc(Fcall::Tclunk(Tclunk { fid })).await {
+        Ok(_) => Ok(()),
+        Err(ClientError::Remote { errno, .. }) => Err(errno),
+        Err(e) => panic!("clunk: {e}"),
+    }
+}
+
+/// The value of extended attribute `name` of `path` (the name list for ""), or the errno.
+async fn get_xattr(c: &Client, path: &str, name: &str) -> Result<Vec<u8>, u32> {
+    walk(c, ROOT, 40, &[path]).await.unwrap();
+    let r = c
+        .rpc(Fcall::Txattrwalk(Txattrwalk {
+            fid: 40,
+            newfid: 41,
+            name: name.into(),
+        }))
+        .await;
+    clunk(c, 40).await;
+    let size = match r {
+        Ok(Fcall::Rxattrwalk(w)) => w.size,
+        Err(ClientError::Remote { errno, .. }) => return Err(errno),
+        other => panic!("{other:?}"),
+    };
+    let Fcall::Rread(r) = ok(
+        c,
+        Fcall::Tread(Tread {
+            fid: 41,
+            offset: 0,
+            count: 65536,
+        }),
+    )
+    .await
+    else {
+        panic!()
+    };
+    clunk(c, 41).await;
+    assert_eq!(r.data.len() as u64, size);
+    Ok(r.data.to_vec())
 }
 
 #[tokio::test]
@@ -1128,6 +1250,37 @@ async fn posix_locks_between_fids() {
     ok(&c, lock(2, LOCK_TYPE_UNLCK, 0, 5)).await;
     assert_eq!(
         ok(&c, lock(3, LOCK_TYPE_WRLCK, 2, 2)).await,
+        Fcall::Rlock(Rlock {
+            status: LOCK_SUCCESS
+        })
+    );
+    // Fid 3 now holds [2, 4) and [5, 10): fid 2 sees the first, and cannot lock the file.
+    let Fcall::Rgetlock(g) = ok(
+        &c,
+        Fcall::Tgetlock(Tgetlock {
+            fid: 2,
+            ty: LOCK_TYPE_WRLCK,
+            start: 0,
+            length: 0,
+            proc_id: 1,
+            client_id: "g".into(),
+        }),
+    )
+    .await
+    else {
+        panic!()
+    };
+    assert_eq!((g.ty, g.start, g.length), (LOCK_TYPE_WRLCK, 2, 2));
+    assert_eq!(
+        ok(&c, lock(2, LOCK_TYPE_RDLCK, 0, 0)).await,
+        Fcall::Rlock(Rlock {
+            status: LOCK_BLOCKED
+        })
+    );
+    // A clunk releases the fid's locks.
+    clunk(&c, 3).await;
+    assert_eq!(
+        ok(&c, lock(2, LOCK_TYPE_WRLCK, 0, 0)).await,
         Fcall::Rlock(Rlock {
             status: LOCK_SUCCESS
         })

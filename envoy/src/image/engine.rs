@@ -937,6 +937,116 @@ mod tests {
         assert_eq!(e.inode(f), Err(Errno::ENOENT));
     }
 
+    /// setxattr(2)'s rules and the per-inode bound; attributes are part of the committed inode.
+    #[test]
+    fn xattrs_follow_setxattr_rules_and_survive_commit() {
+        let (_d, s) = store();
+        let mut e = Engine::format(s.clone(), 0, 0, 0o755).unwrap();
+        let ino = file(&mut e, "f");
+        let (create, replace) = (libc::XATTR_CREATE as u32, libc::XATTR_REPLACE as u32);
+        e.set_xattr(ino, "user.a", b"1", 0).unwrap();
+        assert_eq!(e.set_xattr(ino, "user.a", b"2", create), Err(Errno::EEXIST));
+        assert_eq!(
+            e.set_xattr(ino, "user.b", b"2", replace),
+            Err(Errno::ENODATA)
+        );
+        assert_eq!(e.set_xattr(ino, "user.a", b"2", 4), Err(Errno::EINVAL));
+        assert_eq!(e.set_xattr(ino, "", b"2", 0), Err(Errno::ERANGE));
+        let long = "u".repeat(XATTR_NAME_MAX + 1);
+        assert_eq!(e.set_xattr(ino, &long, b"2", 0), Err(Errno::ERANGE));
+        let huge = vec![0u8; XATTR_SIZE_MAX + 1];
+        assert_eq!(e.set_xattr(ino, "user.h", &huge, 0), Err(Errno::E2BIG));
+        // The bound counts every attribute's name and value once.
+        let big = vec![7u8; 60_000];
+        e.set_xattr(ino, "user.big", &big, 0).unwrap();
+        assert_eq!(
+            e.set_xattr(ino, "user.more", &[0; 6000], 0),
+            Err(Errno::ENOSPC)
+        );
+        e.set_xattr(ino, "user.big", &big, replace).unwrap();
+        let version = e.inode(ino).unwrap().version;
+        e.set_xattr(ino, "user.a", b"one", replace).unwrap();
+        assert!(
+            e.inode(ino).unwrap().version > version,
+            "a change moves the version"
+        );
+        let root = e.commit().unwrap();
+        let mut e = Engine::open(s, &root).unwrap();
+        assert_eq!(e.xattr(ino, "user.a").unwrap(), &b"one"[..]);
+        assert_eq!(e.xattr(ino, "user.big").unwrap(), &big[..]);
+        assert_eq!(e.xattrs(ino).unwrap(), ["user.a", "user.big"]);
+        assert_eq!(e.xattr(ino, "user.b"), Err(Errno::ENODATA));
+        e.remove_xattr(ino, "user.big").unwrap();
+        assert_eq!(e.remove_xattr(ino, "user.big"), Err(Errno::ENODATA));
+        assert_eq!(e.xattrs(ino).unwrap(), ["user.a"]);
+    }
+
+    /// An inode unlinked while open stays readable and writable until its last close.
+    #[test]
+    fn an_unlinked_open_file_lives_until_its_last_close() {
+        let (_d, s) = store();
+        let mut e = Engine::format(s, 0, 0, 0o755).unwrap();
+        let ino = file(&mut e, "f");
+        e.write(ino, 0, b"data").unwrap();
+        e.opened(ino);
+        e.opened(ino);
+        e.unlink(ROOT_INO, "f", false).unwrap();
+        assert!(e.lookup(ROOT_INO, "f").unwrap().is_none());
+        assert_eq!(e.inode(ino).unwrap().nlink, 0);
+        assert_eq!(e.link(ROOT_INO, "back", ino), Err(Errno::ENOENT));
+        e.write(ino, 4, b"!").unwrap();
+        assert_eq!(e.closed(ino), Ok(false));
+        assert_eq!(read_all(&mut e, ino), b"data!");
+        assert_eq!(e.closed(ino), Ok(true), "the last close frees it");
+        assert_eq!(e.inode(ino), Err(Errno::ENOENT));
+        // Not open: the last unlink frees it at once.
+        let other = file(&mut e, "g");
+        e.unlink(ROOT_INO, "g", false).unwrap();
+        assert_eq!(e.inode(other), Err(Errno::ENOENT));
+    }
+
+    /// rename(2)'s errnos for incompatible targets; a rename onto another name of the same
+    /// inode changes nothing.
+    #[test]
+    fn rename_refuses_incompatible_targets() {
+        let (_d, s) = store();
+        let mut e = Engine::format(s, 0, 0, 0o755).unwrap();
+        let dir = |e: &mut Engine, name| {
+            e.create(ROOT_INO, name, &NewNode::new(libc::S_IFDIR | 0o755, 0, 0))
+                .unwrap()
+        };
+        let d = dir(&mut e, "d");
+        let full = dir(&mut e, "full");
+        e.create(full, "x", &NewNode::new(libc::S_IFREG, 0, 0))
+            .unwrap();
+        let f = file(&mut e, "f");
+        assert_eq!(e.rename(ROOT_INO, "f", ROOT_INO, "d"), Err(Errno::EISDIR));
+        assert_eq!(e.rename(ROOT_INO, "d", ROOT_INO, "f"), Err(Errno::ENOTDIR));
+        assert_eq!(
+            e.rename(ROOT_INO, "d", ROOT_INO, "full"),
+            Err(Errno::ENOTEMPTY)
+        );
+        assert_eq!(e.rename(ROOT_INO, "f", f, "x"), Err(Errno::ENOTDIR));
+        for bad in ["", ".", "..", "a/b"] {
+            assert_eq!(
+                e.rename(ROOT_INO, "f", d, bad),
+                Err(Errno::EINVAL),
+                "{bad:?}"
+            );
+        }
+        e.link(ROOT_INO, "hard", f).unwrap();
+        e.rename(ROOT_INO, "f", ROOT_INO, "hard").unwrap();
+        assert_eq!(e.lookup(ROOT_INO, "f").unwrap().map(|x| x.ino), Some(f));
+        assert_eq!(e.inode(f).unwrap().nlink, 2);
+        // An empty directory is replaced by a directory; the parent's link count follows.
+        let links = e.inode(ROOT_INO).unwrap().nlink;
+        e.rename(ROOT_INO, "full", ROOT_INO, "d").unwrap();
+        assert_eq!(e.inode(d), Err(Errno::ENOENT));
+        assert_eq!(e.lookup(ROOT_INO, "d").unwrap().map(|x| x.ino), Some(full));
+        assert_eq!(e.inode(ROOT_INO).unwrap().nlink, links - 1);
+        assert_eq!(e.link(f, "x", f), Err(Errno::ENOTDIR));
+    }
+
     /// A stored block that fails its hash reads as EIO, never as other bytes.
     #[test]
     fn a_corrupt_block_is_eio() {
