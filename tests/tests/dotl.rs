@@ -1,5 +1,5 @@
-//! 9P2000.L semantics against a real temporary export: every message type, checked by outcome
-//! (bytes on the host, attributes, errnos).
+//! 9P2000.L semantics against a real temporary export or image (`ENVOY_TEST_BACKEND`): every
+//! message type, checked by outcome (bytes and attributes as the host sees them, errnos).
 
 use bytes::Bytes;
 use envoy_protocol::consts::*;

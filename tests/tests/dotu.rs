@@ -1,6 +1,6 @@
-//! 9P2000.u and plain 9P2000 semantics against a real temporary export: create of every .u
-//! kind, stat/wstat (with "don't touch" fields and wstat-as-fsync), directory reads as stat
-//! streams, ORCLOSE, remove, and the errnos .u carries.
+//! 9P2000.u and plain 9P2000 semantics against a real temporary export or image: create of
+//! every .u kind, stat/wstat (with "don't touch" fields and wstat-as-fsync), directory reads as
+//! stat streams, ORCLOSE, remove, and the errnos .u carries.
 
 use bytes::Bytes;
 use envoy_protocol::consts::*;

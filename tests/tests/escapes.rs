@@ -2,7 +2,9 @@
 //! `..` past the root, symlinks out (absolute and relative), a directory swapped for a symlink
 //! under a live fid, DMLINK naming another session's fid, renames into symlinked directories,
 //! device nodes. Each test snapshots the outside tree before and after, and checks that no
-//! reply carried its secret bytes.
+//! reply carried its secret bytes. An image has no host paths to escape to: there the same
+//! attempts must be refused or stay inside the image just the same (the outside checks then
+//! hold trivially; the reply checks still bite).
 
 use envoy_protocol::consts::*;
 use envoy_protocol::*;
