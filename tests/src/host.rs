@@ -292,11 +292,12 @@ impl Host {
         }
     }
 
-    /// Whether `path` names an entry (a dangling symlink counts).
+    /// Whether `path` names an entry (a dangling symlink counts). Panics on errors other
+    /// than a missing entry or directory (they are the test's to see, not "absent").
     pub fn exists(&self, path: &str) -> bool {
         match self.metadata(path) {
             Ok(_) => true,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => false,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => false,
             Err(e) => panic!("{path}: {e}"),
         }
     }

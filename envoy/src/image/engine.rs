@@ -517,13 +517,14 @@ impl Engine {
 
     /// Move `oname` in `odir` to `nname` in `ndir`, replacing a compatible target as
     /// rename(2) does: a directory only an empty directory (ENOTDIR, ENOTEMPTY), anything else
-    /// only a non-directory (EISDIR); a name for the same inode stays as it is.
-    pub fn rename(&mut self, odir: u64, oname: &str, ndir: u64, nname: &str) -> Result<()> {
+    /// only a non-directory (EISDIR); a name for the same inode stays as it is. Returns
+    /// whether anything moved.
+    pub fn rename(&mut self, odir: u64, oname: &str, ndir: u64, nname: &str) -> Result<bool> {
         let e = self.lookup(odir, oname)?.ok_or(Errno::ENOENT)?;
         self.dir(ndir)?;
         check_name(nname).map_err(|_| Errno::EINVAL)?;
         if odir == ndir && oname == nname {
-            return Ok(());
+            return Ok(false);
         }
         let moving_dir = e.kind == libc::S_IFDIR;
         if moving_dir && self.is_within(ndir, e.ino)? {
@@ -531,7 +532,7 @@ impl Engine {
         }
         if let Some(old) = self.lookup(ndir, nname)? {
             if old.ino == e.ino {
-                return Ok(());
+                return Ok(false);
             }
             match (moving_dir, old.kind == libc::S_IFDIR) {
                 (true, false) => return Err(Errno::ENOTDIR),
@@ -540,7 +541,8 @@ impl Engine {
             }
         }
         self.drop_entry(odir, oname)?;
-        self.add_entry(ndir, nname, e.ino, e.kind)
+        self.add_entry(ndir, nname, e.ino, e.kind)?;
+        Ok(true)
     }
 
     /// Whether `dir` is `ancestor` or below it (walking ".." is not stored: scan upward by
@@ -1035,12 +1037,12 @@ mod tests {
             );
         }
         e.link(ROOT_INO, "hard", f).unwrap();
-        e.rename(ROOT_INO, "f", ROOT_INO, "hard").unwrap();
+        assert_eq!(e.rename(ROOT_INO, "f", ROOT_INO, "hard"), Ok(false));
         assert_eq!(e.lookup(ROOT_INO, "f").unwrap().map(|x| x.ino), Some(f));
         assert_eq!(e.inode(f).unwrap().nlink, 2);
         // An empty directory is replaced by a directory; the parent's link count follows.
         let links = e.inode(ROOT_INO).unwrap().nlink;
-        e.rename(ROOT_INO, "full", ROOT_INO, "d").unwrap();
+        assert_eq!(e.rename(ROOT_INO, "full", ROOT_INO, "d"), Ok(true));
         assert_eq!(e.inode(d), Err(Errno::ENOENT));
         assert_eq!(e.lookup(ROOT_INO, "d").unwrap().map(|x| x.ino), Some(full));
         assert_eq!(e.inode(ROOT_INO).unwrap().nlink, links - 1);

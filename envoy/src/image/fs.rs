@@ -668,8 +668,9 @@ impl FileSystem for ImageFs {
         self.change(|e| {
             may(creds, &e.inode(from_dir.ino())?, W | X)?;
             may(creds, &e.inode(to_dir.ino())?, W | X)?;
-            e.rename(from_dir.ino(), from_name, to_dir.ino(), to_name)?;
-            from_dir.0.move_child(from_name, &to_dir.0, to_name);
+            if e.rename(from_dir.ino(), from_name, to_dir.ino(), to_name)? {
+                from_dir.0.move_child(from_name, &to_dir.0, to_name);
+            }
             Ok(())
         })
     }
