@@ -224,6 +224,19 @@ impl Host {
         }
     }
 
+    /// Remove file (or symlink, or empty directory) `path`.
+    pub fn remove(&self, path: &str) -> io::Result<()> {
+        match &self.0 {
+            View::Dir(root) if self.is_dir(path) => std::fs::remove_dir(root.join(path)),
+            View::Dir(root) => std::fs::remove_file(root.join(path)),
+            View::Image(fs) => {
+                let is_dir = self.is_dir(path);
+                let (dir, name) = image_parent(fs, path)?;
+                Ok(fs.unlink(&root(), &dir, &name, is_dir)?)
+            }
+        }
+    }
+
     /// Set the permission bits of `path`.
     pub fn set_mode(&self, path: &str, mode: u32) -> io::Result<()> {
         match &self.0 {
