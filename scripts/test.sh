@@ -47,6 +47,10 @@ cargo test --workspace
 step "protocol suites again over simulated Xen 9pfs rings (Linux frontend model, 2 rings, order 9)"
 ENVOY_TEST_MEDIUM=xen-sim cargo test -p envoy-tests --test dotl --test dotu --test inflight
 
+step "protocol suites against the image backend (one suite, two backends): TCP, then .L and .u over simulated Xen rings"
+ENVOY_TEST_BACKEND=image cargo test -p envoy-tests --test dotl --test dotu --test inflight --test malformed --test escapes
+ENVOY_TEST_BACKEND=image ENVOY_TEST_MEDIUM=xen-sim cargo test -p envoy-tests --test dotl --test dotu
+
 step "interop: the PyPI p9fs client against envoyd (9P2000.u and 9P2000.L)"
 cargo build --quiet -p envoy-dom0-agent
 ENVOYD="$PWD/target/debug/envoyd" python3 tests/python/test_p9fs.py

@@ -13,6 +13,7 @@
 pub mod bufpool;
 pub mod export;
 pub mod image;
+pub mod nametree;
 pub mod paths;
 pub mod server;
 pub mod session;

@@ -1,20 +1,30 @@
-//! Shared harness for Envoy's whole-system tests: a real server on a temporary export.
+//! Shared harness for Envoy's whole-system tests: a real server on a temporary file system.
 //!
-//! [`TestServer`] runs the export backend behind the real transport on loopback (TCP port 0 or
-//! a unix socket in a temporary directory) or over simulated Xen 9pfs rings driven by a model
-//! of Linux's frontend, inside the test process, so tests can also inspect the export on the
-//! host side. It stops when dropped.
+//! [`TestServer`] runs a backend behind the real transport on loopback (TCP port 0 or a unix
+//! socket in a temporary directory) or over simulated Xen 9pfs rings driven by a model of
+//! Linux's frontend, inside the test process. It stops when dropped.
+//!
+//! Two backends serve the same protocol suites: the export (a host directory, the default) and
+//! the image (`ENVOY_TEST_BACKEND=image`: an [`ImageFs`] on a local object store in the
+//! temporary directory). Tests prepare and check state through [`TestServer::host`], the
+//! backend as the host sees it (module [`host`]), so one suite holds both to the same outcomes.
 //!
 //! `ENVOY_TEST_MEDIUM=xen-sim` makes [`TestServer::start`] serve over simulated Xen rings, and
 //! `ENVOY_TEST_MEDIUM=sctp` over kernel SCTP on 127.0.0.1 (the README's test command runs the
-//! protocol suites over TCP and simulated rings on the host, and over SCTP in the Linux guest,
-//! whose kernel has SCTP).
+//! protocol suites over TCP and simulated rings on the host, with both backends, and over SCTP
+//! in the Linux guest, whose kernel has SCTP).
 
 #![forbid(unsafe_code)]
 
+pub mod host;
 pub mod xen;
 
+pub use host::{Host, HostMeta};
+
+use envoy::image::fs::ImageFs;
+use envoy::vfs::FileSystem;
 use envoy::{ExportFs, Server, ServerConfig};
+use envoy_objstore::{LocalStore, StoreOptions};
 use envoy_protocol::Dialect;
 use envoy_tools::client::Client;
 use envoy_transport::{Endpoint, Listener};
@@ -22,17 +32,27 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::watch;
 
-/// A running server on a temporary export directory.
+/// The name of the image a [`Backend::Image`] server serves.
+pub const IMAGE: &str = "test";
+
+/// A running server on a temporary export directory or image.
 pub struct TestServer {
-    /// The temporary directory holding `export/` (and `outside/` for escape tests).
+    /// The temporary directory holding `export/` or the image's `store/`, and `outside/` (for
+    /// escape tests).
     pub dir: tempfile::TempDir,
     /// Where the server listens (for [`Medium::XenSim`]: nowhere, see [`TestServer::medium`]).
     pub endpoint: Endpoint,
     medium: Medium,
-    server: Arc<Server<ExportFs>>,
+    served: Served,
     xen: xen::SimHost,
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The server, by backend.
+enum Served {
+    Export(Arc<Server<ExportFs>>),
+    Image(Arc<Server<ImageFs>>),
 }
 
 /// How clients reach a [`TestServer`].
@@ -63,6 +83,26 @@ impl Medium {
     }
 }
 
+/// What a [`TestServer`] serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A host directory (`envoy::ExportFs`).
+    Export,
+    /// An image on a local object store (`envoy::image::fs::ImageFs`).
+    Image,
+}
+
+impl Backend {
+    /// The backend chosen by `ENVOY_TEST_BACKEND` (`export`, `image`; default export).
+    pub fn from_env() -> Backend {
+        match std::env::var("ENVOY_TEST_BACKEND").as_deref() {
+            Ok("image") => Backend::Image,
+            Ok("export") | Ok("") | Err(_) => Backend::Export,
+            Ok(other) => panic!("ENVOY_TEST_BACKEND={other}: expected export or image"),
+        }
+    }
+}
+
 /// Options for [`TestServer::start_with`].
 #[derive(Clone, Default)]
 pub struct Options {
@@ -70,12 +110,17 @@ pub struct Options {
     pub read_only: bool,
     /// The medium (default: [`Medium::from_env`]).
     pub medium: Option<Medium>,
+    /// The backend (default: [`Backend::from_env`]).
+    pub backend: Option<Backend>,
     /// Server configuration (defaults if None).
     pub config: Option<ServerConfig>,
+    /// Prepares the file system before it is served (how a read-only server gets content: a
+    /// read-only image serves its last commit).
+    pub prepare: Option<fn(&Host)>,
 }
 
 impl TestServer {
-    /// A read-write export over TCP on 127.0.0.1 with default limits.
+    /// A read-write server over TCP on 127.0.0.1 with default limits.
     pub async fn start() -> TestServer {
         Self::start_with(Options::default()).await
     }
@@ -90,14 +135,18 @@ impl TestServer {
                 .try_init();
         }
         let dir = tempfile::tempdir().expect("tempdir");
-        let export = dir.path().join("export");
-        std::fs::create_dir(&export).unwrap();
-        // ExportFs sets the process umask to 0, so state the modes the tests rely on.
-        std::fs::set_permissions(&export, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
         std::fs::create_dir(dir.path().join("outside")).unwrap();
-        let fs = ExportFs::new(&export, opts.read_only).expect("export");
-        let server = Server::new(Arc::new(fs), opts.config.unwrap_or_default());
+        let config = opts.config.clone().unwrap_or_default();
+        let served = match opts.backend.unwrap_or_else(Backend::from_env) {
+            Backend::Export => Served::Export(Server::new(
+                Arc::new(Self::export_fs(dir.path(), &opts)),
+                config,
+            )),
+            Backend::Image => Served::Image(Server::new(
+                Arc::new(Self::image_fs(dir.path(), &opts)),
+                config,
+            )),
+        };
         let medium = opts.medium.unwrap_or_else(Medium::from_env);
         let ep: Endpoint = match medium {
             Medium::Unix => Endpoint::Unix(dir.path().join("envoy.sock")),
@@ -108,36 +157,79 @@ impl TestServer {
         let listener = envoy_transport::bind(&ep).await.expect("bind");
         let endpoint = listener.local_endpoint();
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn({
-            let server = server.clone();
-            async move {
-                let _ = envoy::serve_listener(server, listener, stop_rx).await;
-            }
-        });
+        let task = match &served {
+            Served::Export(s) => spawn_serving(s.clone(), listener, stop_rx),
+            Served::Image(s) => spawn_serving(s.clone(), listener, stop_rx),
+        };
         TestServer {
             dir,
             endpoint,
             medium,
-            server,
+            served,
             xen: xen::SimHost::new(),
             stop,
             task: Some(task),
         }
     }
 
-    /// The exported directory on the host.
-    pub fn export(&self) -> PathBuf {
-        self.dir.path().join("export")
+    /// `dir/export`, mode 0755, prepared and exported.
+    fn export_fs(dir: &Path, opts: &Options) -> ExportFs {
+        let export = dir.join("export");
+        std::fs::create_dir(&export).unwrap();
+        // ExportFs sets the process umask to 0, so state the modes the tests rely on.
+        std::fs::set_permissions(&export, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let fs = ExportFs::new(&export, opts.read_only).expect("export");
+        if let Some(prepare) = opts.prepare {
+            prepare(&Host::dir(export));
+        }
+        fs
     }
 
-    /// A directory beside the export that nothing may reach through the server.
+    /// Image [`IMAGE`] (root directory 0755 root) in a store in `dir/store`, prepared; a
+    /// read-only server serves its last commit, opened read-only.
+    fn image_fs(dir: &Path, opts: &Options) -> ImageFs {
+        let path = dir.join("store");
+        std::fs::create_dir(&path).unwrap();
+        let store = Arc::new(LocalStore::open(&path, StoreOptions::default()).expect("store"));
+        let fs = ImageFs::create(store.clone(), IMAGE, 0, 0).expect("image");
+        let Some(prepare) = opts.prepare else {
+            assert!(
+                !opts.read_only,
+                "a read-only image is prepared before it is served"
+            );
+            return fs;
+        };
+        let fs = Arc::new(fs);
+        prepare(&Host::image(fs.clone()));
+        if !opts.read_only {
+            return Arc::into_inner(fs).expect("the prepared image is not held");
+        }
+        fs.sync().expect("commit the prepared image");
+        drop(fs);
+        ImageFs::open(store, IMAGE, true).expect("open the image read-only")
+    }
+
+    /// The backend served.
+    pub fn backend(&self) -> Backend {
+        match self.served {
+            Served::Export(_) => Backend::Export,
+            Served::Image(_) => Backend::Image,
+        }
+    }
+
+    /// The served file system as the host sees it.
+    pub fn host(&self) -> Host {
+        match &self.served {
+            Served::Export(s) => Host::dir(s.fs().root_path().to_owned()),
+            Served::Image(s) => Host::image(s.fs().clone()),
+        }
+    }
+
+    /// A directory beside the export (or the image's store) that nothing may reach through the
+    /// server.
     pub fn outside(&self) -> PathBuf {
         self.dir.path().join("outside")
-    }
-
-    /// A host path inside the export.
-    pub fn path(&self, rel: &str) -> PathBuf {
-        self.export().join(rel)
     }
 
     /// The medium clients use.
@@ -153,10 +245,11 @@ impl TestServer {
     /// A connected client with `dialect` and `msize`.
     pub async fn client(&self, dialect: Dialect, msize: u32) -> Client {
         if self.medium == Medium::XenSim {
-            let stream = self
-                .xen
-                .connect(self.server.clone(), self.stop.subscribe())
-                .await;
+            let stop = self.stop.subscribe();
+            let stream = match &self.served {
+                Served::Export(s) => self.xen.connect(s.clone(), stop).await,
+                Served::Image(s) => self.xen.connect(s.clone(), stop).await,
+            };
             return Client::over_stream(stream, dialect, msize)
                 .await
                 .expect("version over the Xen rings");
@@ -173,7 +266,7 @@ impl TestServer {
         }
     }
 
-    /// A connected client whose fid 1 is attached to the export root as root.
+    /// A connected client whose fid 1 is attached to the root as root.
     pub async fn attached(&self, dialect: Dialect, msize: u32) -> Client {
         let c = self.client(dialect, msize).await;
         let attach = envoy_protocol::Tattach {
@@ -229,6 +322,17 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
     }
+}
+
+/// Serve `listener` until `stop`.
+fn spawn_serving<F: FileSystem, L: Listener + Send + 'static>(
+    server: Arc<Server<F>>,
+    listener: L,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let _ = envoy::serve_listener(server, listener, stop).await;
+    })
 }
 
 /// Every (relative path, content or link target) under `root`, for before/after comparisons.

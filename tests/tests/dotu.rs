@@ -1,13 +1,12 @@
-//! 9P2000.u and plain 9P2000 semantics against a real temporary export: create of every .u
-//! kind, stat/wstat (with "don't touch" fields and wstat-as-fsync), directory reads as stat
-//! streams, ORCLOSE, remove, and the errnos .u carries.
+//! 9P2000.u and plain 9P2000 semantics against a real temporary export or image: create of
+//! every .u kind, stat/wstat (with "don't touch" fields and wstat-as-fsync), directory reads as
+//! stat streams, ORCLOSE, remove, and the errnos .u carries.
 
 use bytes::Bytes;
 use envoy_protocol::consts::*;
 use envoy_protocol::*;
 use envoy_tests::{TestServer, err, ok, twalk as walk};
 use envoy_tools::client::Client;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
 async fn setup(dialect: Dialect) -> (TestServer, Client) {
     let srv = TestServer::start().await;
@@ -59,64 +58,39 @@ async fn create_every_kind() {
         }),
     )
     .await;
-    assert_eq!(std::fs::read(srv.path("file")).unwrap(), b"hello");
-    assert_eq!(
-        std::fs::metadata(srv.path("file"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o640
-    );
+    assert_eq!(srv.host().read("file").unwrap(), b"hello");
+    assert_eq!(srv.host().metadata("file").unwrap().perm() & 0o777, 0o640);
     // Directory.
     ok(&c, walk(1, 3, &[])).await;
     let Fcall::Rcreate(r) = ok(&c, create(3, "dir", DMDIR | 0o750, OREAD, "")).await else {
         panic!()
     };
     assert_eq!(r.qid.ty, QTDIR);
-    assert!(srv.path("dir").is_dir());
+    assert!(srv.host().is_dir("dir"));
     // Symlink.
     ok(&c, walk(1, 4, &[])).await;
     ok(&c, create(4, "sym", DMSYMLINK | 0o777, OREAD, "file")).await;
-    assert_eq!(
-        std::fs::read_link(srv.path("sym")).unwrap().to_str(),
-        Some("file")
-    );
+    assert_eq!(srv.host().read_link("sym").unwrap(), "file");
     // Hard link by fid number (Linux's .u convention).
     ok(&c, walk(1, 5, &["file"])).await;
     ok(&c, walk(1, 6, &[])).await;
     ok(&c, create(6, "hard", DMLINK, OREAD, "5\n")).await;
-    assert_eq!(std::fs::metadata(srv.path("file")).unwrap().nlink(), 2);
+    assert_eq!(srv.host().metadata("file").unwrap().nlink, 2);
     // Devices, fifo, socket.
     ok(&c, walk(1, 7, &[])).await;
     ok(&c, create(7, "null", DMDEVICE | 0o666, OREAD, "c 1 3")).await;
-    let m = std::fs::symlink_metadata(srv.path("null")).unwrap();
-    assert!(m.file_type().is_char_device());
-    assert_eq!(m.rdev(), rustix::fs::makedev(1, 3));
+    let m = srv.host().metadata("null").unwrap();
+    assert!(m.is_char_device());
+    assert_eq!(m.rdev, rustix::fs::makedev(1, 3));
     ok(&c, walk(1, 8, &[])).await;
     ok(&c, create(8, "blk", DMDEVICE | 0o600, OREAD, "b 7 0")).await;
-    assert!(
-        std::fs::symlink_metadata(srv.path("blk"))
-            .unwrap()
-            .file_type()
-            .is_block_device()
-    );
+    assert!(srv.host().metadata("blk").unwrap().is_block_device());
     ok(&c, walk(1, 9, &[])).await;
     ok(&c, create(9, "pipe", DMNAMEDPIPE | 0o600, OREAD, "")).await;
-    assert!(
-        std::fs::symlink_metadata(srv.path("pipe"))
-            .unwrap()
-            .file_type()
-            .is_fifo()
-    );
+    assert!(srv.host().metadata("pipe").unwrap().is_fifo());
     ok(&c, walk(1, 10, &[])).await;
     ok(&c, create(10, "sock", DMSOCKET | 0o600, OREAD, "")).await;
-    assert!(
-        std::fs::symlink_metadata(srv.path("sock"))
-            .unwrap()
-            .file_type()
-            .is_socket()
-    );
+    assert!(srv.host().metadata("sock").unwrap().is_socket());
     // Stat carries the .u extension and numeric ids.
     ok(&c, walk(1, 11, &["sym"])).await;
     let s = stat(&c, 11).await;
@@ -147,7 +121,7 @@ async fn create_every_kind() {
 #[tokio::test]
 async fn wstat_changes_and_dont_touch() {
     let (srv, c) = setup(Dialect::P9P2000U).await;
-    std::fs::write(srv.path("f"), b"0123456789").unwrap();
+    srv.host().write("f", b"0123456789").unwrap();
     ok(&c, walk(1, 2, &["f"])).await;
     let mut s = Stat::dont_touch();
     s.mode = 0o600;
@@ -156,17 +130,17 @@ async fn wstat_changes_and_dont_touch() {
     s.n_uid = 4321;
     s.n_gid = 8765;
     ok(&c, Fcall::Twstat(Twstat { fid: 2, stat: s })).await;
-    let m = std::fs::metadata(srv.path("f")).unwrap();
-    assert_eq!(m.permissions().mode() & 0o7777, 0o600);
+    let m = srv.host().metadata("f").unwrap();
+    assert_eq!(m.perm(), 0o600);
     assert_eq!(
-        (m.mtime(), m.len(), m.uid(), m.gid()),
+        (m.mtime.0, m.size, m.uid, m.gid),
         (1_234_567_890, 4, 4321, 8765)
     );
     // Rename through wstat's name; the fid follows.
     let mut s = Stat::dont_touch();
     s.name = "g".into();
     ok(&c, Fcall::Twstat(Twstat { fid: 2, stat: s })).await;
-    assert!(srv.path("g").exists() && !srv.path("f").exists());
+    assert!(srv.host().exists("g") && !srv.host().exists("f"));
     let st = stat(&c, 2).await;
     assert_eq!((st.name.as_str(), st.length), ("g", 4));
     // All "don't touch" on an open file: a sync, nothing changes.
@@ -186,11 +160,8 @@ async fn wstat_changes_and_dont_touch() {
         }),
     )
     .await;
-    let m2 = std::fs::metadata(srv.path("g")).unwrap();
-    assert_eq!(
-        (m2.mtime(), m2.len(), m2.permissions().mode() & 0o7777),
-        (1_234_567_890, 4, 0o600)
-    );
+    let m2 = srv.host().metadata("g").unwrap();
+    assert_eq!((m2.mtime.0, m2.size, m2.perm()), (1_234_567_890, 4, 0o600));
     // Changing the directory bit is refused.
     let mut s = Stat::dont_touch();
     s.mode = DMDIR | 0o755;
@@ -203,11 +174,13 @@ async fn wstat_changes_and_dont_touch() {
 #[tokio::test]
 async fn directory_reads_are_whole_stat_records() {
     let (srv, c) = setup(Dialect::P9P2000U).await;
-    std::fs::create_dir(srv.path("d")).unwrap();
+    srv.host().create_dir("d").unwrap();
     for i in 0..700 {
-        std::fs::write(srv.path(&format!("d/file-{i:04}")), vec![b'x'; i]).unwrap();
+        srv.host()
+            .write(&format!("d/file-{i:04}"), vec![b'x'; i])
+            .unwrap();
     }
-    std::os::unix::fs::symlink("file-0001", srv.path("d/zz-link")).unwrap();
+    srv.host().symlink("file-0001", "d/zz-link").unwrap();
     ok(&c, walk(1, 2, &["d"])).await;
     ok(
         &c,
@@ -296,10 +269,10 @@ async fn orclose_remove_and_open_modes() {
     let (srv, c) = setup(Dialect::P9P2000U).await;
     ok(&c, walk(1, 2, &[])).await;
     ok(&c, create(2, "tmp", 0o600, ORDWR | ORCLOSE, "")).await;
-    assert!(srv.path("tmp").exists());
+    assert!(srv.host().exists("tmp"));
     ok(&c, Fcall::Tclunk(Tclunk { fid: 2 })).await;
-    assert!(!srv.path("tmp").exists(), "ORCLOSE removed it");
-    std::fs::write(srv.path("t"), b"abcdef").unwrap();
+    assert!(!srv.host().exists("tmp"), "ORCLOSE removed it");
+    srv.host().write("t", b"abcdef").unwrap();
     ok(&c, walk(1, 3, &["t"])).await;
     ok(
         &c,
@@ -309,7 +282,7 @@ async fn orclose_remove_and_open_modes() {
         }),
     )
     .await;
-    assert_eq!(std::fs::metadata(srv.path("t")).unwrap().len(), 0);
+    assert_eq!(srv.host().metadata("t").unwrap().size, 0);
     assert_eq!(
         err(
             &c,
@@ -337,8 +310,8 @@ async fn orclose_remove_and_open_modes() {
         "already open"
     );
     // Remove clunks the fid, even when the removal fails.
-    std::fs::create_dir(srv.path("full")).unwrap();
-    std::fs::write(srv.path("full/x"), b"").unwrap();
+    srv.host().create_dir("full").unwrap();
+    srv.host().write("full/x", b"").unwrap();
     ok(&c, walk(1, 4, &["full"])).await;
     assert_eq!(
         err(&c, Fcall::Tremove(Tremove { fid: 4 })).await.0,
@@ -350,7 +323,7 @@ async fn orclose_remove_and_open_modes() {
     );
     ok(&c, walk(1, 5, &["t"])).await;
     ok(&c, Fcall::Tremove(Tremove { fid: 5 })).await;
-    assert!(!srv.path("t").exists());
+    assert!(!srv.host().exists("t"));
     // .L-only messages are not part of .u.
     assert_eq!(
         err(
@@ -401,11 +374,7 @@ async fn plain_9p2000() {
     // Special files need .u: DMSYMLINK is ignored and a regular file results.
     ok(&c, walk(1, 3, &[])).await;
     ok(&c, create(3, "notalink", DMSYMLINK | 0o644, OWRITE, "")).await;
-    assert!(
-        std::fs::symlink_metadata(srv.path("notalink"))
-            .unwrap()
-            .is_file()
-    );
+    assert!(srv.host().metadata("notalink").unwrap().is_file());
     // Errors are text only in 9P2000.
     ok(&c, walk(1, 4, &[])).await;
     let (_, text) = err(&c, create(4, "plain", 0o644, OWRITE, "")).await;
@@ -432,8 +401,8 @@ async fn auth_flush_and_remove_in_dotu() {
         ok(&c, Fcall::Tflush(Tflush { oldtag: 4242 })).await,
         Fcall::Rflush(Rflush {})
     );
-    std::fs::write(srv.path("gone"), b"x").unwrap();
+    srv.host().write("gone", b"x").unwrap();
     ok(&c, walk(1, 2, &["gone"])).await;
     ok(&c, Fcall::Tremove(Tremove { fid: 2 })).await;
-    assert!(!srv.path("gone").exists());
+    assert!(!srv.host().exists("gone"));
 }

@@ -2,7 +2,9 @@
 //! `..` past the root, symlinks out (absolute and relative), a directory swapped for a symlink
 //! under a live fid, DMLINK naming another session's fid, renames into symlinked directories,
 //! device nodes. Each test snapshots the outside tree before and after, and checks that no
-//! reply carried its secret bytes.
+//! reply carried its secret bytes. An image has no host paths to escape to: there the same
+//! attempts must be refused or stay inside the image just the same (the outside checks then
+//! hold trivially; the reply checks still bite).
 
 use envoy_protocol::consts::*;
 use envoy_protocol::*;
@@ -15,11 +17,14 @@ async fn fixture(dialect: Dialect) -> (TestServer, Client) {
     let srv = TestServer::start().await;
     std::fs::write(srv.outside().join("secret"), SECRET).unwrap();
     std::fs::create_dir(srv.outside().join("dir")).unwrap();
-    std::os::unix::fs::symlink("/etc", srv.path("abs")).unwrap();
-    std::os::unix::fs::symlink("../outside", srv.path("rel")).unwrap();
-    std::os::unix::fs::symlink(srv.outside().join("secret"), srv.path("abs-secret")).unwrap();
-    std::fs::create_dir(srv.path("inside")).unwrap();
-    std::fs::write(srv.path("inside/file"), b"inside").unwrap();
+    srv.host().symlink("/etc", "abs").unwrap();
+    srv.host().symlink("../outside", "rel").unwrap();
+    let secret = srv.outside().join("secret");
+    srv.host()
+        .symlink(secret.to_str().unwrap(), "abs-secret")
+        .unwrap();
+    srv.host().create_dir("inside").unwrap();
+    srv.host().write("inside/file", b"inside").unwrap();
     let c = srv.attached(dialect, 65536).await;
     (srv, c)
 }
@@ -221,7 +226,7 @@ async fn symlinks_do_not_lead_out() {
         .is_err()
     );
     assert!(
-        srv.path("inside/file").exists(),
+        srv.host().exists("inside/file"),
         "the file was not moved out"
     );
     assert_eq!(before, snapshot_tree(&srv.outside()));
@@ -231,14 +236,14 @@ async fn symlinks_do_not_lead_out() {
 #[tokio::test]
 async fn directory_swapped_for_a_symlink_under_a_live_fid() {
     let (srv, c) = fixture(Dialect::P9P2000L).await;
-    std::fs::create_dir(srv.path("d")).unwrap();
-    std::fs::write(srv.path("d/secret"), b"harmless").unwrap();
+    srv.host().create_dir("d").unwrap();
+    srv.host().write("d/secret", b"harmless").unwrap();
     try_rpc(&c, walk(1, 2, &["d", "secret"])).await.unwrap();
     try_rpc(&c, walk(1, 3, &["d"])).await.unwrap();
     // The host (or another guest) swaps the directory for a link to the outside, where a file
     // of the same name holds the secret.
-    std::fs::rename(srv.path("d"), srv.path("d-old")).unwrap();
-    std::os::unix::fs::symlink("../outside", srv.path("d")).unwrap();
+    srv.host().rename("d", "d-old").unwrap();
+    srv.host().symlink("../outside", "d").unwrap();
     let before = snapshot_tree(&srv.outside());
     // Each operation on the old fids either fails or acts on the original directory (still
     // inside the export); `try_rpc` fails the test if a reply carries the outside secret.
@@ -353,16 +358,13 @@ async fn dmlink_only_resolves_this_sessions_fids() {
         try_rpc(&b, link(2, "not-a-number")).await,
         Err(libc::EINVAL as u32)
     );
-    assert!(!srv.path("hardlink").exists());
+    assert!(!srv.host().exists("hardlink"));
     // A target fid naming a symlink to the outside links the symlink, never the outside file.
     try_rpc(&b, walk(1, 41, &["abs-secret"])).await.unwrap();
     try_rpc(&b, walk(1, 3, &[])).await.unwrap();
     try_rpc(&b, link(3, "41")).await.unwrap();
-    let meta = std::fs::symlink_metadata(srv.path("hardlink")).unwrap();
-    assert!(
-        meta.file_type().is_symlink(),
-        "the link is to the symlink itself"
-    );
+    let meta = srv.host().metadata("hardlink").unwrap();
+    assert!(meta.is_symlink(), "the link is to the symlink itself");
     assert_eq!(
         std::fs::metadata(srv.outside().join("secret"))
             .unwrap()
@@ -387,11 +389,8 @@ async fn dmlink_only_resolves_this_sessions_fids() {
         extension: "40\n".into(),
     };
     try_rpc(&a, Fcall::Tcreate(ok)).await.unwrap();
-    assert_eq!(std::fs::read(srv.path("hl2")).unwrap(), b"inside");
-    assert_eq!(
-        std::fs::metadata(srv.path("inside/file")).unwrap().nlink(),
-        2
-    );
+    assert_eq!(srv.host().read("hl2").unwrap(), b"inside");
+    assert_eq!(srv.host().metadata("inside/file").unwrap().nlink, 2);
 }
 
 #[tokio::test]
@@ -405,7 +404,7 @@ async fn wstat_rename_cannot_leave_the_directory() {
         let r = try_rpc(&c, Fcall::Twstat(Twstat { fid: 2, stat })).await;
         assert!(r.is_err(), "rename to {name:?} accepted");
     }
-    assert!(srv.path("inside/file").exists());
+    assert!(srv.host().exists("inside/file"));
     assert_eq!(before, snapshot_tree(&srv.outside()));
 }
 

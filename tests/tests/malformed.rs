@@ -187,7 +187,7 @@ fn rss_kib() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_malformed_frames_then_a_good_client() {
     let srv = TestServer::start().await;
-    std::fs::write(srv.path("keep"), b"intact").unwrap();
+    srv.host().write("keep", b"intact").unwrap();
     let mut c = RawConn::new(srv.raw().await, Dialect::P9P2000L);
     c.handshake(65536).await;
     let before = rss_kib();
@@ -295,13 +295,13 @@ async fn ten_thousand_malformed_frames_then_a_good_client() {
     );
     // And a new, well-formed client too.
     srv.attached(Dialect::P9P2000U, 65536).await;
-    assert_eq!(std::fs::read(srv.path("keep")).unwrap(), b"intact");
+    assert_eq!(srv.host().read("keep").unwrap(), b"intact");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_frames_close_only_their_connection() {
     let srv = TestServer::start().await;
-    std::fs::write(srv.path("f"), b"ok").unwrap();
+    srv.host().write("f", b"ok").unwrap();
     let mut good = RawConn::new(srv.raw().await, Dialect::P9P2000L);
     good.handshake(8192).await;
     for claimed in [8193u32, 1 << 20, u32::MAX] {

@@ -45,7 +45,7 @@ fn attach_root() -> Tattach {
 
 /// The server still serves: an association opened before the trouble, and a new one.
 async fn still_serving(ts: &TestServer, old: &envoy_tools::client::Client) {
-    std::fs::write(ts.path("alive"), b"yes").unwrap();
+    ts.host().write("alive", b"yes").unwrap();
     for c in [old, &ts.attached(L, 65536).await] {
         c.rpc(twalk(1, 77, &["alive"]))
             .await
@@ -199,7 +199,7 @@ async fn abort_after(ts: &TestServer, requests: &[Bytes]) {
 async fn associations_aborted_mid_request_end_cleanly() {
     let ts = server().await;
     let healthy = ts.attached(L, 65536).await;
-    std::fs::write(ts.path("big"), vec![7u8; 4 << 20]).unwrap();
+    ts.host().write("big", vec![7u8; 4 << 20]).unwrap();
     let max_io = 512 * 1024 - IOHDRSZ;
     // Reads in flight when the association aborts: their replies have nowhere to go.
     let mut reads = vec![
@@ -249,7 +249,7 @@ async fn associations_aborted_mid_request_end_cleanly() {
     abort_after(&ts, &[]).await;
     still_serving(&ts, &healthy).await;
     // A write either happened whole or not at all: never a torn 9P message.
-    if let Ok(data) = std::fs::read(ts.path("partial")) {
+    if let Ok(data) = ts.host().read("partial") {
         assert!(
             data.is_empty() || data.len() == max_io as usize,
             "{} bytes",

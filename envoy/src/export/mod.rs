@@ -128,7 +128,7 @@ impl ExportFs {
             root_fd: Arc::new(root_fd),
             dirs: DirCache::new(DIR_CACHE_CAPACITY),
             root_path: root.canonicalize()?,
-            tree: Node::new_root(),
+            tree: Node::new_root(node::DirSlot::default()),
             qids: QidMap::new(rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor)),
             read_only,
             root_ino: st.stx_ino,

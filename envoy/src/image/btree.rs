@@ -174,17 +174,20 @@ fn split(node: &mut Mem) -> Option<Mem> {
     })
 }
 
-/// The index at which the running total of `sizes` passes half of their sum (at least 1).
-fn node_half(sizes: impl Iterator<Item = usize> + Clone) -> usize {
+/// The index at which the running total of `sizes` (two or more) passes half of their sum,
+/// leaving at least one on each side (a big last value would otherwise leave the right half
+/// empty).
+fn node_half(sizes: impl ExactSizeIterator<Item = usize> + Clone) -> usize {
+    let last = sizes.len() - 1;
     let total: usize = sizes.clone().sum();
     let mut acc = 0;
     for (i, s) in sizes.enumerate() {
         acc += s;
         if acc * 2 >= total {
-            return (i + 1).max(1);
+            return (i + 1).clamp(1, last);
         }
     }
-    1
+    last
 }
 
 fn insert(
@@ -565,6 +568,32 @@ mod tests {
             (1..=3).contains(&written),
             "one change wrote {written} nodes (a path, not the tree)"
         );
+    }
+
+    /// Values bigger than a node (up to 64 KiB: an inode with extended attributes) split
+    /// leaves wherever they fall, first, last or alone.
+    #[test]
+    fn values_bigger_than_a_node_split_leaves_anywhere() {
+        let (_d, s) = store();
+        let mut t = Tree::new(no_refs);
+        let mut model = BTreeMap::new();
+        for k in [2u64, 3, 6, 5, 1, 9, 8, 7, 4] {
+            let len = if k % 2 == 1 { 3 * MAX_NODE } else { 100 };
+            t.insert(&s, k, val(k, len)).unwrap();
+            model.insert(k, val(k, len));
+            for (k, v) in &model {
+                assert_eq!(t.get(&s, *k).unwrap().as_ref(), Some(v), "key {k}");
+            }
+        }
+        let id = t.commit(&s).unwrap();
+        let mut t = Tree::open(&s, &id, no_refs).unwrap();
+        let mut seen = Vec::new();
+        t.scan(&s, 0, |k, v| {
+            seen.push((k, v.clone()));
+            true
+        })
+        .unwrap();
+        assert_eq!(seen, model.into_iter().collect::<Vec<_>>());
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! hold it (its id is its hash). [`Engine::commit`] writes the changed blocks, then the changed
 //! tree nodes bottom-up, then the root object, and returns the root's id: that id *is* a
 //! snapshot, and [`Engine::open`] on it is a fork.
+//!
+//! Extended attributes live in their inode ([`Engine::set_xattr`]). An inode whose last link
+//! goes while a handle has it open ([`Engine::opened`]) stays, with no links, until the last
+//! handle closes ([`Engine::closed`]); a commit in between records it (a crash then leaves it
+//! unreachable: its space is lost, not other data).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -15,9 +20,10 @@ use envoy_objstore::{ObjectId, PutObject, StoreError};
 use nix::errno::Errno;
 
 use super::btree::{Tree, no_refs};
-use super::inode::{self, Content, Entry, Inode};
+use super::inode::{self, Content, Entry, Inode, XATTR_BYTES_MAX, XATTR_NAME_MAX};
 use super::objects::Objects;
 use super::wal::{AttrChange, Logged, Op};
+use crate::vfs::XATTR_SIZE_MAX;
 
 /// Bytes per file block.
 pub const BLOCK: usize = 64 * 1024;
@@ -35,6 +41,21 @@ pub type Result<T> = std::result::Result<T, Errno>;
 fn eio(e: StoreError) -> Errno {
     tracing::error!(error = %e, "image: object layer failed");
     Errno::EIO
+}
+
+/// Refuse names that cannot be a directory entry: EINVAL for an empty name or one with a `/`
+/// or NUL, EEXIST for `.` and `..` (what mkdir(2) says), ENAMETOOLONG past 255 bytes.
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains(['/', '\0']) {
+        return Err(Errno::EINVAL);
+    }
+    if name == "." || name == ".." {
+        return Err(Errno::EEXIST);
+    }
+    if name.len() > 255 {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(())
 }
 
 fn now() -> (u64, u32) {
@@ -94,6 +115,10 @@ pub struct Engine {
     at: (u64, u32),
     /// Replaying: the time to stamp the next change with.
     clock: Option<(u64, u32)>,
+    /// Handles open on each inode (an unlinked inode stays while it has some).
+    open: HashMap<u64, usize>,
+    /// Inodes that lost their last link during a replay (freed at its end).
+    orphans: Vec<u64>,
 }
 
 /// The changes made since the journal was last taken, for the write-ahead log.
@@ -131,6 +156,8 @@ impl Engine {
             journal: Journal::default(),
             at: now(),
             clock: None,
+            open: HashMap::new(),
+            orphans: Vec::new(),
         };
         let t = e.at;
         let root = Inode {
@@ -143,6 +170,7 @@ impl Engine {
             times: [t; 3],
             version: 1,
             content: Content::Empty,
+            xattrs: BTreeMap::new(),
         };
         e.put_inode(ROOT_INO, &root)?;
         Ok(e)
@@ -171,6 +199,8 @@ impl Engine {
             journal: Journal::default(),
             at: now(),
             clock: None,
+            open: HashMap::new(),
+            orphans: Vec::new(),
         })
     }
 
@@ -311,6 +341,87 @@ impl Engine {
         Ok(node)
     }
 
+    /// The value of extended attribute `name` of `ino` (ENODATA if it has none).
+    pub fn xattr(&mut self, ino: u64, name: &str) -> Result<Bytes> {
+        self.inode(ino)?.xattrs.remove(name).ok_or(Errno::ENODATA)
+    }
+
+    /// The names of `ino`'s extended attributes, in order.
+    pub fn xattrs(&mut self, ino: u64) -> Result<Vec<String>> {
+        Ok(self.inode(ino)?.xattrs.into_keys().collect())
+    }
+
+    /// Set extended attribute `name` of `ino` to `value`, as setxattr(2) does: `flags`
+    /// `XATTR_CREATE` fails with EEXIST if it exists, `XATTR_REPLACE` with ENODATA if not; a
+    /// name must be 1 to 255 bytes (ERANGE), a value at most `XATTR_SIZE_MAX` (E2BIG), and all
+    /// of an inode's attributes at most [`XATTR_BYTES_MAX`] bytes (ENOSPC).
+    pub fn set_xattr(&mut self, ino: u64, name: &str, value: &[u8], flags: u32) -> Result<()> {
+        self.begin();
+        let r = self.do_set_xattr(ino, name, value, flags);
+        self.log_change(&r, |_| Op::SetXattr {
+            ino,
+            name: name.to_owned(),
+            value: Bytes::copy_from_slice(value),
+            flags,
+        });
+        r
+    }
+
+    fn do_set_xattr(&mut self, ino: u64, name: &str, value: &[u8], flags: u32) -> Result<()> {
+        if flags & !(libc::XATTR_CREATE | libc::XATTR_REPLACE) as u32 != 0 {
+            return Err(Errno::EINVAL);
+        }
+        if name.is_empty() || name.len() > XATTR_NAME_MAX {
+            return Err(Errno::ERANGE);
+        }
+        if value.len() > XATTR_SIZE_MAX {
+            return Err(Errno::E2BIG);
+        }
+        let node = self.inode(ino)?;
+        let exists = node.xattrs.contains_key(name);
+        if exists && flags & libc::XATTR_CREATE as u32 != 0 {
+            return Err(Errno::EEXIST);
+        }
+        if !exists && flags & libc::XATTR_REPLACE as u32 != 0 {
+            return Err(Errno::ENODATA);
+        }
+        let others: usize = node
+            .xattrs
+            .iter()
+            .filter(|(n, _)| n.as_str() != name)
+            .map(|(n, v)| n.len() + v.len())
+            .sum();
+        if others + name.len() + value.len() > XATTR_BYTES_MAX {
+            return Err(Errno::ENOSPC);
+        }
+        let value = Bytes::copy_from_slice(value);
+        self.update(ino, |n| {
+            n.xattrs.insert(name.to_owned(), value);
+        })?;
+        Ok(())
+    }
+
+    /// Remove extended attribute `name` of `ino` (ENODATA if it has none).
+    pub fn remove_xattr(&mut self, ino: u64, name: &str) -> Result<()> {
+        self.begin();
+        let r = self.do_remove_xattr(ino, name);
+        self.log_change(&r, |_| Op::RemoveXattr {
+            ino,
+            name: name.to_owned(),
+        });
+        r
+    }
+
+    fn do_remove_xattr(&mut self, ino: u64, name: &str) -> Result<()> {
+        if !self.inode(ino)?.xattrs.contains_key(name) {
+            return Err(Errno::ENODATA);
+        }
+        self.update(ino, |n| {
+            n.xattrs.remove(name);
+        })?;
+        Ok(())
+    }
+
     /// The tree (block map or directory) of an inode, loaded.
     fn tree(&mut self, ino: u64) -> Result<&mut Tree> {
         if !self.trees.contains_key(&ino) {
@@ -366,8 +477,10 @@ impl Engine {
             .find(|e| e.name == name))
     }
 
-    /// Add `name → ino` to `dir` (EEXIST if taken).
+    /// Add `name → ino` to directory `dir` (EEXIST if taken).
     fn add_entry(&mut self, dir: u64, name: &str, ino: u64, kind: u32) -> Result<()> {
+        self.dir(dir)?;
+        check_name(name)?;
         let key = inode::name_key(name);
         let mut list = self.entries(dir, key)?;
         if list.iter().any(|e| e.name == name) {
@@ -438,9 +551,7 @@ impl Engine {
             target,
         } = *new;
         self.dir(dir)?;
-        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
-            return Err(Errno::EINVAL);
-        }
+        check_name(name)?;
         if self.lookup(dir, name)?.is_some() {
             return Err(Errno::EEXIST);
         }
@@ -462,13 +573,14 @@ impl Engine {
             times: [t; 3],
             version: 1,
             content: target.map_or(Content::Empty, |t| Content::Target(t.to_owned())),
+            xattrs: BTreeMap::new(),
         };
         self.put_inode(ino, &node)?;
         self.add_entry(dir, name, ino, kind)?;
         Ok(ino)
     }
 
-    /// A hard link `name` in `dir` to the non-directory `ino`.
+    /// A hard link `name` in `dir` to the non-directory `ino` (ENOENT once it has no links).
     pub fn link(&mut self, dir: u64, name: &str, ino: u64) -> Result<()> {
         self.begin();
         let r = self.do_link(dir, name, ino);
@@ -485,13 +597,16 @@ impl Engine {
         if node.mode & libc::S_IFMT == libc::S_IFDIR {
             return Err(Errno::EPERM);
         }
+        if node.nlink == 0 {
+            return Err(Errno::ENOENT);
+        }
         self.add_entry(dir, name, ino, node.mode & libc::S_IFMT)?;
         self.update(ino, |n| n.nlink += 1)?;
         Ok(())
     }
 
     /// Remove `name` from `dir` (`rmdir`: it must be an empty directory; otherwise it must
-    /// not be one). The inode goes when its last link does.
+    /// not be one). The inode goes with its last link, or at its last close if it is open.
     pub fn unlink(&mut self, dir: u64, name: &str, rmdir: bool) -> Result<()> {
         self.begin();
         let r = self.do_unlink(dir, name, rmdir);
@@ -516,11 +631,40 @@ impl Engine {
             return Err(Errno::ENOTEMPTY);
         }
         self.drop_entry(dir, name)?;
-        let node = self.update(e.ino, |n| n.nlink = n.nlink.saturating_sub(1))?;
-        if node.nlink == 0 || is_dir {
+        // A removed directory has no links left (its "." goes with it).
+        let node = self.update(e.ino, |n| {
+            n.nlink = if is_dir { 0 } else { n.nlink.saturating_sub(1) }
+        })?;
+        if node.nlink == 0 && self.journal.off {
+            // Replaying: later ops may still use it (it was open then); see `replay`.
+            self.orphans.push(e.ino);
+        } else if node.nlink == 0 && !self.open.contains_key(&e.ino) {
             self.forget(e.ino)?;
         }
         Ok(())
+    }
+
+    /// A handle on `ino` was opened: the inode stays while any is.
+    pub fn opened(&mut self, ino: u64) {
+        *self.open.entry(ino).or_default() += 1;
+    }
+
+    /// A handle on `ino` was closed. At the last, an inode without links goes; returns whether
+    /// it did (a change to commit).
+    pub fn closed(&mut self, ino: u64) -> Result<bool> {
+        let Some(count) = self.open.get_mut(&ino) else {
+            return Ok(false);
+        };
+        *count -= 1;
+        if *count > 0 {
+            return Ok(false);
+        }
+        self.open.remove(&ino);
+        match self.inode(ino) {
+            Ok(node) if node.nlink == 0 => self.forget(ino).map(|()| true),
+            Ok(_) | Err(Errno::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     fn forget(&mut self, ino: u64) -> Result<()> {
@@ -545,8 +689,11 @@ impl Engine {
         }
     }
 
-    /// Move `oname` in `odir` to `nname` in `ndir`, replacing a compatible target.
-    pub fn rename(&mut self, odir: u64, oname: &str, ndir: u64, nname: &str) -> Result<()> {
+    /// Move `oname` in `odir` to `nname` in `ndir`, replacing a compatible target as
+    /// rename(2) does: a directory only an empty directory (ENOTDIR, ENOTEMPTY), anything else
+    /// only a non-directory (EISDIR); a name for the same inode stays as it is. Returns
+    /// whether anything moved.
+    pub fn rename(&mut self, odir: u64, oname: &str, ndir: u64, nname: &str) -> Result<bool> {
         self.begin();
         let r = self.do_rename(odir, oname, ndir, nname);
         self.log_change(&r, |_| Op::Rename {
@@ -558,19 +705,30 @@ impl Engine {
         r
     }
 
-    fn do_rename(&mut self, odir: u64, oname: &str, ndir: u64, nname: &str) -> Result<()> {
+    fn do_rename(&mut self, odir: u64, oname: &str, ndir: u64, nname: &str) -> Result<bool> {
         let e = self.lookup(odir, oname)?.ok_or(Errno::ENOENT)?;
+        self.dir(ndir)?;
+        check_name(nname).map_err(|_| Errno::EINVAL)?;
         if odir == ndir && oname == nname {
-            return Ok(());
+            return Ok(false);
         }
-        if e.kind == libc::S_IFDIR && self.is_within(ndir, e.ino)? {
+        let moving_dir = e.kind == libc::S_IFDIR;
+        if moving_dir && self.is_within(ndir, e.ino)? {
             return Err(Errno::EINVAL);
         }
         if let Some(old) = self.lookup(ndir, nname)? {
-            self.do_unlink(ndir, nname, old.kind == libc::S_IFDIR)?;
+            if old.ino == e.ino {
+                return Ok(false);
+            }
+            match (moving_dir, old.kind == libc::S_IFDIR) {
+                (true, false) => return Err(Errno::ENOTDIR),
+                (false, true) => return Err(Errno::EISDIR),
+                (replacing_dir, _) => self.do_unlink(ndir, nname, replacing_dir)?,
+            }
         }
         self.drop_entry(odir, oname)?;
-        self.add_entry(ndir, nname, e.ino, e.kind)
+        self.add_entry(ndir, nname, e.ino, e.kind)?;
+        Ok(true)
     }
 
     /// Whether `dir` is `ancestor` or below it (walking ".." is not stored: scan upward by
@@ -870,7 +1028,17 @@ impl Engine {
         let r = ops.iter().try_for_each(|l| self.apply(l));
         self.journal.off = off;
         self.clock = None;
-        r
+        r?;
+        // An inode unlinked while open was freed at its last close, which is not logged:
+        // nothing is open after a replay, so every inode left without links goes now.
+        for ino in std::mem::take(&mut self.orphans) {
+            match self.inode(ino) {
+                Ok(node) if node.nlink == 0 && !self.open.contains_key(&ino) => self.forget(ino)?,
+                Ok(_) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     fn apply(&mut self, l: &Logged) -> Result<()> {
@@ -915,9 +1083,21 @@ impl Engine {
                 oname,
                 ndir,
                 nname,
+            } => {
+                self.rename(*odir, oname, *ndir, nname)
+                    .map_err(|_| diverged("rename"))?;
+            }
+            Op::SetXattr {
+                ino,
+                name,
+                value,
+                flags,
             } => self
-                .rename(*odir, oname, *ndir, nname)
-                .map_err(|_| diverged("rename"))?,
+                .set_xattr(*ino, name, value, *flags)
+                .map_err(|_| diverged("setxattr"))?,
+            Op::RemoveXattr { ino, name } => self
+                .remove_xattr(*ino, name)
+                .map_err(|_| diverged("removexattr"))?,
             Op::Write { ino, offset, data } => {
                 self.write(*ino, *offset, data)
                     .map_err(|_| diverged("write"))?;
@@ -1086,7 +1266,7 @@ mod tests {
                     let r = e.rename(dir, &name, d, &nname);
                     files.retain(|f| *f != (dir, name.clone()));
                     files.push((d, nname));
-                    r
+                    r.map(drop)
                 }
                 4 => e.truncate(ino.unwrap(), (x >> 16) % (2 * BLOCK as u64)),
                 5 => e
@@ -1129,6 +1309,30 @@ mod tests {
         e.commit().unwrap();
         assert!(!e.unlogged());
         assert_eq!(e.take_journal(), Some(Vec::new()));
+    }
+
+    /// Extended attributes and files unlinked while open replay too: the write to the open,
+    /// unlinked file replays, and the inode is gone after the replay as after the last close.
+    #[test]
+    fn xattrs_and_unlinked_open_files_replay() {
+        let (_d, s) = store();
+        let mut e = Engine::format(s.clone(), 0, 0, 0o755).unwrap();
+        let base = e.commit().unwrap();
+        let f = file(&mut e, "f");
+        e.set_xattr(f, "user.a", b"1", 0).unwrap();
+        e.set_xattr(f, "user.b", b"2", 0).unwrap();
+        e.remove_xattr(f, "user.a").unwrap();
+        let g = file(&mut e, "g");
+        e.opened(g);
+        e.unlink(ROOT_INO, "g", false).unwrap();
+        e.write(g, 0, b"still open").unwrap();
+        assert_eq!(e.closed(g), Ok(true));
+        let log = e.take_journal().unwrap();
+        let mut replayed = Engine::open(s, &base).unwrap();
+        replayed.replay(&log).unwrap();
+        assert_eq!(dump(&mut replayed), dump(&mut e));
+        assert_eq!(replayed.inode(g), Err(Errno::ENOENT));
+        assert_eq!(replayed.xattrs(f).unwrap(), ["user.b"]);
     }
 
     /// A committed root is a snapshot: later changes do not show in it; an engine opened on it
@@ -1263,6 +1467,116 @@ mod tests {
         assert_eq!(e.inode(f).unwrap().nlink, 1);
         e.unlink(ROOT_INO, "hard", false).unwrap();
         assert_eq!(e.inode(f), Err(Errno::ENOENT));
+    }
+
+    /// setxattr(2)'s rules and the per-inode bound; attributes are part of the committed inode.
+    #[test]
+    fn xattrs_follow_setxattr_rules_and_survive_commit() {
+        let (_d, s) = store();
+        let mut e = Engine::format(s.clone(), 0, 0, 0o755).unwrap();
+        let ino = file(&mut e, "f");
+        let (create, replace) = (libc::XATTR_CREATE as u32, libc::XATTR_REPLACE as u32);
+        e.set_xattr(ino, "user.a", b"1", 0).unwrap();
+        assert_eq!(e.set_xattr(ino, "user.a", b"2", create), Err(Errno::EEXIST));
+        assert_eq!(
+            e.set_xattr(ino, "user.b", b"2", replace),
+            Err(Errno::ENODATA)
+        );
+        assert_eq!(e.set_xattr(ino, "user.a", b"2", 4), Err(Errno::EINVAL));
+        assert_eq!(e.set_xattr(ino, "", b"2", 0), Err(Errno::ERANGE));
+        let long = "u".repeat(XATTR_NAME_MAX + 1);
+        assert_eq!(e.set_xattr(ino, &long, b"2", 0), Err(Errno::ERANGE));
+        let huge = vec![0u8; XATTR_SIZE_MAX + 1];
+        assert_eq!(e.set_xattr(ino, "user.h", &huge, 0), Err(Errno::E2BIG));
+        // The bound counts every attribute's name and value once.
+        let big = vec![7u8; 60_000];
+        e.set_xattr(ino, "user.big", &big, 0).unwrap();
+        assert_eq!(
+            e.set_xattr(ino, "user.more", &[0; 6000], 0),
+            Err(Errno::ENOSPC)
+        );
+        e.set_xattr(ino, "user.big", &big, replace).unwrap();
+        let version = e.inode(ino).unwrap().version;
+        e.set_xattr(ino, "user.a", b"one", replace).unwrap();
+        assert!(
+            e.inode(ino).unwrap().version > version,
+            "a change moves the version"
+        );
+        let root = e.commit().unwrap();
+        let mut e = Engine::open(s, &root).unwrap();
+        assert_eq!(e.xattr(ino, "user.a").unwrap(), &b"one"[..]);
+        assert_eq!(e.xattr(ino, "user.big").unwrap(), &big[..]);
+        assert_eq!(e.xattrs(ino).unwrap(), ["user.a", "user.big"]);
+        assert_eq!(e.xattr(ino, "user.b"), Err(Errno::ENODATA));
+        e.remove_xattr(ino, "user.big").unwrap();
+        assert_eq!(e.remove_xattr(ino, "user.big"), Err(Errno::ENODATA));
+        assert_eq!(e.xattrs(ino).unwrap(), ["user.a"]);
+    }
+
+    /// An inode unlinked while open stays readable and writable until its last close.
+    #[test]
+    fn an_unlinked_open_file_lives_until_its_last_close() {
+        let (_d, s) = store();
+        let mut e = Engine::format(s, 0, 0, 0o755).unwrap();
+        let ino = file(&mut e, "f");
+        e.write(ino, 0, b"data").unwrap();
+        e.opened(ino);
+        e.opened(ino);
+        e.unlink(ROOT_INO, "f", false).unwrap();
+        assert!(e.lookup(ROOT_INO, "f").unwrap().is_none());
+        assert_eq!(e.inode(ino).unwrap().nlink, 0);
+        assert_eq!(e.link(ROOT_INO, "back", ino), Err(Errno::ENOENT));
+        e.write(ino, 4, b"!").unwrap();
+        assert_eq!(e.closed(ino), Ok(false));
+        assert_eq!(read_all(&mut e, ino), b"data!");
+        assert_eq!(e.closed(ino), Ok(true), "the last close frees it");
+        assert_eq!(e.inode(ino), Err(Errno::ENOENT));
+        // Not open: the last unlink frees it at once.
+        let other = file(&mut e, "g");
+        e.unlink(ROOT_INO, "g", false).unwrap();
+        assert_eq!(e.inode(other), Err(Errno::ENOENT));
+    }
+
+    /// rename(2)'s errnos for incompatible targets; a rename onto another name of the same
+    /// inode changes nothing.
+    #[test]
+    fn rename_refuses_incompatible_targets() {
+        let (_d, s) = store();
+        let mut e = Engine::format(s, 0, 0, 0o755).unwrap();
+        let dir = |e: &mut Engine, name| {
+            e.create(ROOT_INO, name, &NewNode::new(libc::S_IFDIR | 0o755, 0, 0))
+                .unwrap()
+        };
+        let d = dir(&mut e, "d");
+        let full = dir(&mut e, "full");
+        e.create(full, "x", &NewNode::new(libc::S_IFREG, 0, 0))
+            .unwrap();
+        let f = file(&mut e, "f");
+        assert_eq!(e.rename(ROOT_INO, "f", ROOT_INO, "d"), Err(Errno::EISDIR));
+        assert_eq!(e.rename(ROOT_INO, "d", ROOT_INO, "f"), Err(Errno::ENOTDIR));
+        assert_eq!(
+            e.rename(ROOT_INO, "d", ROOT_INO, "full"),
+            Err(Errno::ENOTEMPTY)
+        );
+        assert_eq!(e.rename(ROOT_INO, "f", f, "x"), Err(Errno::ENOTDIR));
+        for bad in ["", ".", "..", "a/b"] {
+            assert_eq!(
+                e.rename(ROOT_INO, "f", d, bad),
+                Err(Errno::EINVAL),
+                "{bad:?}"
+            );
+        }
+        e.link(ROOT_INO, "hard", f).unwrap();
+        assert_eq!(e.rename(ROOT_INO, "f", ROOT_INO, "hard"), Ok(false));
+        assert_eq!(e.lookup(ROOT_INO, "f").unwrap().map(|x| x.ino), Some(f));
+        assert_eq!(e.inode(f).unwrap().nlink, 2);
+        // An empty directory is replaced by a directory; the parent's link count follows.
+        let links = e.inode(ROOT_INO).unwrap().nlink;
+        assert_eq!(e.rename(ROOT_INO, "full", ROOT_INO, "d"), Ok(true));
+        assert_eq!(e.inode(d), Err(Errno::ENOENT));
+        assert_eq!(e.lookup(ROOT_INO, "d").unwrap().map(|x| x.ino), Some(full));
+        assert_eq!(e.inode(ROOT_INO).unwrap().nlink, links - 1);
+        assert_eq!(e.link(f, "x", f), Err(Errno::ENOTDIR));
     }
 
     /// A stored block that fails its hash reads as EIO, never as other bytes.

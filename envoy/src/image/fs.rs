@@ -11,6 +11,11 @@
 //! or the changes are too large to log, and for a snapshot. A crash leaves the image at its
 //! last commit plus its log, which opening replays. An image opened read-only (a snapshot)
 //! refuses every change with EROFS.
+//!
+//! Walked names are a [`crate::nametree`] (renames and removals through the image reach every
+//! fid naming the object); byte-range locks live in memory ([`super::locks`]); guests get the
+//! `user.*` extended attributes only (the image enforces no ACLs, and has no `trusted.*` or
+//! `security.*` of its own).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -21,10 +26,13 @@ use envoy_protocol::Qid;
 
 use super::engine::{BLOCK, Engine, NewNode, ROOT_INO};
 use super::inode::{Content, Inode};
+use super::locks::{LockOwner, LockTable};
 use super::objects::Objects;
 use super::wal::{self, AttrChange, LogEntry};
+use crate::nametree::Node;
 use crate::vfs::{
-    Attr, Creds, DirEntry, Errno, FileSystem, NodeKind, Result, SetAttr, SetTime, StatFs,
+    Attr, Creds, DirEntry, Errno, FileSystem, Lock, LockStatus, NodeKind, Result, SetAttr, SetTime,
+    StatFs,
 };
 
 /// Dirty file data past which a commit happens on its own.
@@ -259,37 +267,27 @@ fn spawn_committer(shared: Weak<Shared>) {
 pub struct ImageFs {
     shared: Arc<Shared>,
     read_only: bool,
+    /// The root of the walked names.
+    tree: ImageNode,
+    locks: Arc<LockTable>,
 }
 
-/// A walked location: the inode and the directories above it (for `..` and names).
+/// A walked location: an inode under a name in the tree of walked names (for `..` and names).
 #[derive(Clone, Debug)]
-pub struct ImageNode {
-    path: Arc<Vec<(u64, String)>>,
-}
+pub struct ImageNode(Node<u64>);
 
 impl ImageNode {
-    fn root() -> ImageNode {
-        ImageNode {
-            path: Arc::new(vec![(ROOT_INO, String::new())]),
-        }
-    }
-
     fn ino(&self) -> u64 {
-        self.path.last().map_or(ROOT_INO, |p| p.0)
+        *self.0.data()
     }
 
+    /// Entry `name`, inode `ino`, of this directory.
     fn child(&self, ino: u64, name: &str) -> ImageNode {
-        let mut p = (*self.path).clone();
-        p.push((ino, name.to_owned()));
-        ImageNode { path: Arc::new(p) }
+        ImageNode(self.0.child_where(name, |i| *i == ino, || ino))
     }
 
     fn parent(&self) -> ImageNode {
-        let mut p = (*self.path).clone();
-        if p.len() > 1 {
-            p.pop();
-        }
-        ImageNode { path: Arc::new(p) }
+        ImageNode(self.0.parent())
     }
 }
 
@@ -301,6 +299,7 @@ pub struct ImageFile {
     append: bool,
     written: AtomicBool,
     shared: Arc<Shared>,
+    locks: LockOwner,
 }
 
 /// Whether open `flags` ask to read and to write.
@@ -314,8 +313,8 @@ fn access(flags: i32) -> (bool, bool) {
 
 impl ImageFile {
     /// A handle on `ino` with the access `flags` ask for; `written` if it changed the file
-    /// already (created or truncated).
-    fn new(ino: u64, flags: i32, written: bool, shared: Arc<Shared>) -> ImageFile {
+    /// already (created or truncated). The engine counts it open (`Engine::opened`).
+    fn new(ino: u64, flags: i32, written: bool, fs: &ImageFs) -> ImageFile {
         let (readable, writable) = access(flags);
         ImageFile {
             ino,
@@ -323,14 +322,24 @@ impl ImageFile {
             writable,
             append: flags & libc::O_APPEND != 0,
             written: AtomicBool::new(written),
-            shared,
+            shared: fs.shared.clone(),
+            locks: fs.locks.owner(ino),
         }
     }
 }
 
 impl Drop for ImageFile {
     /// A written file is synced when it is closed (clunk): close after write is durable.
+    /// An unlinked file goes at its last close.
     fn drop(&mut self) {
+        {
+            let mut st = self.shared.lock();
+            match st.engine.closed(self.ino) {
+                Ok(true) => st.changed(),
+                Ok(false) => {}
+                Err(e) => tracing::error!(ino = self.ino, errno = %e, "image: close failed"),
+            }
+        }
         if self.written.load(Ordering::Acquire)
             && let Err(e) = self.shared.sync()
         {
@@ -461,7 +470,12 @@ impl ImageFs {
         if !read_only {
             spawn_committer(Arc::downgrade(&shared));
         }
-        ImageFs { shared, read_only }
+        ImageFs {
+            shared,
+            read_only,
+            tree: ImageNode(Node::new_root(ROOT_INO)),
+            locks: Arc::default(),
+        }
     }
 
     /// Take snapshot `n`: commit what is dirty, then record the root as `image/NAME@N`
@@ -518,20 +532,45 @@ impl ImageFs {
         out
     }
 
+    /// Create `name` in `dir` as `new` says; with `open`, the engine counts it open (for the
+    /// handle a create returns).
     fn make(
         &self,
         creds: &Creds,
         dir: &ImageNode,
         name: &str,
         new: NewNode<'_>,
+        open: bool,
     ) -> Result<(u64, Inode)> {
         self.change(|e| {
             let parent = e.inode(dir.ino())?;
             may(creds, &parent, W | X)?;
             let ino = e.create(dir.ino(), name, &new)?;
+            if open {
+                e.opened(ino);
+            }
             Ok((ino, e.inode(ino)?))
         })
     }
+}
+
+/// The group of a new node: the one the client asked for if the user may choose it (root, or
+/// a member), else the user's own (as the export's credential switch decides).
+fn new_gid(creds: &Creds, asked: Option<u32>) -> u32 {
+    asked
+        .filter(|g| creds.uid == 0 || creds.in_group(*g))
+        .unwrap_or(creds.gid)
+}
+
+/// Only `user.*` attributes reach an image (see the module docs).
+fn xattr_allowed(name: &str) -> bool {
+    name.starts_with("user.")
+}
+
+/// Whether `node` may carry `user.*` attributes: regular files and directories only (as
+/// Linux: a symlink's or a device's permission bits say nothing about its owner's data).
+fn holds_user_xattrs(node: &Inode) -> bool {
+    matches!(node.mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR)
 }
 
 fn attr(ino: u64, n: &Inode) -> Attr {
@@ -567,7 +606,7 @@ impl FileSystem for ImageFs {
         }
         let mut st = self.shared.lock();
         let root = st.engine.inode(ROOT_INO)?;
-        Ok((ImageNode::root(), qid(ROOT_INO, &root)))
+        Ok((self.tree.clone(), qid(ROOT_INO, &root)))
     }
 
     fn walk(
@@ -608,9 +647,10 @@ impl FileSystem for ImageFs {
     }
 
     fn name(&self, node: &ImageNode) -> String {
-        match node.path.last() {
-            Some((_, n)) if !n.is_empty() => n.clone(),
-            _ => "/".to_owned(),
+        if node.0.is_root() {
+            "/".to_owned()
+        } else {
+            node.0.name()
         }
     }
 
@@ -686,7 +726,8 @@ impl FileSystem for ImageFs {
             libc::S_IFDIR if writable || truncate => return Err(Errno::EISDIR),
             libc::S_IFDIR | libc::S_IFREG => {}
             libc::S_IFLNK => return Err(Errno::ELOOP),
-            _ => return Err(Errno::EOPNOTSUPP),
+            // Devices, fifos and sockets are names in an image, nothing to open behind them.
+            _ => return Err(Errno::ENXIO),
         }
         let mut want = 0;
         if readable {
@@ -701,7 +742,8 @@ impl FileSystem for ImageFs {
             st.changed();
         }
         let q = qid(ino, &st.engine.inode(ino)?);
-        Ok((ImageFile::new(ino, flags, truncate, self.shared.clone()), q))
+        st.engine.opened(ino);
+        Ok((ImageFile::new(ino, flags, truncate, self), q))
     }
 
     fn create(
@@ -716,10 +758,10 @@ impl FileSystem for ImageFs {
         let new = NewNode::new(
             libc::S_IFREG | (mode & 0o7777),
             creds.uid,
-            gid.unwrap_or(creds.gid),
+            new_gid(creds, gid),
         );
-        let (ino, n) = self.make(creds, dir, name, new)?;
-        let file = ImageFile::new(ino, flags, true, self.shared.clone());
+        let (ino, n) = self.make(creds, dir, name, new, true)?;
+        let file = ImageFile::new(ino, flags, true, self);
         Ok((dir.child(ino, name), file, qid(ino, &n)))
     }
 
@@ -734,9 +776,9 @@ impl FileSystem for ImageFs {
         let new = NewNode::new(
             libc::S_IFDIR | (mode & 0o7777),
             creds.uid,
-            gid.unwrap_or(creds.gid),
+            new_gid(creds, gid),
         );
-        let (ino, n) = self.make(creds, dir, name, new)?;
+        let (ino, n) = self.make(creds, dir, name, new, false)?;
         Ok(qid(ino, &n))
     }
 
@@ -750,9 +792,9 @@ impl FileSystem for ImageFs {
     ) -> Result<Qid> {
         let new = NewNode {
             target: Some(target),
-            ..NewNode::new(0o777, creds.uid, gid.unwrap_or(creds.gid))
+            ..NewNode::new(0o777, creds.uid, new_gid(creds, gid))
         };
-        let (ino, n) = self.make(creds, dir, name, new)?;
+        let (ino, n) = self.make(creds, dir, name, new, false)?;
         Ok(qid(ino, &n))
     }
 
@@ -774,9 +816,9 @@ impl FileSystem for ImageFs {
         };
         let new = NewNode {
             rdev,
-            ..NewNode::new(ty | (mode & 0o7777), creds.uid, gid.unwrap_or(creds.gid))
+            ..NewNode::new(ty | (mode & 0o7777), creds.uid, new_gid(creds, gid))
         };
-        let (ino, n) = self.make(creds, dir, name, new)?;
+        let (ino, n) = self.make(creds, dir, name, new, false)?;
         Ok(qid(ino, &n))
     }
 
@@ -806,7 +848,10 @@ impl FileSystem for ImageFs {
         self.change(|e| {
             may(creds, &e.inode(from_dir.ino())?, W | X)?;
             may(creds, &e.inode(to_dir.ino())?, W | X)?;
-            e.rename(from_dir.ino(), from_name, to_dir.ino(), to_name)
+            if e.rename(from_dir.ino(), from_name, to_dir.ino(), to_name)? {
+                from_dir.0.move_child(from_name, &to_dir.0, to_name);
+            }
+            Ok(())
         })
     }
 
@@ -817,28 +862,36 @@ impl FileSystem for ImageFs {
         to_dir: Option<&ImageNode>,
         to_name: &str,
     ) -> Result<()> {
+        if node.0.is_root() {
+            return Err(Errno::EBUSY);
+        }
+        if node.0.is_gone() {
+            return Err(Errno::ENOENT);
+        }
         let from_dir = node.parent();
         let to = to_dir.cloned().unwrap_or_else(|| from_dir.clone());
-        self.rename(creds, &from_dir, &self.name(node), &to, to_name)
+        self.rename(creds, &from_dir, &node.0.name(), &to, to_name)
     }
 
     fn unlink(&self, creds: &Creds, dir: &ImageNode, name: &str, dir_only: bool) -> Result<()> {
         self.change(|e| {
             may(creds, &e.inode(dir.ino())?, W | X)?;
-            let entry = e.lookup(dir.ino(), name)?.ok_or(Errno::ENOENT)?;
-            let is_dir = entry.kind == libc::S_IFDIR;
-            if dir_only && !is_dir {
-                return Err(Errno::ENOTDIR);
-            }
-            e.unlink(dir.ino(), name, is_dir)
+            e.unlink(dir.ino(), name, dir_only)?;
+            dir.0.forget_child(name);
+            Ok(())
         })
     }
 
     fn remove(&self, creds: &Creds, node: &ImageNode) -> Result<()> {
-        if node.path.len() < 2 {
+        if node.0.is_root() {
             return Err(Errno::EBUSY);
         }
-        self.unlink(creds, &node.parent(), &self.name(node), false)
+        if node.0.is_gone() {
+            return Err(Errno::ENOENT);
+        }
+        let is_dir =
+            self.shared.lock().engine.inode(node.ino())?.mode & libc::S_IFMT == libc::S_IFDIR;
+        self.unlink(creds, &node.parent(), &node.0.name(), is_dir)
     }
 
     fn read(&self, _creds: &Creds, file: &ImageFile, offset: u64, buf: &mut [u8]) -> Result<usize> {
@@ -949,6 +1002,83 @@ impl FileSystem for ImageFs {
     fn statfs(&self, _creds: &Creds, _node: &ImageNode) -> Result<StatFs> {
         Ok(ImageFs::statfs_figures())
     }
+
+    fn getxattr(&self, creds: &Creds, node: &ImageNode, name: &str) -> Result<Vec<u8>> {
+        if !xattr_allowed(name) {
+            return Err(Errno::ENODATA);
+        }
+        let mut st = self.shared.lock();
+        let n = st.engine.inode(node.ino())?;
+        if !holds_user_xattrs(&n) {
+            return Err(Errno::ENODATA);
+        }
+        may(creds, &n, R)?;
+        Ok(st.engine.xattr(node.ino(), name)?.to_vec())
+    }
+
+    fn listxattr(&self, _creds: &Creds, node: &ImageNode) -> Result<Vec<u8>> {
+        let mut st = self.shared.lock();
+        let mut out = Vec::new();
+        for name in st.engine.xattrs(node.ino())? {
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    fn setxattr(
+        &self,
+        creds: &Creds,
+        node: &ImageNode,
+        name: &str,
+        value: &[u8],
+        flags: u32,
+    ) -> Result<()> {
+        if !xattr_allowed(name) {
+            self.writable()?;
+            return Err(Errno::EOPNOTSUPP);
+        }
+        self.change(|e| {
+            let n = e.inode(node.ino())?;
+            if !holds_user_xattrs(&n) {
+                return Err(Errno::EPERM);
+            }
+            may(creds, &n, W)?;
+            e.set_xattr(node.ino(), name, value, flags)
+        })
+    }
+
+    fn removexattr(&self, creds: &Creds, node: &ImageNode, name: &str) -> Result<()> {
+        if !xattr_allowed(name) {
+            self.writable()?;
+            return Err(Errno::EOPNOTSUPP);
+        }
+        self.change(|e| {
+            let n = e.inode(node.ino())?;
+            if !holds_user_xattrs(&n) {
+                return Err(Errno::EPERM);
+            }
+            may(creds, &n, W)?;
+            e.remove_xattr(node.ino(), name)
+        })
+    }
+
+    fn lock(&self, _creds: &Creds, file: &ImageFile, lock: &Lock) -> Result<LockStatus> {
+        // As fcntl(2): a read lock needs a file open for reading, a write lock one for writing.
+        let allowed = match lock.kind {
+            crate::vfs::LockKind::Read => file.readable,
+            crate::vfs::LockKind::Write => file.writable,
+            crate::vfs::LockKind::Unlock => true,
+        };
+        if !allowed {
+            return Err(Errno::EBADF);
+        }
+        file.locks.set(lock)
+    }
+
+    fn getlock(&self, _creds: &Creds, file: &ImageFile, lock: &Lock) -> Result<Lock> {
+        file.locks.conflict(lock)
+    }
 }
 
 impl ImageFs {
@@ -979,20 +1109,20 @@ mod tests {
         (dir, Arc::new(s))
     }
 
-    fn root() -> ImageNode {
-        ImageNode::root()
+    fn root(fs: &ImageFs) -> ImageNode {
+        fs.attach(&Creds::root(), "").unwrap().0
     }
 
     fn write_file(fs: &ImageFs, name: &str, data: &[u8]) -> ImageFile {
         let (_, f, _) = fs
-            .create(&Creds::root(), &root(), name, libc::O_RDWR, 0o644, None)
+            .create(&Creds::root(), &root(fs), name, libc::O_RDWR, 0o644, None)
             .unwrap();
         fs.write(&Creds::root(), &f, 0, data).unwrap();
         f
     }
 
     fn read_file(fs: &ImageFs, name: &str) -> Vec<u8> {
-        let (nodes, err) = fs.walk(&Creds::root(), &root(), &[name.to_owned()]);
+        let (nodes, err) = fs.walk(&Creds::root(), &root(fs), &[name.to_owned()]);
         assert_eq!(err, None, "walk {name}");
         let (f, _) = fs
             .open(&Creds::root(), &nodes[0].0, libc::O_RDONLY)
@@ -1028,7 +1158,7 @@ mod tests {
         fs.fsync(&Creds::root(), &f, false).unwrap();
         assert_eq!(s.record("image/vm").unwrap().unwrap().version, rec.version);
         fs.write(&Creds::root(), &f, 5, b" second").unwrap();
-        fs.mkdir(&Creds::root(), &root(), "dir", 0o700, None)
+        fs.mkdir(&Creds::root(), &root(&fs), "dir", 0o700, None)
             .unwrap();
         fs.sync().unwrap();
         // Written after the last sync: may be lost, and is.
@@ -1038,7 +1168,7 @@ mod tests {
 
         let fs = ImageFs::open(s.clone(), "vm", false).unwrap();
         assert_eq!(read_file(&fs, "a"), b"first second");
-        let (nodes, err) = fs.walk(&Creds::root(), &root(), &["dir".into()]);
+        let (nodes, err) = fs.walk(&Creds::root(), &root(&fs), &["dir".into()]);
         assert_eq!(err, None);
         let dir = fs.getattr(&Creds::root(), &nodes[0].0, None).unwrap();
         assert_eq!(dir.mode, libc::S_IFDIR | 0o700);

@@ -1,12 +1,25 @@
 //! Inodes and directory entries as stored in an image's trees.
 //!
 //! An inode is a value in the image's inode table (key: inode number). Its content is a tree
-//! root for files (block map) and directories (entries), the target for symlinks. Directory
+//! root for files (block map) and directories (entries), the target for symlinks; its
+//! extended attributes are stored with it (bounded by [`XATTR_BYTES_MAX`], so an inode stays a
+//! small value). Directory
 //! entries are keyed by a 64-bit hash of the name; a value holds every entry whose name has
 //! that hash (collisions are rare and kept together).
 
+use std::collections::BTreeMap;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use envoy_objstore::ObjectId;
+
+/// At most this many bytes of extended attributes (names plus values) per inode.
+pub const XATTR_BYTES_MAX: usize = 64 * 1024;
+/// The longest extended attribute name (Linux `XATTR_NAME_MAX`).
+pub const XATTR_NAME_MAX: usize = 255;
+
+/// The content tag's flag saying extended attributes follow it (an inode without any encodes
+/// as before they existed).
+const HAS_XATTRS: u8 = 0x80;
 
 /// What an inode holds besides its attributes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +53,8 @@ pub struct Inode {
     pub version: u64,
     /// Its content.
     pub content: Content,
+    /// Extended attributes by name.
+    pub xattrs: BTreeMap<String, Bytes>,
 }
 
 impl Inode {
@@ -57,16 +72,29 @@ impl Inode {
             b.put_u32_le(ns);
         }
         b.put_u64_le(self.version);
+        let tag = match &self.content {
+            Content::Empty => 0,
+            Content::Tree(_) => 1,
+            Content::Target(_) => 2,
+        };
+        if self.xattrs.is_empty() {
+            b.put_u8(tag);
+        } else {
+            // Names are at most XATTR_NAME_MAX bytes, values at most XATTR_BYTES_MAX (the
+            // engine refuses more), so the lengths fit.
+            b.put_u8(tag | HAS_XATTRS);
+            b.put_u16_le(self.xattrs.len() as u16);
+            for (name, value) in &self.xattrs {
+                b.put_u8(name.len() as u8);
+                b.put_slice(name.as_bytes());
+                b.put_u32_le(value.len() as u32);
+                b.put_slice(value);
+            }
+        }
         match &self.content {
-            Content::Empty => b.put_u8(0),
-            Content::Tree(id) => {
-                b.put_u8(1);
-                b.put_slice(&id.0);
-            }
-            Content::Target(t) => {
-                b.put_u8(2);
-                b.put_slice(t.as_bytes());
-            }
+            Content::Empty => {}
+            Content::Tree(id) => b.put_slice(&id.0),
+            Content::Target(t) => b.put_slice(t.as_bytes()),
         }
         b.freeze()
     }
@@ -87,7 +115,27 @@ impl Inode {
             *t = (b.get_u64_le(), b.get_u32_le());
         }
         let version = b.get_u64_le();
-        let content = match b.get_u8() {
+        let tag = b.get_u8();
+        let mut xattrs = BTreeMap::new();
+        if tag & HAS_XATTRS != 0 {
+            if b.remaining() < 2 {
+                return None;
+            }
+            for _ in 0..b.get_u16_le() {
+                let n = usize::from(*b.first()?);
+                if b.remaining() < 1 + n + 4 {
+                    return None;
+                }
+                b.advance(1);
+                let name = String::from_utf8(b.split_to(n).to_vec()).ok()?;
+                let len = b.get_u32_le() as usize;
+                if b.remaining() < len {
+                    return None;
+                }
+                xattrs.insert(name, b.split_to(len));
+            }
+        }
+        let content = match tag & !HAS_XATTRS {
             0 if !b.has_remaining() => Content::Empty,
             1 if b.remaining() == 32 => {
                 let mut id = [0u8; 32];
@@ -107,6 +155,7 @@ impl Inode {
             times,
             version,
             content,
+            xattrs,
         })
     }
 
@@ -201,9 +250,45 @@ mod tests {
                 times: [(6, 7), (8, 9), (10, 11)],
                 version: 12,
                 content,
+                xattrs: BTreeMap::new(),
             };
-            assert_eq!(Inode::decode(i.encode()), Some(i));
+            assert_eq!(Inode::decode(i.encode()), Some(i.clone()));
+            // With extended attributes: an empty value, a binary one, a long name.
+            let mut x = i.clone();
+            x.xattrs.insert("user.empty".into(), Bytes::new());
+            x.xattrs
+                .insert("user.bin".into(), Bytes::from_static(&[0, 255, 1]));
+            x.xattrs.insert(
+                "user.".to_owned() + &"n".repeat(250),
+                Bytes::from(vec![7; 1000]),
+            );
+            let encoded = x.encode();
+            assert_eq!(Inode::decode(encoded.clone()).as_ref(), Some(&x));
+            // Every truncation before a symlink's target (which runs to the end) is refused,
+            // never misread.
+            let target = match &x.content {
+                Content::Target(t) => t.len(),
+                _ => 0,
+            };
+            for cut in 0..encoded.len() - target {
+                assert_eq!(Inode::decode(encoded.slice(..cut)), None, "cut at {cut}");
+            }
         }
+        // An inode without attributes encodes as before they existed (stored images stay
+        // readable, and unchanged inodes keep their bytes).
+        let plain = Inode {
+            mode: 0o100644,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            rdev: 0,
+            size: 0,
+            times: [(0, 0); 3],
+            version: 1,
+            content: Content::Empty,
+            xattrs: BTreeMap::new(),
+        };
+        assert_eq!(plain.encode().len(), 4 * 4 + 8 * 2 + 12 * 3 + 8 + 1);
         assert_eq!(Inode::decode(Bytes::from_static(b"short")), None);
         let e = vec![
             Entry {

@@ -5,7 +5,8 @@
 //! backend needs of the object layer), [`btree`] (the copy-on-write tree every part of an
 //! image — inode table, directories, block maps — is made of), [`inode`] (what the trees
 //! hold), [`engine`] (one image's working copy: per-block copy on write, commit to a root) and
-//! [`fs`] (an image served through the `FileSystem` trait, committed on fsync and close) and
+//! [`fs`] (an image served through the `FileSystem` trait, committed on fsync and close, with
+//! [`locks`] for its byte-range locks) and
 //! [`catalog`] (images and their snapshots as records; snapshot = commit + one record, fork =
 //! a new image record naming a snapshot's root) and [`namespace`] (the 2006 interface: every
 //! image a directory with `current`, numbered snapshots and a `snapshot` link; `ln -s`
@@ -16,6 +17,7 @@ pub mod catalog;
 pub mod engine;
 pub mod fs;
 pub mod inode;
+pub mod locks;
 pub mod namespace;
 pub mod objects;
 pub mod wal;

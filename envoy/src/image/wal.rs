@@ -81,6 +81,24 @@ pub enum Op {
         /// New size.
         size: u64,
     },
+    /// Extended attribute `name` of `ino` set (as setxattr(2) with `flags`).
+    SetXattr {
+        /// The inode.
+        ino: u64,
+        /// Its name.
+        name: String,
+        /// Its value.
+        value: Bytes,
+        /// XATTR_CREATE / XATTR_REPLACE.
+        flags: u32,
+    },
+    /// Extended attribute `name` of `ino` removed.
+    RemoveXattr {
+        /// The inode.
+        ino: u64,
+        /// Its name.
+        name: String,
+    },
     /// Attributes of `ino` changed.
     SetAttr {
         /// The inode.
@@ -198,6 +216,8 @@ impl Op {
             Op::Link { name, .. } | Op::Unlink { name, .. } => name.len(),
             Op::Rename { oname, nname, .. } => oname.len() + nname.len(),
             Op::Write { data, .. } => data.len(),
+            Op::SetXattr { name, value, .. } => name.len() + value.len(),
+            Op::RemoveXattr { name, .. } => name.len(),
             Op::Truncate { .. } | Op::SetAttr { .. } => 0,
         }
     }
@@ -265,6 +285,24 @@ impl Op {
                 b.put_u8(6);
                 b.put_u64_le(*ino);
                 b.put_u64_le(*size);
+            }
+            Op::SetXattr {
+                ino,
+                name,
+                value,
+                flags,
+            } => {
+                b.put_u8(8);
+                b.put_u64_le(*ino);
+                put_str(b, name);
+                b.put_u32_le(value.len() as u32);
+                b.put_slice(value);
+                b.put_u32_le(*flags);
+            }
+            Op::RemoveXattr { ino, name } => {
+                b.put_u8(9);
+                b.put_u64_le(*ino);
+                put_str(b, name);
             }
             Op::SetAttr { ino, change } => {
                 b.put_u8(7);
@@ -337,6 +375,21 @@ impl Op {
                     atime: r.opt_time()?,
                     mtime: r.opt_time()?,
                 },
+            },
+            8 => {
+                let ino = r.u64()?;
+                let name = r.str()?;
+                let n = r.u32()? as usize;
+                Op::SetXattr {
+                    ino,
+                    name,
+                    value: r.bytes(n)?,
+                    flags: r.u32()?,
+                }
+            }
+            9 => Op::RemoveXattr {
+                ino: r.u64()?,
+                name: r.str()?,
             },
             _ => return None,
         })
@@ -466,6 +519,16 @@ mod tests {
                 data: Bytes::from_static(b"hello world"),
             },
             Op::Truncate { ino: 7, size: 3 },
+            Op::SetXattr {
+                ino: 7,
+                name: "user.x".into(),
+                value: Bytes::from_static(b"v"),
+                flags: 1,
+            },
+            Op::RemoveXattr {
+                ino: 7,
+                name: "user.x".into(),
+            },
             Op::SetAttr {
                 ino: 7,
                 change: AttrChange {
