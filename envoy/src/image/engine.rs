@@ -819,8 +819,11 @@ impl Engine {
                     &stored
                 }
             };
+            // Past the block's stored bytes (a file extended by truncate) reads as zeros.
             let have = block.len().saturating_sub(within).min(take);
-            out[..have].copy_from_slice(&block[within..within + have]);
+            if have > 0 {
+                out[..have].copy_from_slice(&block[within..within + have]);
+            }
             out[have..].fill(0);
             done += take;
         }
