@@ -6,11 +6,15 @@
 //! `DATA_DIR/export` on 127.0.0.1:5640 and prints the Linux mount command. Started under the
 //! name `xen-9pfsd` (how libxl ≥ 4.19 starts the backend of `type=xen_9pfsd` devices) it
 //! behaves as `envoyd --xen --xen-9pfsd`. With `--storage` / `--cluster` it also runs this
-//! host's storage service (the object layer; see `envoy_dom0_agent::storage`).
+//! host's storage service (the object layer; see `envoy_dom0_agent::storage`) and the image
+//! admin socket (`DATA_DIR/images.sock`, for `envoy-xl image` and `envoy-xl check`), every
+//! image reached through one registry: one owner per image, shared by `--image`, `--images`
+//! and the admin operations.
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use envoy::image::fs::ImageFs;
+use envoy::image::registry::{Images, Tree};
 use envoy::vfs::FileSystem;
 use envoy::{ExportFs, Server, ServerConfig, SessionLimits};
 use envoy_transport::{Endpoint, Listener};
@@ -172,7 +176,7 @@ async fn run(args: Args) -> Result<()> {
         tasks.spawn(backend.run(stop_rx.clone()));
     }
     let storage = !args.storage.is_empty() || args.cluster.is_some();
-    let mut store = None;
+    let mut images = None;
     if storage {
         let data_dir = args
             .data_dir
@@ -201,14 +205,17 @@ async fn run(args: Args) -> Result<()> {
         };
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("cannot create {}", data_dir.display()))?;
-        store = Some(envoy_dom0_agent::storage::start(setup, &stop_rx, &mut tasks).await?);
+        let store = envoy_dom0_agent::storage::start(setup, &stop_rx, &mut tasks).await?;
+        let registry = Arc::new(Images::new(image_objects(store)));
+        serve_image_admin(&registry, &data_dir, &stop_rx, &mut tasks).await?;
+        images = Some(registry);
     }
     // Without an explicit export, a storage-only or Xen-only envoyd serves no default export.
     if args.images {
-        let store = store.context(
+        let images = images.context(
             "--images needs this host's object store: add --storage ENDPOINT or --cluster FILE",
         )?;
-        let fs = envoy::image::namespace::NamespaceFs::new(image_objects(store));
+        let fs = Arc::new(envoy::image::namespace::NamespaceFs::new(images));
         serve_fs(
             &args,
             fs,
@@ -220,16 +227,18 @@ async fn run(args: Args) -> Result<()> {
         )
         .await?;
     } else if let Some(name) = &args.image {
-        let store = store.context(
+        let images = images.context(
             "--image needs this host's object store: add --storage ENDPOINT or --cluster FILE",
         )?;
-        let fs = open_image(image_objects(store), name)?;
+        let fs = open_image(&images, name)?;
         let what = format!("image {name}");
         serve_fs(&args, fs, &what, config, &stop_tx, &stop_rx, &mut tasks).await?;
     } else if !args.listen.is_empty() || args.export.is_some() || (!args.xen && !storage) {
         let export = export_dir(&args)?;
-        let fs = ExportFs::new(&export, args.read_only)
-            .with_context(|| format!("cannot export {}", export.display()))?;
+        let fs = Arc::new(
+            ExportFs::new(&export, args.read_only)
+                .with_context(|| format!("cannot export {}", export.display()))?,
+        );
         let what = export.display().to_string();
         serve_fs(&args, fs, &what, config, &stop_tx, &stop_rx, &mut tasks).await?;
     }
@@ -276,18 +285,40 @@ fn image_objects(cluster: Arc<envoy_objstore::Cluster>) -> Arc<dyn envoy::image:
     ))
 }
 
-/// The image `name` in `store`, created (empty, root-owned) if it does not exist.
-fn open_image(store: Arc<dyn envoy::image::objects::Objects>, name: &str) -> Result<ImageFs> {
+/// Image `name`'s owner, the image created (empty, root-owned) if it does not exist.
+fn open_image(images: &Images, name: &str) -> Result<Arc<ImageFs>> {
     use envoy::vfs::Errno;
-    match ImageFs::open(store.clone(), name, false) {
+    if !envoy::image::catalog::valid_name(name) {
+        bail!("bad --image {name:?}: not a valid image name (no '/' or '@', not . or ..)");
+    }
+    match images.open(&Tree::current(name)) {
         Ok(fs) => Ok(fs),
         Err(Errno::ENOENT) => {
             println!("envoyd: image {name} does not exist: created it, empty");
-            ImageFs::create(store, name, 0, 0)
+            images
+                .create(name, 0, 0)
                 .map_err(|e| anyhow::anyhow!("cannot create image {name}: {e}"))
         }
         Err(e) => bail!("cannot open image {name}: {e}"),
     }
+}
+
+/// The image admin socket (`DATA_DIR/images.sock`) for `envoy-xl image` and `envoy-xl check`.
+async fn serve_image_admin(
+    images: &Arc<Images>,
+    data_dir: &std::path::Path,
+    stop: &watch::Receiver<bool>,
+    tasks: &mut tokio::task::JoinSet<Result<()>>,
+) -> Result<()> {
+    let path = envoy::paths::image_socket(data_dir);
+    let listener = envoy_transport::UnixListener::bind(&path)
+        .await
+        .with_context(|| format!("cannot serve the image admin socket {}", path.display()))?;
+    info!(socket = %path.display(), "image admin");
+    println!("envoyd: image admin on unix:{}", path.display());
+    let serving = envoy::image::control::serve(images.clone(), listener, stop.clone());
+    tasks.spawn(async move { Ok(serving.await?) });
+    Ok(())
 }
 
 /// The export directory: --export, else DATA_DIR/export (created).
@@ -314,7 +345,7 @@ fn export_dir(args: &Args) -> Result<PathBuf> {
 /// Serve `fs` (named `what` in messages) on the --listen endpoints (or the default one).
 async fn serve_fs<F: FileSystem>(
     args: &Args,
-    fs: F,
+    fs: Arc<F>,
     what: &str,
     config: ServerConfig,
     stop_tx: &watch::Sender<bool>,
@@ -332,7 +363,7 @@ async fn serve_fs<F: FileSystem>(
             .with_context(|| format!("bad --listen {s:?}"))
     })
     .collect::<Result<_>>()?;
-    let server = Server::new(Arc::new(fs), config);
+    let server = Server::new(fs, config);
     for ep in &endpoints {
         let mut listener = envoy_transport::bind(ep)
             .await
