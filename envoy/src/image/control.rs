@@ -31,9 +31,9 @@ const MAX_REPLY: u32 = 64 << 20;
 /// A failure of the admin socket itself (not of the operation asked for).
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    /// Connecting or talking to envoyd failed.
+    /// Connecting or talking to envoyd failed (the transport's message: it carries its cause).
     #[error("{0}")]
-    Transport(#[from] envoy_transport::TransportError),
+    Transport(String),
     /// envoyd closed the connection without answering.
     #[error("envoyd closed the connection without answering")]
     Closed,
@@ -145,6 +145,10 @@ async fn connection<R: FrameRx, T: FrameTx>(images: Arc<Images>, channel: Channe
     }
 }
 
+fn transport(e: envoy_transport::TransportError) -> ControlError {
+    ControlError::Transport(e.to_string())
+}
+
 /// A connection to envoyd's image admin socket.
 pub struct Client {
     channel: Channel<AnyRx, AnyTx>,
@@ -154,7 +158,9 @@ pub struct Client {
 impl Client {
     /// Connect to the socket at `path`.
     pub async fn connect(path: &std::path::Path) -> Result<Client, ControlError> {
-        let mut channel = envoy_transport::connect(&Endpoint::Unix(path.to_owned())).await?;
+        let mut channel = envoy_transport::connect(&Endpoint::Unix(path.to_owned()))
+            .await
+            .map_err(transport)?;
         channel.rx.set_max_frame(MAX_REPLY);
         Ok(Client { channel, tag: 0 })
     }
@@ -170,8 +176,15 @@ impl Client {
         self.channel
             .tx
             .send(&mut vec![frame(TIMAGE, self.tag, &body)])
-            .await?;
-        let f = self.channel.rx.recv().await?.ok_or(ControlError::Closed)?;
+            .await
+            .map_err(transport)?;
+        let f = self
+            .channel
+            .rx
+            .recv()
+            .await
+            .map_err(transport)?
+            .ok_or(ControlError::Closed)?;
         let (ty, tag, body) = parts(&f);
         if ty != RIMAGE || tag != self.tag {
             return Err(ControlError::BadReply(format!(

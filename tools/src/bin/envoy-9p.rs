@@ -339,6 +339,11 @@ impl Session {
             }
             offset += n as u64;
         }
+        // Close it: a server may make the file durable only then (images commit on close).
+        self.c
+            .clunk(fid)
+            .await
+            .with_context(|| format!("closing {path:?}"))?;
         Ok(())
     }
 
