@@ -51,7 +51,9 @@ struct Args {
     image: Option<String>,
     /// Serve every Envoy image of this host's object store as one tree: /NAME/current,
     /// /NAME/N (snapshots), /NAME/snapshot; `ln -s current N` snapshots, `mkdir /NEW` +
-    /// `ln -s /img/NAME/N /NEW/current` forks (needs --storage or --cluster).
+    /// `ln -s /img/NAME/N /NEW/current` forks. A client attaching with aname NAME,
+    /// NAME/current or NAME/N is served that image (or snapshot, read-only) as its whole tree
+    /// (needs --storage or --cluster).
     #[arg(long, conflicts_with = "export")]
     images: bool,
     /// Where to listen: tcp:HOST:PORT, sctp:ADDR[,ADDR...]:PORT, unix:PATH or fd:R,W

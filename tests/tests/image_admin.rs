@@ -10,6 +10,7 @@ use envoy::image::admin::{self, AdminError, Outcome, Request};
 use envoy::image::check::{self, Report};
 use envoy::image::engine::{BLOCK, Engine, NewNode, ROOT_INO};
 use envoy::image::fs::ImageFs;
+use envoy::image::inode::{self, Content, Entry};
 use envoy::image::objects::Objects;
 use envoy::image::registry::{Images, Tree};
 use envoy::image::usage::{self, Usage};
@@ -218,7 +219,8 @@ fn check_passes_a_whole_image_and_names_the_file_of_a_missing_or_corrupt_block()
 }
 
 /// Structure that does not hold together: a link count no entry count backs, blocks past the
-/// end of a file, an inode no directory names.
+/// end of a file, an inode no directory names, a tree leaf with its keys out of order, entries
+/// naming inodes that do not exist.
 #[test]
 fn check_reports_link_counts_sizes_and_orphans_that_do_not_add_up() {
     let dir = tempfile::tempdir().unwrap();
@@ -241,6 +243,31 @@ fn check_reports_link_counts_sizes_and_orphans_that_do_not_add_up() {
         .create(ROOT_INO, "d", &NewNode::new(libc::S_IFDIR | 0o755, 0, 0))
         .unwrap();
     e.update(d, |n| n.nlink = 7).unwrap();
+    // A directory whose one tree leaf holds its keys in descending order, naming an inode
+    // that does not exist.
+    let x = e
+        .create(ROOT_INO, "x", &NewNode::new(libc::S_IFDIR | 0o755, 0, 0))
+        .unwrap();
+    let mut names = [("a", inode::name_key("a")), ("b", inode::name_key("b"))];
+    names.sort_by_key(|(_, k)| std::cmp::Reverse(*k));
+    let mut leaf = vec![0u8];
+    leaf.extend_from_slice(&2u32.to_le_bytes());
+    for (name, key) in names {
+        let v = inode::encode_entries(&[Entry {
+            name: name.into(),
+            ino: 999,
+            kind: libc::S_IFREG,
+        }]);
+        leaf.extend_from_slice(&key.to_le_bytes());
+        leaf.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        leaf.extend_from_slice(&v);
+    }
+    let tree = objects.put(Bytes::from(leaf), vec![]).unwrap();
+    e.update(x, |n| {
+        n.content = Content::Tree(tree);
+        n.size = 2;
+    })
+    .unwrap();
     let root = e.commit().unwrap();
     objects
         .cas("image/bad", 0, Bytes::copy_from_slice(&root.0), vec![root])
@@ -269,7 +296,17 @@ fn check_reports_link_counts_sizes_and_orphans_that_do_not_add_up() {
         has("/d (inode 4): link count 7 but it has 0 subdirectories (expected 2)"),
         "{p:#?}"
     );
-    assert_eq!(p.len(), 6, "{p:#?}");
+    assert!(has("/x (inode 5): key "), "{p:#?}");
+    assert!(has(&format!("out of order in tree node {tree}")), "{p:#?}");
+    assert!(
+        has("/x (inode 5): entry \"a\" names inode 999, which does not exist"),
+        "{p:#?}"
+    );
+    assert!(
+        has("/x (inode 5): entry \"b\" names inode 999, which does not exist"),
+        "{p:#?}"
+    );
+    assert_eq!(p.len(), 9, "{p:#?}");
 }
 
 /// One owner: a snapshot taken through the registry includes what was written through the
@@ -449,4 +486,42 @@ fn admin_operations_fail_with_specific_errors() {
     ] {
         assert_eq!(decode_reply(&encode_reply(&r)).unwrap(), r);
     }
+}
+
+/// Trees several levels deep (a directory of thousands of entries, a sparse file of a
+/// thousand blocks), changed after commits (entries removed, blocks truncated away), hold
+/// together: no false alarm.
+#[test]
+fn check_finds_nothing_wrong_in_deep_trees_changed_after_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let objects: Arc<dyn Objects> = store.clone();
+    let mut e = Engine::format(objects.clone(), 0, 0, 0o755).unwrap();
+    let d = e
+        .create(ROOT_INO, "d", &NewNode::new(libc::S_IFDIR | 0o755, 0, 0))
+        .unwrap();
+    let file = NewNode::new(libc::S_IFREG | 0o644, 0, 0);
+    for i in 0..3000 {
+        e.create(d, &format!("n{i}"), &file).unwrap();
+    }
+    let sparse = e.create(ROOT_INO, "sparse", &file).unwrap();
+    for i in 0..1000u64 {
+        e.write(sparse, i * BLOCK as u64, &i.to_le_bytes()).unwrap();
+    }
+    e.commit().unwrap();
+    for i in (0..3000).step_by(3) {
+        e.unlink(d, &format!("n{i}"), false).unwrap();
+    }
+    e.truncate(sparse, 600 * BLOCK as u64 + 1).unwrap();
+    e.link(d, "again", sparse).unwrap();
+    let root = e.commit().unwrap();
+    objects
+        .cas("image/deep", 0, Bytes::copy_from_slice(&root.0), vec![root])
+        .unwrap();
+    let info = Images::new(objects.clone()).info("deep").unwrap();
+    let r = check::check(&*store, &info);
+    assert_eq!(problems(&r), Vec::<String>::new());
+    assert_eq!(r.inodes, 1 + 1 + 2000 + 1);
+    // Multi-level: more tree nodes than the directory and the file could fit in one each.
+    assert!(r.objects > 601 + 10, "{} objects", r.objects);
 }
