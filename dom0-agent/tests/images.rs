@@ -2,8 +2,8 @@
 //! check` and a 9P client: a snapshot taken from the command line holds what a client wrote
 //! and never synced; attach names root a session inside an image or a (read-only) snapshot;
 //! deleting an image in use is refused; `check` passes a whole image and names the file of a
-//! missing or corrupt block; deleting an image and collecting garbage frees its unshared
-//! space while a fork of it stays whole.
+//! missing or corrupt block; deleting a snapshot, or an image, and collecting garbage frees
+//! what only it held while a fork of it stays whole.
 //!
 //! `envoy-xl` is run from beside `envoyd` (`cargo test --workspace`, as scripts/test.sh runs
 //! it, builds both).
@@ -112,12 +112,17 @@ async fn attach(port: u16, aname: &str) -> Client {
     c
 }
 
-/// Create (or replace) `name` in the client's root with `data`, closed: committed.
+/// Create (or truncate and rewrite) `name` in the client's root with `data`, then close it:
+/// committed.
 async fn put_file(c: &Client, dir: &[&str], name: &str, data: &[u8]) {
-    c.walk(ROOT, 90, dir).await.unwrap();
-    c.lcreate(90, name, P9_DOTL_RDWR | P9_DOTL_TRUNC, 0o644, 0)
-        .await
-        .unwrap();
+    let path: Vec<&str> = dir.iter().copied().chain([name]).collect();
+    // A walk that stops short (no such file) is no error in 9P, and makes no fid.
+    if matches!(c.walk(ROOT, 90, &path).await, Ok(q) if q.len() == path.len()) {
+        c.lopen(90, P9_DOTL_RDWR | P9_DOTL_TRUNC).await.unwrap();
+    } else {
+        c.walk(ROOT, 90, dir).await.unwrap();
+        c.lcreate(90, name, P9_DOTL_RDWR, 0o644, 0).await.unwrap();
+    }
     c.write(90, 0, data).await.unwrap();
     c.clunk(90).await.unwrap();
 }
@@ -310,7 +315,7 @@ async fn check_passes_a_whole_image_and_names_the_file_of_a_missing_or_corrupt_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rm_and_gc_reclaim_the_unshared_space_and_the_fork_stays_whole() {
+async fn rm_and_gc_reclaim_what_only_a_snapshot_or_an_image_held_and_the_fork_stays_whole() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut host, p9) = start(tmp.path(), "a").await;
     let storage = host.client().await;
@@ -326,9 +331,55 @@ async fn rm_and_gc_reclaim_the_unshared_space_and_the_fork_stays_whole() {
         xl_ok(&host, &["image", "fork", "base@1", "vm"]).trim(),
         "image vm forked from base@1"
     );
+    // Snapshot 2 holds a first /b that is then rewritten: only base@2 keeps its blocks.
+    let old_b = blocks(6, 3);
     let c = attach(p9, "base").await;
+    put_file(&c, &[], "b", &old_b).await;
+    assert!(xl_ok(&host, &["image", "snapshot", "base"]).starts_with("snapshot base@2 "));
     put_file(&c, &[], "b", &only_base).await;
     drop(c);
+    let du: serde_json::Value =
+        serde_json::from_str(&xl_ok(&host, &["image", "du", "base", "--json"])).unwrap();
+    let snap2 = du["usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["snapshot"] == 2)
+        .unwrap()
+        .clone();
+    let unique2 = snap2["unique"].as_u64().unwrap();
+    assert!(
+        (3 * BLOCK as u64..3 * BLOCK as u64 + 16384).contains(&unique2),
+        "{snap2}"
+    );
+    let before = storage.stats().await.unwrap().local;
+    assert!(xl_ok(&host, &["image", "rm", "base@2"]).starts_with("removed base@2;"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    storage.admin(AdminOp::Gc, 0).await.unwrap();
+    let after = storage.stats().await.unwrap().local;
+    assert!(
+        before.bytes - after.bytes >= unique2,
+        "gc freed {} bytes, base@2 alone held {unique2}",
+        before.bytes - after.bytes
+    );
+    for id in block_ids(&old_b) {
+        assert!(
+            !storage.has(&[id]).await.unwrap()[0],
+            "{id} of base@2 survived GC"
+        );
+    }
+    for id in block_ids(&only_base).into_iter().chain(block_ids(&shared)) {
+        assert!(
+            storage.has(&[id]).await.unwrap()[0],
+            "{id} went with base@2"
+        );
+    }
+    assert!(
+        xl_ok(&host, &["check", "base"])
+            .trim_end()
+            .ends_with(": OK")
+    );
+
     let v = attach(p9, "vm").await;
     put_file(&v, &[], "c", &only_vm).await;
     drop(v);
