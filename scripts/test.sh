@@ -61,6 +61,9 @@ tools/bench/compare.sh --smoke
 step "object layer: envoy-xl storage against two envoyds (status, scrub, repair, gc, reload)"
 tests/storage/xl-smoke.sh
 
+step "images: envoy-xl image / check against envoyd (tables, --json, errors; rm + gc reclaims, the fork stays whole)"
+tests/storage/image-smoke.sh
+
 step "object layer bench smoke: the store vs fio, R=1 and R=2 over loopback (debug, small)"
 tools/bench/objstore.sh --smoke
 

@@ -6,11 +6,15 @@
 //! `DATA_DIR/export` on 127.0.0.1:5640 and prints the Linux mount command. Started under the
 //! name `xen-9pfsd` (how libxl ≥ 4.19 starts the backend of `type=xen_9pfsd` devices) it
 //! behaves as `envoyd --xen --xen-9pfsd`. With `--storage` / `--cluster` it also runs this
-//! host's storage service (the object layer; see `envoy_dom0_agent::storage`).
+//! host's storage service (the object layer; see `envoy_dom0_agent::storage`) and the image
+//! admin socket (`DATA_DIR/images.sock`, for `envoy-xl image` and `envoy-xl check`), every
+//! image reached through one registry: one owner per image, shared by `--image`, `--images`
+//! and the admin operations.
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use envoy::image::fs::ImageFs;
+use envoy::image::registry::{Images, Tree};
 use envoy::vfs::FileSystem;
 use envoy::{ExportFs, Server, ServerConfig, SessionLimits};
 use envoy_transport::{Endpoint, Listener};
@@ -47,7 +51,9 @@ struct Args {
     image: Option<String>,
     /// Serve every Envoy image of this host's object store as one tree: /NAME/current,
     /// /NAME/N (snapshots), /NAME/snapshot; `ln -s current N` snapshots, `mkdir /NEW` +
-    /// `ln -s /img/NAME/N /NEW/current` forks (needs --storage or --cluster).
+    /// `ln -s /img/NAME/N /NEW/current` forks. A client attaching with aname NAME,
+    /// NAME/current or NAME/N is served that image (or snapshot, read-only) as its whole tree
+    /// (needs --storage or --cluster).
     #[arg(long, conflicts_with = "export")]
     images: bool,
     /// Where to listen: tcp:HOST:PORT, sctp:ADDR[,ADDR...]:PORT, unix:PATH or fd:R,W
@@ -172,7 +178,7 @@ async fn run(args: Args) -> Result<()> {
         tasks.spawn(backend.run(stop_rx.clone()));
     }
     let storage = !args.storage.is_empty() || args.cluster.is_some();
-    let mut store = None;
+    let mut images = None;
     if storage {
         let data_dir = args
             .data_dir
@@ -201,14 +207,17 @@ async fn run(args: Args) -> Result<()> {
         };
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("cannot create {}", data_dir.display()))?;
-        store = Some(envoy_dom0_agent::storage::start(setup, &stop_rx, &mut tasks).await?);
+        let store = envoy_dom0_agent::storage::start(setup, &stop_rx, &mut tasks).await?;
+        let registry = Arc::new(Images::new(image_objects(store)));
+        serve_image_admin(&registry, &data_dir, &stop_rx, &mut tasks).await?;
+        images = Some(registry);
     }
     // Without an explicit export, a storage-only or Xen-only envoyd serves no default export.
     if args.images {
-        let store = store.context(
+        let images = images.context(
             "--images needs this host's object store: add --storage ENDPOINT or --cluster FILE",
         )?;
-        let fs = envoy::image::namespace::NamespaceFs::new(image_objects(store));
+        let fs = Arc::new(envoy::image::namespace::NamespaceFs::new(images));
         serve_fs(
             &args,
             fs,
@@ -220,16 +229,18 @@ async fn run(args: Args) -> Result<()> {
         )
         .await?;
     } else if let Some(name) = &args.image {
-        let store = store.context(
+        let images = images.context(
             "--image needs this host's object store: add --storage ENDPOINT or --cluster FILE",
         )?;
-        let fs = open_image(image_objects(store), name).await?;
+        let fs = open_image(&images, name).await?;
         let what = format!("image {name}");
         serve_fs(&args, fs, &what, config, &stop_tx, &stop_rx, &mut tasks).await?;
     } else if !args.listen.is_empty() || args.export.is_some() || (!args.xen && !storage) {
         let export = export_dir(&args)?;
-        let fs = ExportFs::new(&export, args.read_only)
-            .with_context(|| format!("cannot export {}", export.display()))?;
+        let fs = Arc::new(
+            ExportFs::new(&export, args.read_only)
+                .with_context(|| format!("cannot export {}", export.display()))?,
+        );
         let what = export.display().to_string();
         serve_fs(&args, fs, &what, config, &stop_tx, &stop_rx, &mut tasks).await?;
     }
@@ -276,15 +287,18 @@ fn image_objects(cluster: Arc<envoy_objstore::Cluster>) -> Arc<dyn envoy::image:
     ))
 }
 
-/// The image `name` in `store`, created (empty, root-owned) if it does not exist. While the
-/// object layer cannot answer (EIO: the cluster's peers starting together with this host),
+/// Image `name`'s owner, the image created (empty, root-owned) if it does not exist. While
+/// the object layer cannot answer (EIO: the cluster's peers starting together with this host),
 /// it is retried for a minute.
-async fn open_image(store: Arc<dyn envoy::image::objects::Objects>, name: &str) -> Result<ImageFs> {
+async fn open_image(images: &Images, name: &str) -> Result<Arc<ImageFs>> {
     use envoy::vfs::Errno;
+    if !envoy::image::catalog::valid_name(name) {
+        bail!("bad --image {name:?}: not a valid image name (no '/' or '@', not . or ..)");
+    }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let opened = match ImageFs::open(store.clone(), name, false) {
-            Err(Errno::ENOENT) => ImageFs::create(store.clone(), name, 0, 0).inspect(|_| {
+        let opened = match images.open(&Tree::current(name)) {
+            Err(Errno::ENOENT) => images.create(name, 0, 0).inspect(|_| {
                 println!("envoyd: image {name} does not exist: created it, empty");
             }),
             r => r,
@@ -298,6 +312,24 @@ async fn open_image(store: Arc<dyn envoy::image::objects::Objects>, name: &str) 
             Ok(fs) => return Ok(fs),
         }
     }
+}
+
+/// The image admin socket (`DATA_DIR/images.sock`) for `envoy-xl image` and `envoy-xl check`.
+async fn serve_image_admin(
+    images: &Arc<Images>,
+    data_dir: &std::path::Path,
+    stop: &watch::Receiver<bool>,
+    tasks: &mut tokio::task::JoinSet<Result<()>>,
+) -> Result<()> {
+    let path = envoy::paths::image_socket(data_dir);
+    let listener = envoy_transport::UnixListener::bind(&path)
+        .await
+        .with_context(|| format!("cannot serve the image admin socket {}", path.display()))?;
+    info!(socket = %path.display(), "image admin");
+    println!("envoyd: image admin on unix:{}", path.display());
+    let serving = envoy::image::control::serve(images.clone(), listener, stop.clone());
+    tasks.spawn(async move { Ok(serving.await?) });
+    Ok(())
 }
 
 /// The export directory: --export, else DATA_DIR/export (created).
@@ -324,7 +356,7 @@ fn export_dir(args: &Args) -> Result<PathBuf> {
 /// Serve `fs` (named `what` in messages) on the --listen endpoints (or the default one).
 async fn serve_fs<F: FileSystem>(
     args: &Args,
-    fs: F,
+    fs: Arc<F>,
     what: &str,
     config: ServerConfig,
     stop_tx: &watch::Sender<bool>,
@@ -342,7 +374,7 @@ async fn serve_fs<F: FileSystem>(
             .with_context(|| format!("bad --listen {s:?}"))
     })
     .collect::<Result<_>>()?;
-    let server = Server::new(Arc::new(fs), config);
+    let server = Server::new(fs, config);
     for ep in &endpoints {
         let mut listener = envoy_transport::bind(ep)
             .await

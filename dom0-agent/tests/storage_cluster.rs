@@ -379,3 +379,97 @@ async fn an_image_fsyncd_on_one_host_is_served_by_another_after_kill_9() {
         data.len()
     );
 }
+
+/// A record deleted while one of its replicas is down stays deleted when that replica
+/// returns with its old copy: a cluster read finds the tombstone newer (and copies it over
+/// the stale copy), GC deletes the tombstone over stale copies before it marks, so what only
+/// the deleted record reached is collected on every host; the name can be created again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_record_stays_deleted_when_a_stale_replica_returns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("cluster.toml");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let names = ["a", "b", "c"];
+    let members: Vec<(&str, u16)> = names.iter().copied().zip(ports.iter().copied()).collect();
+    write_membership(&file, 3, &members);
+    let mut hosts: Vec<Host> = members
+        .iter()
+        .map(|(n, p)| Host::start(n, *p, &tmp.path().join(n), Some(&file), &[]))
+        .collect();
+    let mut clients = Vec::new();
+    for h in &mut hosts {
+        clients.push(h.client().await);
+    }
+    let only_gone = PutObject::new(content(500, 4000), Vec::new());
+    let kept = PutObject::new(content(501, 4000), Vec::new());
+    for o in [&only_gone, &kept] {
+        let (_, copies) = clients[0].put(o, REPLICATED).await.unwrap();
+        assert_eq!(copies, 3);
+    }
+    let one = bytes::Bytes::from_static(b"one");
+    for (name, refs) in [
+        ("image/gone", vec![only_gone.id()]),
+        ("image/gone2", vec![]),
+        ("image/kept", vec![kept.id()]),
+    ] {
+        let v = clients[0]
+            .cas(name, 0, one.clone(), refs, REPLICATED)
+            .await
+            .unwrap();
+        assert_eq!(v, 1);
+    }
+    // c misses the deletes (R = 3: a majority of two takes them).
+    hosts[2].kill();
+    for name in ["image/gone", "image/gone2"] {
+        match clients[0].delete_record(name, 7, REPLICATED).await {
+            Err(StoreError::Conflict { current: 1, .. }) => {}
+            other => panic!("a stale delete must conflict: {other:?}"),
+        }
+        assert_eq!(
+            clients[0].delete_record(name, 1, REPLICATED).await.unwrap(),
+            2
+        );
+        assert!(clients[1].record(name, REPLICATED).await.unwrap().is_none());
+    }
+    hosts[2].restart();
+    clients[2] = hosts[2].client().await;
+    let stale = clients[2].record("image/gone2", 0).await.unwrap().unwrap();
+    assert!(!stale.deleted && stale.version == 1, "{stale:?}");
+    // A cluster read through the stale host: deleted, and its copy is a tombstone now.
+    assert!(
+        clients[2]
+            .record("image/gone2", REPLICATED)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let copy = clients[2].record("image/gone2", 0).await.unwrap().unwrap();
+    assert!(copy.deleted && copy.version == 2, "{copy:?}");
+    // GC: c's stale "image/gone" (whose refs name only_gone) is no root; only_gone goes from
+    // all three hosts, kept stays.
+    let stale = clients[2].record("image/gone", 0).await.unwrap().unwrap();
+    assert_eq!(stale.refs, vec![only_gone.id()]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let msg = clients[0].admin(AdminOp::Gc, 0).await.unwrap();
+    assert_eq!(msg, "gc done: 3 objects deleted");
+    let copy = clients[2].record("image/gone", 0).await.unwrap().unwrap();
+    assert!(copy.deleted, "GC left the stale copy: {copy:?}");
+    for c in &clients {
+        assert!(!c.has(&[only_gone.id()]).await.unwrap()[0]);
+        assert!(c.has(&[kept.id()]).await.unwrap()[0]);
+    }
+    // The name can be used again: its versions go on past the tombstone.
+    let v = clients[2]
+        .cas("image/gone", 0, one.clone(), vec![], REPLICATED)
+        .await
+        .unwrap();
+    assert_eq!(v, 3);
+    assert_eq!(
+        clients[1]
+            .record("image/gone", REPLICATED)
+            .await
+            .unwrap()
+            .map(|r| r.version),
+        Some(3)
+    );
+}

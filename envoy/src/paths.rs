@@ -19,3 +19,9 @@ pub fn default_data_dir() -> PathBuf {
 pub fn storage_socket(data_dir: &Path) -> PathBuf {
     data_dir.join("storage.sock")
 }
+
+/// The image service's local admin socket in a state directory (`envoy-xl image`, `envoy-xl
+/// check`).
+pub fn image_socket(data_dir: &Path) -> PathBuf {
+    data_dir.join("images.sock")
+}

@@ -428,7 +428,8 @@ impl StorageClient {
         Ok(deleted)
     }
 
-    /// A record.
+    /// A record: with [`REPLICATED`](crate::wire::REPLICATED) the cluster's newest live
+    /// version, without it the host's own copy (a tombstone included).
     pub async fn record(&self, name: &str, flags: u8) -> Result<Option<Record>> {
         match self
             .call(
@@ -478,6 +479,31 @@ impl StorageClient {
         }
     }
 
+    /// Delete a record at version `expected` (compare-and-set); returns its tombstone's
+    /// version.
+    pub async fn delete_record(&self, name: &str, expected: u64, flags: u8) -> Result<u64> {
+        match self
+            .call(
+                Request::DeleteRecord {
+                    flags,
+                    name: name.into(),
+                    expected,
+                },
+                About::Record(name),
+            )
+            .await
+        {
+            Ok(Reply::DeleteRecord { version }) => Ok(version),
+            Ok(other) => Err(unexpected(&self.inner.peer, &other)),
+            Err(StoreError::Conflict { name, current, .. }) => Err(StoreError::Conflict {
+                name,
+                expected,
+                current,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Store a record on the host if newer than its copy.
     pub async fn store_record(&self, name: &str, record: Record) -> Result<bool> {
         match self
@@ -495,7 +521,7 @@ impl StorageClient {
         }
     }
 
-    /// Every record the host stores.
+    /// Every record the host stores, tombstones included.
     pub async fn records(&self) -> Result<Vec<(String, Record)>> {
         let mut all: Vec<(String, Record)> = Vec::new();
         loop {

@@ -399,7 +399,7 @@ impl StorageService {
                 record: if flags & REPLICATED != 0 {
                     cluster.record(&name).await?
                 } else {
-                    blocking(move || local.record(&name)).await?
+                    blocking(move || local.record_copy(&name)).await?
                 },
             },
             Request::Cas {
@@ -418,13 +418,24 @@ impl StorageService {
             Request::StoreRecord { name, record } => Reply::StoreRecord {
                 stored: blocking(move || local.store_record(&name, record)).await?,
             },
+            Request::DeleteRecord {
+                flags,
+                name,
+                expected,
+            } => Reply::DeleteRecord {
+                version: if flags & REPLICATED != 0 {
+                    cluster.delete_record(&name, expected).await?
+                } else {
+                    blocking(move || local.delete_record(&name, expected)).await?
+                },
+            },
             Request::Records { after, max } => {
-                let all = blocking(move || local.records()).await?;
+                let all = blocking(move || local.record_copies()).await?;
                 let mut records = Vec::new();
                 let mut size = 0;
                 let mut more = false;
                 for (name, r) in all.into_iter().filter(|(n, _)| *n > after) {
-                    let len = 16 + name.len() + 32 * r.refs.len() + r.value.len();
+                    let len = 17 + name.len() + 32 * r.refs.len() + r.value.len();
                     if records.len() >= max as usize || size + len > room {
                         more = true;
                         break;

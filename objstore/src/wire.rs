@@ -27,8 +27,11 @@
 //! | 152 Tcluster | — | 153 | `replicas[1] n × host view` |
 //! | 154 Tadmin | `op[1] arg[8]` | 155 | `message[s]` |
 //! | 156 Treplicas | `id[32]` | 157 | `hosts: n × name[s]` |
+//! | 158 Tdelrecord | `flags[1] name[s] expected[8]` | 159 | `version[8]` |
 //!
-//! A record is `version[8] refs[n] vlen[4] value[vlen]`. A put of an object larger than one
+//! A record is `version[8] deleted[1] refs[n] vlen[4] value[vlen]`; `deleted` marks a
+//! tombstone (no refs, no value): `Trecord` without [`REPLICATED`], `Trecords` and
+//! `Tstorerecord` carry tombstones, so that replicas compare versions whatever they hold. A put of an object larger than one
 //! frame is sent as several `Tput`s of the same id, `offset` rising from 0 to `total`, in
 //! order on one connection; the last one is answered when the object is stored, the others
 //! at once. `flags` bit 0 ([`REPLICATED`]) asks the receiving envoyd to act for the whole
@@ -40,7 +43,7 @@ use crate::local::{LocalStats, ObjectInfo, PutOutcome, Record};
 use crate::{ErrorCode, ObjectId, StoreError};
 
 /// The version string of this dialect.
-pub const VERSION: &str = "Envoy.storage.1";
+pub const VERSION: &str = "Envoy.storage.2";
 /// The tag of `Tversion`.
 pub const NOTAG: u16 = 0xFFFF;
 /// Room for every header in front of an object's content in a `Tput`/`Rget`.
@@ -74,6 +77,7 @@ mod ty {
     pub const TCLUSTER: u8 = 152;
     pub const TADMIN: u8 = 154;
     pub const TREPLICAS: u8 = 156;
+    pub const TDELRECORD: u8 = 158;
 }
 
 /// Maintenance work an admin can start on a host.
@@ -164,7 +168,8 @@ pub enum Request {
         /// The objects.
         ids: Vec<ObjectId>,
     },
-    /// Read a mutable record.
+    /// Read a mutable record (without [`REPLICATED`]: this host's copy, a tombstone
+    /// included).
     Record {
         /// [`REPLICATED`] or 0.
         flags: u8,
@@ -213,6 +218,15 @@ pub enum Request {
     Replicas {
         /// The object.
         id: ObjectId,
+    },
+    /// Delete a record at a version (compare-and-set): a tombstone takes its place.
+    DeleteRecord {
+        /// [`REPLICATED`] or 0.
+        flags: u8,
+        /// Its name.
+        name: String,
+        /// The version it must be at.
+        expected: u64,
     },
 }
 
@@ -386,6 +400,11 @@ pub enum Reply {
         /// Their names.
         hosts: Vec<String>,
     },
+    /// The record is deleted: its tombstone's version.
+    DeleteRecord {
+        /// The tombstone's version.
+        version: u64,
+    },
 }
 
 impl Reply {
@@ -464,13 +483,18 @@ impl Reader {
     }
     fn record(&mut self) -> Result<Record, StoreError> {
         let version = self.u64("record version")?;
+        let deleted = self.bool("record deleted")?;
         let refs = self.ids("record refs")?;
         let n = self.u32("record value length")? as usize;
         let value = self.bytes(n, "record value")?;
+        if deleted && (!refs.is_empty() || !value.is_empty()) {
+            return Err(bad("a tombstone with refs or a value"));
+        }
         Ok(Record {
             version,
             value,
             refs,
+            deleted,
         })
     }
     /// A count (`n[4]`) of elements at least `min` bytes each: refused if the frame is too
@@ -540,6 +564,7 @@ impl Writer {
     }
     fn record(&mut self, r: &Record) {
         self.u64(r.version);
+        self.u8(u8::from(r.deleted));
         self.ids(&r.refs);
         self.u32(r.value.len() as u32);
         self.0.put_slice(&r.value);
@@ -657,6 +682,11 @@ impl Request {
                 }
             }
             ty::TREPLICAS => Request::Replicas { id: r.id("id")? },
+            ty::TDELRECORD => Request::DeleteRecord {
+                flags: r.u8("flags")?,
+                name: r.str("name")?,
+                expected: r.u64("expected")?,
+            },
             other => return Err(bad(format!("unknown request type {other}"))),
         };
         r.end("the request")?;
@@ -779,6 +809,17 @@ impl Request {
                 w.id(id);
                 w
             }
+            Request::DeleteRecord {
+                flags,
+                name,
+                expected,
+            } => {
+                let mut w = Writer::new(ty::TDELRECORD, tag, 11 + name.len());
+                w.u8(*flags);
+                w.str(name);
+                w.u64(*expected);
+                w
+            }
         };
         w.finish().freeze()
     }
@@ -801,6 +842,7 @@ impl Request {
             Request::Cluster => ty::TCLUSTER,
             Request::Admin { .. } => ty::TADMIN,
             Request::Replicas { .. } => ty::TREPLICAS,
+            Request::DeleteRecord { .. } => ty::TDELRECORD,
         }
     }
 }
@@ -982,6 +1024,7 @@ impl Reply {
                     w.str(h);
                 }
             }
+            Reply::DeleteRecord { version } => w.u64(*version),
         }
         w.finish().freeze()
     }
@@ -1122,6 +1165,9 @@ impl Reply {
                 let hosts = (0..n).map(|_| r.str("host")).collect::<Result<_, _>>()?;
                 Reply::Replicas { hosts }
             }
+            ty::TDELRECORD => Reply::DeleteRecord {
+                version: r.u64("version")?,
+            },
             other => return Err(bad(format!("no reply defined for type {other}"))),
         };
         r.end("the reply")?;
@@ -1236,6 +1282,7 @@ mod tests {
                     version: 9,
                     value: Bytes::from_static(b"val"),
                     refs: vec![id],
+                    deleted: false,
                 },
             },
             Request::Records {
@@ -1249,6 +1296,15 @@ mod tests {
                 arg: 3600,
             },
             Request::Replicas { id },
+            Request::DeleteRecord {
+                flags: REPLICATED,
+                name: "image/vm1@2".into(),
+                expected: 3,
+            },
+            Request::StoreRecord {
+                name: "gone".into(),
+                record: Record::tombstone(4),
+            },
         ]
     }
 
@@ -1327,10 +1383,18 @@ mod tests {
                         version: 1,
                         value: Bytes::from_static(b"q"),
                         refs: vec![id],
+                        deleted: false,
                     }),
                 },
             ),
             (r[8].clone(), Reply::Record { record: None }),
+            (
+                r[8].clone(),
+                Reply::Record {
+                    record: Some(Record::tombstone(7)),
+                },
+            ),
+            (r[16].clone(), Reply::DeleteRecord { version: 4 }),
             (r[9].clone(), Reply::Cas { version: 5 }),
             (r[10].clone(), Reply::StoreRecord { stored: true }),
             (

@@ -279,6 +279,7 @@ fn records_compare_and_set_and_store_if_newer() {
         version: 5,
         value: Bytes::from_static(b"v5"),
         refs: vec![root],
+        deleted: false,
     };
     assert!(s.store_record("img", newer.clone()).expect("newer"));
     assert!(!s.store_record("img", newer.clone()).expect("same"));
@@ -302,6 +303,73 @@ fn records_compare_and_set_and_store_if_newer() {
     drop(s);
     let s = open(dir.path());
     assert_eq!(s.record("img").expect("record"), Some(newer));
+}
+
+/// A delete is a compare-and-set that leaves a tombstone: the record is gone for readers and
+/// listings, an older replicated copy cannot bring it back, a newer one can, and creating it
+/// again continues its versions past the tombstone (so the new record outranks the deletion
+/// on every replica).
+#[test]
+fn deleted_records_leave_tombstones_that_outrank_older_copies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    let root = ObjectId::of(b"root");
+    s.cas_record("img", 0, Bytes::from_static(b"v1"), vec![root])
+        .expect("create");
+    s.cas_record("keep", 0, Bytes::from_static(b"k"), vec![])
+        .expect("create");
+    // A stale expectation, or a record that is not there: Conflict naming the version.
+    assert!(matches!(
+        s.delete_record("img", 7),
+        Err(StoreError::Conflict {
+            expected: 7,
+            current: 1,
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.delete_record("nothing", 0),
+        Err(StoreError::Conflict { current: 0, .. })
+    ));
+    assert_eq!(s.delete_record("img", 1).expect("delete"), 2);
+    assert_eq!(s.record("img").expect("record"), None);
+    assert_eq!(
+        s.record_copy("img").expect("copy"),
+        Some(Record::tombstone(2))
+    );
+    let names = |all: Vec<(String, Record)>| all.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+    assert_eq!(names(s.records().expect("records")), ["keep"]);
+    assert_eq!(names(s.record_copies().expect("copies")), ["img", "keep"]);
+    assert!(matches!(
+        s.delete_record("img", 0),
+        Err(StoreError::Conflict { current: 0, .. })
+    ));
+    // A stale replica's copy (version 1) does not resurrect it; a newer one would.
+    let stale = Record {
+        version: 1,
+        value: Bytes::from_static(b"v1"),
+        refs: vec![root],
+        deleted: false,
+    };
+    assert!(!s.store_record("img", stale.clone()).expect("stale"));
+    assert_eq!(s.record("img").expect("record"), None);
+    // The tombstone survives a restart.
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(
+        s.record_copy("img").expect("copy"),
+        Some(Record::tombstone(2))
+    );
+    // Created again (expected 0: it is absent): versions go on past the tombstone.
+    assert_eq!(
+        s.cas_record("img", 0, Bytes::from_static(b"again"), vec![])
+            .expect("recreate"),
+        3
+    );
+    assert_eq!(s.record("img").expect("record").map(|r| r.version), Some(3));
+    // A tombstone replicated from elsewhere deletes a live copy older than it.
+    assert!(s.store_record("keep", Record::tombstone(5)).expect("tomb"));
+    assert_eq!(s.record("keep").expect("record"), None);
 }
 
 #[test]

@@ -262,11 +262,11 @@ async fn snapshots_keep_their_content_and_forks_diverge() {
         .map(|(n, r)| (n, r.value))
         .collect();
     let list = catalog::images(&records);
-    let names: Vec<(&str, &[u64])> = list
+    let names: Vec<(&str, Vec<u64>)> = list
         .iter()
-        .map(|i| (i.name.as_str(), &i.snapshots[..]))
+        .map(|i| (i.name.as_str(), i.snapshots.keys().copied().collect()))
         .collect();
-    assert_eq!(names, [("base", &[1u64][..]), ("vm7", &[][..])]);
+    assert_eq!(names, [("base", vec![1u64]), ("vm7", vec![])]);
 }
 
 /// The 2006 interface from a client: `ln -s current N` snapshots, `mkdir` + `ln -s
@@ -276,7 +276,7 @@ async fn the_2006_namespace_snapshots_and_forks_with_links() {
     use envoy::image::namespace::NamespaceFs;
     let (_d, s) = store();
     drop(ImageFs::create(s.clone(), "base", 0, 0).unwrap());
-    let ns = NamespaceFs::new(s.clone());
+    let ns = NamespaceFs::new(Arc::new(envoy::image::registry::Images::new(s.clone())));
     let server = Server::new(Arc::new(ns), ServerConfig::default());
     let listener = envoy_transport::bind(&"tcp:127.0.0.1:0".parse::<Endpoint>().unwrap())
         .await

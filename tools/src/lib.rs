@@ -5,6 +5,7 @@
 //! - [`xl`]: hot-plugging 9pfs shares into running Xen guests through xenstore, as libxl
 //!   writes them (the `envoy-xl` command).
 //! - [`storage`]: the object layer's status tables (`envoy-xl storage`).
+//! - [`image`]: Envoy images' tables and messages (`envoy-xl image`, `envoy-xl check`).
 //! - [`xenfront`]: a 9pfs frontend, correct or hostile, run in a Xen domain against a real
 //!   backend through gntalloc and evtchn (the `envoy-xen-frontend` command).
 //!
@@ -15,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod client;
+pub mod image;
 pub mod storage;
 pub mod xenfront;
 pub mod xl;

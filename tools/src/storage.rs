@@ -99,10 +99,25 @@ pub fn format_status(replicas: u8, hosts: &[HostView]) -> String {
         }
         rows.push(row);
     }
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+    format!(
+        "{} hosts, {replicas} replicas per object\n{}",
+        hosts.len(),
+        align(&rows)
+    )
+}
+
+/// Rows as left-aligned columns two spaces apart, one line each (trailing blanks trimmed).
+pub fn align(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |cell| cell.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
-    let mut out = format!("{} hosts, {replicas} replicas per object\n", hosts.len());
+    let mut out = String::new();
     for r in rows {
         let line: Vec<String> = r
             .iter()

@@ -353,6 +353,33 @@ fn unload(node: &mut Mem) {
     }
 }
 
+/// One stored node as a walker sees it (`du`, `check`): every object of a tree, not only its
+/// values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Node {
+    /// A leaf's entries, in key order.
+    Leaf(Vec<(u64, Bytes)>),
+    /// An inner node's children, each with the lowest key it may hold.
+    Inner(Vec<(u64, ObjectId)>),
+}
+
+impl Node {
+    /// Decode the content of node object `id` (`Corrupt` if it is not a tree node).
+    pub fn decode(id: &ObjectId, data: Bytes) -> Result<Node, StoreError> {
+        Ok(match decode(id, data)?.kind {
+            Kind::Leaf(v) => Node::Leaf(v),
+            Kind::Inner(v) => Node::Inner(
+                v.into_iter()
+                    .map(|(k, link)| match link {
+                        Link::Stored(child) => (k, child),
+                        Link::Loaded(_) => unreachable!("a decoded node links to stored children"),
+                    })
+                    .collect(),
+            ),
+        })
+    }
+}
+
 impl Tree {
     /// An empty tree whose values name objects as `refs` says.
     pub fn new(refs: ValueRefs) -> Tree {

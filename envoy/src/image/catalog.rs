@@ -51,8 +51,8 @@ pub struct ImageInfo {
     pub name: String,
     /// Its current root.
     pub root: ObjectId,
-    /// Its snapshots' numbers, ascending.
-    pub snapshots: Vec<u64>,
+    /// Its snapshots: number → root, ascending.
+    pub snapshots: BTreeMap<u64, ObjectId>,
 }
 
 /// Record snapshot `n` of `image` as `root` (EEXIST if N is taken).
@@ -105,7 +105,7 @@ pub fn fork(store: &dyn Objects, image: &str, n: u64, new: &str) -> Result<(), E
 /// Every image and its snapshots, by name, from the records `list` returns.
 pub fn images(records: &[(String, Bytes)]) -> Vec<ImageInfo> {
     let mut by: BTreeMap<String, ImageInfo> = BTreeMap::new();
-    let mut snaps: Vec<(String, u64)> = Vec::new();
+    let mut snaps: Vec<(String, u64, ObjectId)> = Vec::new();
     for (name, value) in records {
         let Some(rest) = name.strip_prefix("image/") else {
             continue;
@@ -118,26 +118,22 @@ pub fn images(records: &[(String, Bytes)]) -> Vec<ImageInfo> {
                         ImageInfo {
                             name: rest.to_owned(),
                             root,
-                            snapshots: Vec::new(),
+                            snapshots: BTreeMap::new(),
                         },
                     );
                 }
             }
             Some((image, n)) => {
-                if let Ok(n) = n.parse() {
-                    snaps.push((image.to_owned(), n));
+                if let (Ok(n), Ok(root)) = (n.parse(), root_of(value)) {
+                    snaps.push((image.to_owned(), n, root));
                 }
             }
         }
     }
-    for (image, n) in snaps {
+    for (image, n, root) in snaps {
         if let Some(i) = by.get_mut(&image) {
-            i.snapshots.push(n);
+            i.snapshots.insert(n, root);
         }
     }
-    let mut out: Vec<ImageInfo> = by.into_values().collect();
-    for i in &mut out {
-        i.snapshots.sort_unstable();
-    }
-    out
+    by.into_values().collect()
 }

@@ -65,6 +65,17 @@ fn now() -> (u64, u32) {
     (d.as_secs(), d.subsec_nanos())
 }
 
+/// A root object's inode-table root and next inode number (`None` if it is not a root:
+/// `ENVOYIMG`, the table's id, the next inode number, 48 bytes).
+pub fn decode_root(data: &[u8]) -> Option<(ObjectId, u64)> {
+    if data.len() != 48 || &data[..8] != ROOT_MAGIC {
+        return None;
+    }
+    let table = ObjectId::try_from_slice(&data[8..40])?;
+    let next_ino = u64::from_le_bytes(data[40..48].try_into().ok()?);
+    Some((table, next_ino))
+}
+
 /// What to create: a file, directory, device, fifo or socket by `mode`'s type, or a symlink
 /// to `target`.
 #[derive(Clone, Copy, Debug)]
@@ -180,14 +191,11 @@ impl Engine {
     /// line of history (a fork) and never touch what `root` names.
     pub fn open(store: Arc<dyn Objects>, root: &ObjectId) -> Result<Engine> {
         let data = store.get(root).map_err(eio)?;
-        if data.len() != 48 || &data[..8] != ROOT_MAGIC {
+        let Some((inodes, next_ino)) = decode_root(&data) else {
             tracing::error!(%root, "image: not an image root");
             return Err(Errno::EIO);
-        }
-        let mut inodes = [0u8; 32];
-        inodes.copy_from_slice(&data[8..40]);
-        let next_ino = u64::from_le_bytes(data[40..48].try_into().unwrap_or_default());
-        let inodes = Tree::open(&*store, &ObjectId(inodes), Inode::value_refs).map_err(eio)?;
+        };
+        let inodes = Tree::open(&*store, &inodes, Inode::value_refs).map_err(eio)?;
         Ok(Engine {
             store,
             inodes,
@@ -329,6 +337,13 @@ impl Engine {
             .insert(&*store, ino, node.encode())
             .map_err(eio)?;
         Ok(())
+    }
+
+    /// Overwrite inode `ino` as `f` says, outside every rule (no journal, no checks): for
+    /// tests that plant the damage `check` must find.
+    #[doc(hidden)]
+    pub fn tamper(&mut self, ino: u64, f: impl FnOnce(&mut Inode)) -> Result<Inode> {
+        self.update(ino, f)
     }
 
     /// Change an inode's attributes (its version and change time move on).

@@ -10,14 +10,23 @@
 //! [`catalog`] (images and their snapshots as records; snapshot = commit + one record, fork =
 //! a new image record naming a snapshot's root) and [`namespace`] (the 2006 interface: every
 //! image a directory with `current`, numbered snapshots and a `snapshot` link; `ln -s`
-//! snapshots and forks).
+//! snapshots and forks). Administration: [`registry`] (one owner per image in envoyd, shared
+//! by 9P sessions and admin operations), [`walk`] (every object a root reaches), [`usage`]
+//! (`list` and `du` figures), [`check`] (an image's integrity), [`admin`] (the operations of
+//! `envoy-xl image` and `envoy-xl check`) and [`control`] (the admin socket they travel on).
 
+pub mod admin;
 pub mod btree;
 pub mod catalog;
+pub mod check;
+pub mod control;
 pub mod engine;
 pub mod fs;
 pub mod inode;
 pub mod locks;
 pub mod namespace;
 pub mod objects;
+pub mod registry;
+pub mod usage;
 pub mod wal;
+pub mod walk;

@@ -11,20 +11,58 @@
 //! `ln -s /img/NAME/N /NEW/current` forks snapshot N of NAME as NEW (the target's last two
 //! components name the image and the snapshot, so any mount point works). Every other change
 //! to an image directory — its reserved names above all — is refused with EPERM; forking a
-//! missing snapshot is ENOENT. Below `current` and `N` the image's own [`ImageFs`] serves.
+//! missing snapshot is ENOENT. Below `current` and `N` the image's own [`ImageFs`] serves —
+//! its one owner in envoyd's [`Images`] registry, shared with the admin operations.
+//!
+//! An attach name roots a session inside one tree instead of at `/`: `NAME` or
+//! `NAME/current` (the live image), `NAME/N` (a snapshot, read-only); an unknown one is
+//! ENOENT. Such a session stays inside: `..` at its root is its root.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use envoy_protocol::Qid;
 
 use super::catalog::{self, valid_name};
 use super::fs::{ImageFile, ImageFs, ImageNode};
-use super::objects::Objects;
+use super::registry::{Images, Tree};
 use crate::vfs::{Attr, Creds, DirEntry, Errno, FileSystem, NodeKind, Result, SetAttr, StatFs};
 
-/// Which tree a node or file belongs to: an image's live state or one of its snapshots.
-type Which = (String, Option<u64>);
+/// A location inside an image's current state or a snapshot.
+#[derive(Clone)]
+pub struct Inside {
+    tree: Tree,
+    /// The tree's owner, held: a tree with a fid in it is in use (it cannot be deleted).
+    fs: Arc<ImageFs>,
+    node: ImageNode,
+    /// The session was attached to this tree: `..` at its root stays there.
+    confined: bool,
+}
+
+impl std::fmt::Debug for Inside {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inside")
+            .field("tree", &self.tree)
+            .field("node", &self.node)
+            .field("confined", &self.confined)
+            .finish()
+    }
+}
+
+impl Inside {
+    /// The same tree at `node`.
+    fn at(&self, node: ImageNode) -> NsNode {
+        NsNode::In(Inside {
+            node,
+            ..self.clone()
+        })
+    }
+
+    /// Whether both are in the same tree.
+    fn same_tree(&self, other: &Inside) -> bool {
+        Arc::ptr_eq(&self.fs, &other.fs)
+    }
+}
 
 /// A location in the namespace.
 #[derive(Clone, Debug)]
@@ -35,8 +73,8 @@ pub enum NsNode {
     ImageDir(String),
     /// `/NAME/snapshot`.
     Latest(String),
-    /// Inside `/NAME/current` (`None`) or `/NAME/N`.
-    In(String, Option<u64>, ImageNode),
+    /// Inside `/NAME/current` or `/NAME/N`.
+    In(Inside),
 }
 
 /// An open file of the namespace.
@@ -49,9 +87,7 @@ pub enum NsFile {
 
 /// The namespace (see the module docs).
 pub struct NamespaceFs {
-    store: Arc<dyn Objects>,
-    /// Opened images and snapshots.
-    open: Mutex<HashMap<Which, Arc<ImageFs>>>,
+    images: Arc<Images>,
     /// Directories made for images that do not exist yet (until `current` is linked).
     pending: Mutex<BTreeSet<String>>,
 }
@@ -83,60 +119,49 @@ fn dir_attr(qid: Qid) -> Attr {
 }
 
 impl NamespaceFs {
-    /// The namespace of the images in `store`.
-    pub fn new(store: Arc<dyn Objects>) -> NamespaceFs {
+    /// The namespace of the images in `images` (whose owners it shares).
+    pub fn new(images: Arc<Images>) -> NamespaceFs {
         NamespaceFs {
-            store,
-            open: Mutex::new(HashMap::new()),
+            images,
             pending: Mutex::new(BTreeSet::new()),
         }
     }
 
     fn images(&self) -> Result<Vec<catalog::ImageInfo>> {
-        let records = self.store.records().map_err(|e| {
-            tracing::error!(error = %e, "image namespace: cannot list the catalog");
-            Errno::EIO
-        })?;
-        Ok(catalog::images(&records))
+        self.images.catalog()
     }
 
     fn image(&self, name: &str) -> Result<Option<catalog::ImageInfo>> {
         Ok(self.images()?.into_iter().find(|i| i.name == name))
     }
 
-    /// The served tree of an image or snapshot (opened once, shared).
-    fn fs(&self, which: &Which) -> Result<Arc<ImageFs>> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(fs) = open.get(which) {
-            return Ok(fs.clone());
-        }
-        let fs = Arc::new(match which.1 {
-            None => ImageFs::open(self.store.clone(), &which.0, false)?,
-            Some(n) => ImageFs::open_snapshot(self.store.clone(), &which.0, n)?,
-        });
-        open.insert(which.clone(), fs.clone());
-        Ok(fs)
-    }
-
-    /// The served tree of `image`'s live state (`None`) or snapshot.
-    fn tree(&self, image: &str, snap: Option<u64>) -> Result<Arc<ImageFs>> {
-        self.fs(&(image.to_owned(), snap))
+    /// The root of `tree`, held (`confined`: a session attached there).
+    fn enter(&self, tree: Tree, confined: bool) -> Result<(NsNode, Qid)> {
+        let fs = self.images.open(&tree)?;
+        let (node, qid) = fs.attach(&Creds::root(), "")?;
+        Ok((
+            NsNode::In(Inside {
+                tree,
+                fs,
+                node,
+                confined,
+            }),
+            qid,
+        ))
     }
 
     /// What a name in `/NAME` leads to.
     fn in_image_dir(&self, image: &str, name: &str) -> Result<NsNode> {
         let info = self.image(image)?.ok_or(Errno::ENOENT)?;
-        let which = match name {
-            "current" => (image.to_owned(), None),
+        let tree = match name {
+            "current" => Tree::current(image),
             "snapshot" if !info.snapshots.is_empty() => return Ok(NsNode::Latest(image.into())),
             n => match n.parse::<u64>() {
-                Ok(n) if info.snapshots.contains(&n) => (image.to_owned(), Some(n)),
+                Ok(n) if info.snapshots.contains_key(&n) => Tree::snapshot(image, n),
                 _ => return Err(Errno::ENOENT),
             },
         };
-        let fs = self.fs(&which)?;
-        let (node, _) = fs.attach(&Creds::root(), "")?;
-        Ok(NsNode::In(which.0, which.1, node))
+        Ok(self.enter(tree, false)?.0)
     }
 
     fn qid_of(&self, creds: &Creds, node: &NsNode) -> Result<Qid> {
@@ -159,7 +184,7 @@ impl NamespaceFs {
             if self.image(image)?.is_some() {
                 return Err(Errno::EEXIST);
             }
-            catalog::fork(&*self.store, source, n, image)?;
+            self.images.fork(source, n, image)?;
             self.pending
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -171,8 +196,7 @@ impl NamespaceFs {
         if target.trim_end_matches('/') != "current" {
             return Err(Errno::EPERM);
         }
-        let fs = self.fs(&(image.to_owned(), None))?;
-        fs.snapshot(n)?;
+        self.images.snapshot(image, Some(n))?;
         Ok(dir_qid(synthetic(image, n)))
     }
 }
@@ -190,10 +214,19 @@ impl FileSystem for NamespaceFs {
     type File = NsFile;
 
     fn attach(&self, _creds: &Creds, aname: &str) -> Result<(NsNode, Qid)> {
-        if !aname.trim_matches('/').is_empty() {
+        let path = aname.trim_matches('/');
+        if path.is_empty() {
+            return Ok((NsNode::Top, dir_qid(synthetic("/", 0))));
+        }
+        let (image, which) = path.split_once('/').unwrap_or((path, "current"));
+        if !valid_name(image) {
             return Err(Errno::ENOENT);
         }
-        Ok((NsNode::Top, dir_qid(synthetic("/", 0))))
+        let tree = match which {
+            "current" => Tree::current(image),
+            n => Tree::snapshot(image, n.parse().map_err(|_| Errno::ENOENT)?),
+        };
+        self.enter(tree, true)
     }
 
     fn walk(
@@ -224,20 +257,18 @@ impl FileSystem for NamespaceFs {
                 }
                 (NsNode::ImageDir(image), n) => self.in_image_dir(image, n),
                 (NsNode::Latest(_), _) => Err(Errno::ENOTDIR),
-                (NsNode::In(image, snap, node), _) => {
-                    // The rest of the walk happens inside the image.
-                    let fs = match self.tree(image, *snap) {
-                        Ok(fs) => fs,
-                        Err(e) => return (out, Some(e)),
-                    };
-                    // ".." from an image's root leaves it, to the image directory.
-                    if name == ".." && fs.name(node) == "/" {
-                        Ok(NsNode::ImageDir(image.clone()))
+                (NsNode::In(inside), _) => {
+                    // The rest of the walk happens inside the image. ".." from its root
+                    // leaves it, to the image directory — unless the session was attached
+                    // there.
+                    let at_root = inside.fs.name(&inside.node) == "/";
+                    if name == ".." && at_root && !inside.confined {
+                        Ok(NsNode::ImageDir(inside.tree.image.clone()))
                     } else {
-                        let (steps, err) = fs.walk(creds, node, &names[i..i + 1]);
+                        let (steps, err) = inside.fs.walk(creds, &inside.node, &names[i..i + 1]);
                         match (steps.into_iter().next(), err) {
                             (Some((n, q)), _) => {
-                                let next = NsNode::In(image.clone(), *snap, n);
+                                let next = inside.at(n);
                                 out.push((next.clone(), q));
                                 cur = next;
                                 continue;
@@ -263,9 +294,12 @@ impl FileSystem for NamespaceFs {
             NsNode::Top => "/".into(),
             NsNode::ImageDir(n) => n.clone(),
             NsNode::Latest(_) => "snapshot".into(),
-            NsNode::In(image, snap, n) => match self.tree(image, *snap) {
-                Ok(fs) if fs.name(n) != "/" => fs.name(n),
-                _ => snap.map_or_else(|| "current".into(), |s| s.to_string()),
+            NsNode::In(i) => match i.fs.name(&i.node) {
+                n if n != "/" => n,
+                _ => i
+                    .tree
+                    .snapshot
+                    .map_or_else(|| "current".into(), |s| s.to_string()),
             },
         }
     }
@@ -275,7 +309,9 @@ impl FileSystem for NamespaceFs {
             NsNode::Top => Ok(dir_attr(dir_qid(synthetic("/", 0)))),
             NsNode::ImageDir(n) => Ok(dir_attr(dir_qid(synthetic(n, u64::MAX)))),
             NsNode::Latest(n) => {
-                let latest = self.image(n)?.and_then(|i| i.snapshots.last().copied());
+                let latest = self
+                    .image(n)?
+                    .and_then(|i| i.snapshots.keys().next_back().copied());
                 let target = latest.ok_or(Errno::ENOENT)?.to_string();
                 Ok(Attr {
                     qid: Qid {
@@ -290,10 +326,7 @@ impl FileSystem for NamespaceFs {
                     ..Attr::default()
                 })
             }
-            NsNode::In(image, snap, n) => {
-                let fs = self.tree(image, *snap)?;
-                fs.getattr(creds, n, image_file(file))
-            }
+            NsNode::In(i) => i.fs.getattr(creds, &i.node, image_file(file)),
         }
     }
 
@@ -305,20 +338,16 @@ impl FileSystem for NamespaceFs {
         set: &SetAttr,
     ) -> Result<()> {
         match node {
-            NsNode::In(image, snap, n) => {
-                let fs = self.tree(image, *snap)?;
-                fs.setattr(creds, n, image_file(file), set)
-            }
+            NsNode::In(i) => i.fs.setattr(creds, &i.node, image_file(file), set),
             _ => Err(Errno::EPERM),
         }
     }
 
     fn open(&self, creds: &Creds, node: &NsNode, flags: i32) -> Result<(NsFile, Qid)> {
         match node {
-            NsNode::In(image, snap, n) => {
-                let fs = self.tree(image, *snap)?;
-                let (f, q) = fs.open(creds, n, flags)?;
-                Ok((NsFile::In(fs, f), q))
+            NsNode::In(i) => {
+                let (f, q) = i.fs.open(creds, &i.node, flags)?;
+                Ok((NsFile::In(i.fs.clone(), f), q))
             }
             NsNode::Latest(_) => Err(Errno::ELOOP),
             _ if flags & libc::O_ACCMODE != libc::O_RDONLY => Err(Errno::EISDIR),
@@ -336,10 +365,9 @@ impl FileSystem for NamespaceFs {
         gid: Option<u32>,
     ) -> Result<(NsNode, NsFile, Qid)> {
         match dir {
-            NsNode::In(image, snap, n) => {
-                let fs = self.tree(image, *snap)?;
-                let (node, f, q) = fs.create(creds, n, name, flags, mode, gid)?;
-                Ok((NsNode::In(image.clone(), *snap, node), NsFile::In(fs, f), q))
+            NsNode::In(i) => {
+                let (node, f, q) = i.fs.create(creds, &i.node, name, flags, mode, gid)?;
+                Ok((i.at(node), NsFile::In(i.fs.clone(), f), q))
             }
             _ => Err(Errno::EPERM),
         }
@@ -354,9 +382,7 @@ impl FileSystem for NamespaceFs {
         gid: Option<u32>,
     ) -> Result<Qid> {
         match dir {
-            NsNode::In(image, snap, n) => self
-                .fs(&(image.clone(), *snap))?
-                .mkdir(creds, n, name, mode, gid),
+            NsNode::In(i) => i.fs.mkdir(creds, &i.node, name, mode, gid),
             NsNode::Top => {
                 if !valid_name(name) {
                     return Err(Errno::EINVAL);
@@ -383,9 +409,7 @@ impl FileSystem for NamespaceFs {
         gid: Option<u32>,
     ) -> Result<Qid> {
         match dir {
-            NsNode::In(image, snap, n) => self
-                .fs(&(image.clone(), *snap))?
-                .symlink(creds, n, name, target, gid),
+            NsNode::In(i) => i.fs.symlink(creds, &i.node, name, target, gid),
             NsNode::ImageDir(image) => self.link_in_image_dir(image, name, target),
             _ => Err(Errno::EPERM),
         }
@@ -401,17 +425,15 @@ impl FileSystem for NamespaceFs {
         gid: Option<u32>,
     ) -> Result<Qid> {
         match dir {
-            NsNode::In(image, snap, n) => self
-                .fs(&(image.clone(), *snap))?
-                .mknod(creds, n, name, kind, mode, gid),
+            NsNode::In(i) => i.fs.mknod(creds, &i.node, name, kind, mode, gid),
             _ => Err(Errno::EPERM),
         }
     }
 
     fn link(&self, creds: &Creds, dir: &NsNode, name: &str, target: &NsNode) -> Result<()> {
         match (dir, target) {
-            (NsNode::In(i1, s1, d), NsNode::In(i2, s2, t)) if i1 == i2 && s1 == s2 => {
-                self.tree(i1, *s1)?.link(creds, d, name, t)
+            (NsNode::In(d), NsNode::In(t)) if d.same_tree(t) => {
+                d.fs.link(creds, &d.node, name, &t.node)
             }
             (NsNode::In(..), NsNode::In(..)) => Err(Errno::EXDEV),
             _ => Err(Errno::EPERM),
@@ -422,9 +444,9 @@ impl FileSystem for NamespaceFs {
         match node {
             NsNode::Latest(n) => self
                 .image(n)?
-                .and_then(|i| i.snapshots.last().map(u64::to_string))
+                .and_then(|i| i.snapshots.keys().next_back().map(u64::to_string))
                 .ok_or(Errno::ENOENT),
-            NsNode::In(image, snap, n) => self.tree(image, *snap)?.readlink(creds, n),
+            NsNode::In(i) => i.fs.readlink(creds, &i.node),
             _ => Err(Errno::EINVAL),
         }
     }
@@ -438,9 +460,9 @@ impl FileSystem for NamespaceFs {
         to_name: &str,
     ) -> Result<()> {
         match (from_dir, to_dir) {
-            (NsNode::In(i1, s1, a), NsNode::In(i2, s2, b)) if i1 == i2 && s1 == s2 => self
-                .fs(&(i1.clone(), *s1))?
-                .rename(creds, a, from_name, b, to_name),
+            (NsNode::In(a), NsNode::In(b)) if a.same_tree(b) => {
+                a.fs.rename(creds, &a.node, from_name, &b.node, to_name)
+            }
             (NsNode::In(..), NsNode::In(..)) => Err(Errno::EXDEV),
             _ => Err(Errno::EPERM),
         }
@@ -454,21 +476,17 @@ impl FileSystem for NamespaceFs {
         to_name: &str,
     ) -> Result<()> {
         match (node, to_dir) {
-            (NsNode::In(i1, s1, n), None) => self
-                .fs(&(i1.clone(), *s1))?
-                .rename_node(creds, n, None, to_name),
-            (NsNode::In(i1, s1, n), Some(NsNode::In(i2, s2, d))) if i1 == i2 && s1 == s2 => self
-                .fs(&(i1.clone(), *s1))?
-                .rename_node(creds, n, Some(d), to_name),
+            (NsNode::In(n), None) => n.fs.rename_node(creds, &n.node, None, to_name),
+            (NsNode::In(n), Some(NsNode::In(d))) if n.same_tree(d) => {
+                n.fs.rename_node(creds, &n.node, Some(&d.node), to_name)
+            }
             _ => Err(Errno::EPERM),
         }
     }
 
     fn unlink(&self, creds: &Creds, dir: &NsNode, name: &str, dir_only: bool) -> Result<()> {
         match dir {
-            NsNode::In(image, snap, n) => self
-                .fs(&(image.clone(), *snap))?
-                .unlink(creds, n, name, dir_only),
+            NsNode::In(i) => i.fs.unlink(creds, &i.node, name, dir_only),
             NsNode::Top => {
                 // An empty directory made for a fork that never happened may go.
                 if self
@@ -488,7 +506,7 @@ impl FileSystem for NamespaceFs {
 
     fn remove(&self, creds: &Creds, node: &NsNode) -> Result<()> {
         match node {
-            NsNode::In(image, snap, n) => self.tree(image, *snap)?.remove(creds, n),
+            NsNode::In(i) => i.fs.remove(creds, &i.node),
             _ => Err(Errno::EPERM),
         }
     }
@@ -542,7 +560,7 @@ impl FileSystem for NamespaceFs {
             NsNode::ImageDir(image) => {
                 if let Some(info) = self.image(image)? {
                     entries.push(("current".into(), libc::DT_DIR, dir_qid(synthetic(image, 0))));
-                    for n in &info.snapshots {
+                    for n in info.snapshots.keys() {
                         entries.push((n.to_string(), libc::DT_DIR, dir_qid(synthetic(image, *n))));
                     }
                     if !info.snapshots.is_empty() {
@@ -579,7 +597,7 @@ impl FileSystem for NamespaceFs {
 
     fn statfs(&self, creds: &Creds, node: &NsNode) -> Result<StatFs> {
         match node {
-            NsNode::In(image, snap, n) => self.tree(image, *snap)?.statfs(creds, n),
+            NsNode::In(i) => i.fs.statfs(creds, &i.node),
             _ => {
                 let fs = ImageFs::statfs_figures();
                 Ok(fs)

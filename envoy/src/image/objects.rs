@@ -1,5 +1,5 @@
-//! What the image backend needs of the object layer: put and get immutable objects, and read
-//! and compare-and-set the records that name images' roots.
+//! What the image backend needs of the object layer: put and get immutable objects, and read,
+//! compare-and-set and delete the records that name images' roots.
 //!
 //! A trait, so that an image runs on one host's store (`LocalStore`, synchronous) or on the
 //! replicated cluster (behind an async runtime) without knowing which.
@@ -18,6 +18,9 @@ pub trait Objects: Send + Sync {
     fn put_many(&self, objects: Vec<PutObject>) -> Result<(), StoreError>;
     /// The object's content, verified.
     fn get(&self, id: &ObjectId) -> Result<Bytes, StoreError>;
+    /// The object's size, without reading it where the store can tell (`NotFound` if it is
+    /// missing).
+    fn size(&self, id: &ObjectId) -> Result<u64, StoreError>;
     /// A record, if it exists.
     fn record(&self, name: &str) -> Result<Option<Record>, StoreError>;
     /// Every record's name and value (the image catalog is read from them).
@@ -31,6 +34,9 @@ pub trait Objects: Send + Sync {
         value: Bytes,
         refs: Vec<ObjectId>,
     ) -> Result<u64, StoreError>;
+    /// Delete the record if it is at version `expected` (compare-and-set); durable on return.
+    /// A deleted record reads as absent everywhere, and a stale replica cannot bring it back.
+    fn delete_record(&self, name: &str, expected: u64) -> Result<u64, StoreError>;
 }
 
 impl Objects for LocalStore {
@@ -49,6 +55,10 @@ impl Objects for LocalStore {
 
     fn get(&self, id: &ObjectId) -> Result<Bytes, StoreError> {
         LocalStore::get(self, id)
+    }
+
+    fn size(&self, id: &ObjectId) -> Result<u64, StoreError> {
+        Ok(self.info(id)?.ok_or(StoreError::NotFound(*id))?.size)
     }
 
     fn record(&self, name: &str) -> Result<Option<Record>, StoreError> {
@@ -70,6 +80,10 @@ impl Objects for LocalStore {
         refs: Vec<ObjectId>,
     ) -> Result<u64, StoreError> {
         self.cas_record(name, expected, value, refs)
+    }
+
+    fn delete_record(&self, name: &str, expected: u64) -> Result<u64, StoreError> {
+        LocalStore::delete_record(self, name, expected)
     }
 }
 
@@ -117,6 +131,14 @@ impl Objects for ClusterObjects {
         self.run(self.cluster.get(id, 0, u64::MAX)).map(|(_, b)| b)
     }
 
+    fn size(&self, id: &ObjectId) -> Result<u64, StoreError> {
+        // This host's index when it holds a copy; else an empty read from a replica.
+        match self.cluster.local().info(id)? {
+            Some(info) => Ok(info.size),
+            None => self.run(self.cluster.get(id, 0, 0)).map(|(size, _)| size),
+        }
+    }
+
     fn record(&self, name: &str) -> Result<Option<Record>, StoreError> {
         self.run(self.cluster.record(name))
     }
@@ -137,5 +159,9 @@ impl Objects for ClusterObjects {
         refs: Vec<ObjectId>,
     ) -> Result<u64, StoreError> {
         self.run(self.cluster.cas_record(name, expected, value, refs))
+    }
+
+    fn delete_record(&self, name: &str, expected: u64) -> Result<u64, StoreError> {
+        self.run(self.cluster.delete_record(name, expected))
     }
 }

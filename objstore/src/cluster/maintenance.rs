@@ -288,25 +288,19 @@ impl Cluster {
             drop(h);
             hosts.push(Host::Peer(p));
         }
-        // Roots: the references of every record on every host.
+        // Roots: the references of the newest version of every record on every host. A
+        // record deleted anywhere is no root, and its tombstone replaces the older copies
+        // first (so that no stale copy can later name what this pass deletes).
+        let mut copies = Vec::new();
+        for host in &hosts {
+            copies.push((host.clone(), self.record_copies_on(host).await?));
+        }
         let mut live: HashSet<ObjectId> = HashSet::new();
         let mut frontier: Vec<ObjectId> = Vec::new();
-        for host in &hosts {
-            let records = match host {
-                Host::Me => {
-                    let local = self.local.clone();
-                    blocking(move || local.records()).await?
-                }
-                Host::Peer(p) => {
-                    self.on_peer(p, |c| async move { c.records().await })
-                        .await?
-                }
-            };
-            for (_, r) in records {
-                for id in r.refs {
-                    if live.insert(id) {
-                        frontier.push(id);
-                    }
+        for (_, r) in self.reconcile(copies).await {
+            for id in r.refs {
+                if live.insert(id) {
+                    frontier.push(id);
                 }
             }
         }

@@ -1,5 +1,11 @@
 //! Mutable records across the cluster: the newest of the replicas' copies wins (and is
-//! copied to stale ones); compare-and-set writes the next version to a majority.
+//! copied to stale ones); compare-and-set and delete write the next version to a majority.
+//!
+//! A deletion is a version too — a tombstone — so the same newest-wins rule that updates a
+//! stale replica also deletes its copy: a replica that was down during a delete cannot bring
+//! the record back when it returns.
+
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
@@ -7,9 +13,23 @@ use super::{Cluster, Host, blocking, quorum, record_key};
 use crate::local::Record;
 use crate::{ObjectId, Result, StoreError};
 
+/// The version a write must expect of `copy` (0: absent or deleted), and the version the
+/// write gets (one past the copy's, a tombstone's included).
+fn versions(copy: Option<&Record>) -> (u64, u64) {
+    let current = copy.filter(|r| !r.deleted).map_or(0, |r| r.version);
+    (current, copy.map_or(0, |r| r.version) + 1)
+}
+
 impl Cluster {
-    /// The newest copy of a record among its replicas (stale replicas are brought up to it).
+    /// The newest live copy of a record among its replicas (stale replicas are brought up to
+    /// it); `None` if absent or deleted.
     pub async fn record(&self, name: &str) -> Result<Option<Record>> {
+        Ok(self.newest(name).await?.filter(|r| !r.deleted))
+    }
+
+    /// The newest copy of a record among its replicas, a tombstone included; stale replicas
+    /// are brought up to it.
+    async fn newest(&self, name: &str) -> Result<Option<Record>> {
         let placement = self.placement(&record_key(name));
         let r = self.replicas().min(placement.len());
         let mut copies: Vec<(Host, Option<Record>)> = Vec::new();
@@ -42,8 +62,8 @@ impl Cluster {
         Ok(newest)
     }
 
-    /// Compare-and-set a record on its replicas: version `expected + 1` if the newest copy is
-    /// at `expected` (0: absent). Succeeds on a majority.
+    /// Compare-and-set a record on its replicas: written if the newest copy is at `expected`
+    /// (0: absent or deleted). Succeeds on a majority; returns the new version.
     pub async fn cas_record(
         &self,
         name: &str,
@@ -51,7 +71,7 @@ impl Cluster {
         value: Bytes,
         refs: Vec<ObjectId>,
     ) -> Result<u64> {
-        let current = self.record(name).await?.map_or(0, |r| r.version);
+        let (current, next) = versions(self.newest(name).await?.as_ref());
         if current != expected {
             return Err(StoreError::Conflict {
                 name: name.into(),
@@ -60,10 +80,32 @@ impl Cluster {
             });
         }
         let record = Record {
-            version: expected + 1,
+            version: next,
             value,
             refs,
+            deleted: false,
         };
+        self.write_record(name, record, expected).await
+    }
+
+    /// Delete a record at version `expected` on its replicas: a tombstone is written to every
+    /// replica (each stores it only if newer). Succeeds on a majority; returns the tombstone's
+    /// version. `Conflict` if the newest copy is not at `expected` (a missing record is at 0).
+    pub async fn delete_record(&self, name: &str, expected: u64) -> Result<u64> {
+        let (current, next) = versions(self.newest(name).await?.as_ref());
+        if current != expected || current == 0 {
+            return Err(StoreError::Conflict {
+                name: name.into(),
+                expected,
+                current,
+            });
+        }
+        self.write_record(name, Record::tombstone(next), expected)
+            .await
+    }
+
+    /// Store `record` on the record's R replicas; a majority must take it.
+    async fn write_record(&self, name: &str, record: Record, expected: u64) -> Result<u64> {
         let placement = self.placement(&record_key(name));
         let r = self.replicas().min(placement.len());
         let mut acks = 0;
@@ -85,7 +127,10 @@ impl Cluster {
             Ok(record.version)
         } else {
             Err(StoreError::Quorum {
-                op: format!("write record {name:?}"),
+                op: format!(
+                    "{} record {name:?}",
+                    if record.deleted { "delete" } else { "write" }
+                ),
                 acks,
                 needed: quorum(r),
                 failures: failures.join("; "),
@@ -93,11 +138,12 @@ impl Cluster {
         }
     }
 
+    /// A host's copy of a record, a tombstone included.
     async fn record_on(&self, host: &Host, name: &str) -> Result<Option<Record>> {
         match host {
             Host::Me => {
                 let (local, name) = (self.local.clone(), name.to_owned());
-                blocking(move || local.record(&name)).await
+                blocking(move || local.record_copy(&name)).await
             }
             Host::Peer(p) => {
                 let name = name.to_owned();
@@ -107,7 +153,12 @@ impl Cluster {
         }
     }
 
-    async fn store_record_on(&self, host: &Host, name: &str, record: Record) -> Result<bool> {
+    pub(super) async fn store_record_on(
+        &self,
+        host: &Host,
+        name: &str,
+        record: Record,
+    ) -> Result<bool> {
         match host {
             Host::Me => {
                 let (local, name) = (self.local.clone(), name.to_owned());
@@ -121,30 +172,60 @@ impl Cluster {
         }
     }
 
-    /// Every record on every live host, the newest copy of each (hosts that do not answer
-    /// are skipped: their records have copies elsewhere).
-    pub async fn all_records(&self) -> Result<Vec<(String, Record)>> {
-        let local = self.local.clone();
-        let mut all: std::collections::BTreeMap<String, Record> = blocking(move || local.records())
-            .await?
-            .into_iter()
-            .collect();
-        for peer in self.peers() {
-            let Ok(records) = self
-                .on_peer(&peer, |c| async move { c.records().await })
-                .await
-            else {
-                continue;
-            };
+    /// Every copy of every record a host holds, tombstones included.
+    pub(super) async fn record_copies_on(&self, host: &Host) -> Result<Vec<(String, Record)>> {
+        match host {
+            Host::Me => {
+                let local = self.local.clone();
+                blocking(move || local.record_copies()).await
+            }
+            Host::Peer(p) => self.on_peer(p, |c| async move { c.records().await }).await,
+        }
+    }
+
+    /// The newest version of every record in `copies` (each host's), tombstones included;
+    /// every host holding an older copy is brought up to it (so a tombstone reaches a replica
+    /// that missed the delete).
+    pub(super) async fn reconcile(
+        &self,
+        copies: Vec<(Host, Vec<(String, Record)>)>,
+    ) -> BTreeMap<String, Record> {
+        let mut newest: BTreeMap<String, Record> = BTreeMap::new();
+        for (_, records) in &copies {
             for (name, r) in records {
-                match all.get(&name) {
-                    Some(have) if have.version >= r.version => {}
-                    _ => {
-                        all.insert(name, r);
-                    }
+                if newest.get(name).is_none_or(|have| have.version < r.version) {
+                    newest.insert(name.clone(), r.clone());
                 }
             }
         }
-        Ok(all.into_iter().collect())
+        for (host, records) in &copies {
+            for (name, r) in records {
+                if let Some(n) = newest.get(name)
+                    && n.version > r.version
+                {
+                    let _ = self.store_record_on(host, name, n.clone()).await;
+                }
+            }
+        }
+        newest
+    }
+
+    /// Every live record on every live host, the newest copy of each (hosts that do not
+    /// answer are skipped: their records have copies elsewhere). A record deleted on any
+    /// host is left out, whatever older copies others hold.
+    pub async fn all_records(&self) -> Result<Vec<(String, Record)>> {
+        let mut copies = vec![(Host::Me, self.record_copies_on(&Host::Me).await?)];
+        for peer in self.peers() {
+            let host = Host::Peer(peer);
+            if let Ok(records) = self.record_copies_on(&host).await {
+                copies.push((host, records));
+            }
+        }
+        Ok(self
+            .reconcile(copies)
+            .await
+            .into_iter()
+            .filter(|(_, r)| !r.deleted)
+            .collect())
     }
 }

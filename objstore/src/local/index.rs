@@ -90,16 +90,25 @@ impl Location {
     }
 }
 
-/// Encode a record: version u64 | nrefs u32 | refs | value.
-pub(crate) fn encode_record(version: u64, value: &[u8], refs: &[ObjectId]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(12 + refs.len() * 32 + value.len());
-    b.extend_from_slice(&version.to_le_bytes());
-    let n = u32::try_from(refs.len()).unwrap_or(u32::MAX);
-    b.extend_from_slice(&n.to_le_bytes());
-    for r in refs {
-        b.extend_from_slice(r.as_bytes());
+/// The `nrefs` of a tombstone (a deleted record: nothing follows).
+const TOMBSTONE: u32 = u32::MAX;
+
+/// Encode a record: version u64 | nrefs u32 | refs | value; a tombstone is version u64 |
+/// [`TOMBSTONE`].
+pub(crate) fn encode_record(r: &Record) -> Vec<u8> {
+    let mut b = Vec::with_capacity(12 + r.refs.len() * 32 + r.value.len());
+    b.extend_from_slice(&r.version.to_le_bytes());
+    if r.deleted {
+        b.extend_from_slice(&TOMBSTONE.to_le_bytes());
+        return b;
     }
-    b.extend_from_slice(value);
+    // check_record bounds refs far below TOMBSTONE.
+    let n = u32::try_from(r.refs.len()).unwrap_or(TOMBSTONE - 1);
+    b.extend_from_slice(&n.to_le_bytes());
+    for id in &r.refs {
+        b.extend_from_slice(id.as_bytes());
+    }
+    b.extend_from_slice(&r.value);
     b
 }
 
@@ -111,7 +120,11 @@ pub(crate) fn decode_record(b: &[u8]) -> Option<Record> {
     let mut v = [0u8; 8];
     v.copy_from_slice(&b[..8]);
     let version = u64::from_le_bytes(v);
-    let n = u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize;
+    let n = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+    if n == TOMBSTONE {
+        return (b.len() == 12).then(|| Record::tombstone(version));
+    }
+    let n = n as usize;
     let refs_end = n.checked_mul(32)?.checked_add(12)?;
     if refs_end > b.len() {
         return None;
@@ -120,6 +133,7 @@ pub(crate) fn decode_record(b: &[u8]) -> Option<Record> {
         version,
         value: Bytes::copy_from_slice(&b[refs_end..]),
         refs: crate::local::format::decode_refs(&b[12..refs_end]),
+        deleted: false,
     })
 }
 
@@ -215,7 +229,12 @@ mod tests {
     #[test]
     fn record_round_trip_and_damage() {
         let refs = vec![ObjectId::of(b"x"), ObjectId::of(b"y")];
-        let b = encode_record(9, b"value", &refs);
+        let b = encode_record(&Record {
+            version: 9,
+            value: Bytes::from_static(b"value"),
+            refs: refs.clone(),
+            deleted: false,
+        });
         let r = decode_record(&b).expect("decodes");
         assert_eq!(r.version, 9);
         assert_eq!(&r.value[..], b"value");
@@ -224,7 +243,13 @@ mod tests {
         let mut bad = b.clone();
         bad[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode_record(&bad).is_none());
-        let empty = encode_record(1, b"", &[]);
+        let empty = encode_record(&Record {
+            version: 1,
+            ..Record::default()
+        });
         assert_eq!(decode_record(&empty).map(|r| r.version), Some(1));
+        let tomb = encode_record(&Record::tombstone(4));
+        assert_eq!(decode_record(&tomb), Some(Record::tombstone(4)));
+        assert!(decode_record(&[&tomb[..], b"x"].concat()).is_none());
     }
 }

@@ -134,14 +134,31 @@ pub struct ObjectInfo {
 }
 
 /// A mutable record: a small value plus the objects it keeps alive (GC roots).
+///
+/// Deleting a record writes a *tombstone*: a version with no value and no refs. It is kept
+/// (it is small) so that the newest-version-wins rule that brings stale replicas up to date
+/// also deletes their copies, instead of an old copy bringing the record back.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Record {
-    /// Starts at 1 for the first write, +1 per write.
+    /// Starts at 1 for the first write, +1 per write (a deletion included).
     pub version: u64,
     /// The value.
     pub value: Bytes,
     /// Objects this record refers to: the roots of GC's mark phase.
     pub refs: Vec<ObjectId>,
+    /// This version is a tombstone: the record was deleted.
+    pub deleted: bool,
+}
+
+impl Record {
+    /// The tombstone of a record deleted at `version`.
+    pub fn tombstone(version: u64) -> Record {
+        Record {
+            version,
+            deleted: true,
+            ..Record::default()
+        }
+    }
 }
 
 /// Live counters of a scrub, shared with whoever shows progress.
@@ -483,22 +500,28 @@ impl LocalStore {
         maint::scrub(self, progress)
     }
 
-    /// A record, if it exists.
+    /// A record, if it exists (a deleted record does not).
     pub fn record(&self, name: &str) -> Result<Option<Record>> {
+        Ok(self.record_copy(name)?.filter(|r| !r.deleted))
+    }
+
+    /// This host's copy of a record, a tombstone included (what replication compares).
+    pub fn record_copy(&self, name: &str) -> Result<Option<Record>> {
         let sh = &self.shared;
         let txn = sh.db.begin_read().map_err(|e| sh.ix(e))?;
         let table = txn.open_table(index::RECORDS).map_err(|e| sh.ix(e))?;
-        let got = table.get(name).map_err(|e| sh.ix(e))?;
-        match got {
-            None => Ok(None),
-            Some(g) => index::decode_record(g.value())
-                .map(Some)
-                .ok_or_else(|| index::damaged(&sh.index_path, format!("record {name:?}"))),
-        }
+        read_record(&table, name, &sh.index_path)
     }
 
-    /// Every record, by name.
+    /// Every record, by name (deleted ones left out).
     pub fn records(&self) -> Result<Vec<(String, Record)>> {
+        let mut all = self.record_copies()?;
+        all.retain(|(_, r)| !r.deleted);
+        Ok(all)
+    }
+
+    /// Every record this host has a copy of, tombstones included, by name.
+    pub fn record_copies(&self) -> Result<Vec<(String, Record)>> {
         let sh = &self.shared;
         let txn = sh.db.begin_read().map_err(|e| sh.ix(e))?;
         let table = txn.open_table(index::RECORDS).map_err(|e| sh.ix(e))?;
@@ -513,9 +536,9 @@ impl LocalStore {
         Ok(out)
     }
 
-    /// Compare-and-set: write `value`/`refs` as version `expected + 1` if the record is at
-    /// version `expected` (0: absent); else `Conflict` with the current version. Durable on
-    /// return.
+    /// Compare-and-set: write `value`/`refs` if the record is at version `expected` (0:
+    /// absent, or deleted); else `Conflict` with the current version. Returns the new version:
+    /// `expected + 1`, or one past a deleted record's tombstone. Durable on return.
     pub fn cas_record(
         &self,
         name: &str,
@@ -526,12 +549,11 @@ impl LocalStore {
         check_record(name, &value, &refs)?;
         let sh = &self.shared;
         let txn = sh.db.begin_write().map_err(|e| sh.ix(e))?;
-        let version = expected.checked_add(1).ok_or_else(|| {
-            StoreError::Refused(format!("record {name:?}: version {expected} cannot grow"))
-        })?;
+        let version;
         {
             let mut table = txn.open_table(index::RECORDS).map_err(|e| sh.ix(e))?;
-            let current = record_version(&table, name, &sh.index_path)?;
+            let copy = read_record(&table, name, &sh.index_path)?;
+            let current = live_version(copy.as_ref());
             if current != expected {
                 return Err(StoreError::Conflict {
                     name: name.to_owned(),
@@ -539,26 +561,59 @@ impl LocalStore {
                     current,
                 });
             }
-            let enc = index::encode_record(version, &value, &refs);
+            version = next_version(name, copy.as_ref())?;
+            let enc = index::encode_record(&Record {
+                version,
+                value,
+                refs,
+                deleted: false,
+            });
             table.insert(name, &enc[..]).map_err(|e| sh.ix(e))?;
         }
         txn.commit().map_err(|e| sh.ix(e))?;
         Ok(version)
     }
 
-    /// Replication and repair: store `record` if it is newer than the local version.
-    /// Returns whether it was stored. Durable on return.
+    /// Delete a record at version `expected` (compare-and-set, like a write): a tombstone
+    /// takes its place as version `expected + 1`, returned. `Conflict` if the record is not at
+    /// `expected` (a missing or deleted record is at 0). Durable on return.
+    pub fn delete_record(&self, name: &str, expected: u64) -> Result<u64> {
+        check_record(name, &[], &[])?;
+        let sh = &self.shared;
+        let txn = sh.db.begin_write().map_err(|e| sh.ix(e))?;
+        let version;
+        {
+            let mut table = txn.open_table(index::RECORDS).map_err(|e| sh.ix(e))?;
+            let copy = read_record(&table, name, &sh.index_path)?;
+            let current = live_version(copy.as_ref());
+            if current != expected || current == 0 {
+                return Err(StoreError::Conflict {
+                    name: name.to_owned(),
+                    expected,
+                    current,
+                });
+            }
+            version = next_version(name, copy.as_ref())?;
+            let enc = index::encode_record(&Record::tombstone(version));
+            table.insert(name, &enc[..]).map_err(|e| sh.ix(e))?;
+        }
+        txn.commit().map_err(|e| sh.ix(e))?;
+        Ok(version)
+    }
+
+    /// Replication and repair: store `record` (a tombstone too) if it is newer than this
+    /// host's copy. Returns whether it was stored. Durable on return.
     pub fn store_record(&self, name: &str, record: Record) -> Result<bool> {
         check_record(name, &record.value, &record.refs)?;
         let sh = &self.shared;
         let txn = sh.db.begin_write().map_err(|e| sh.ix(e))?;
         {
             let mut table = txn.open_table(index::RECORDS).map_err(|e| sh.ix(e))?;
-            let current = record_version(&table, name, &sh.index_path)?;
+            let current = read_record(&table, name, &sh.index_path)?.map_or(0, |r| r.version);
             if record.version <= current {
                 return Ok(false);
             }
-            let enc = index::encode_record(record.version, &record.value, &record.refs);
+            let enc = index::encode_record(&record);
             table.insert(name, &enc[..]).map_err(|e| sh.ix(e))?;
         }
         txn.commit().map_err(|e| sh.ix(e))?;
@@ -733,19 +788,32 @@ fn check_record(name: &str, value: &[u8], refs: &[ObjectId]) -> Result<()> {
     Ok(())
 }
 
-/// A record's version (0: absent).
-fn record_version(
+/// This host's copy of a record, a tombstone included.
+fn read_record(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     name: &str,
     path: &Path,
-) -> Result<u64> {
-    let got = table.get(name).map_err(|e| index::index_err(path, e))?;
-    match got {
-        None => Ok(0),
+) -> Result<Option<Record>> {
+    match table.get(name).map_err(|e| index::index_err(path, e))? {
+        None => Ok(None),
         Some(g) => index::decode_record(g.value())
-            .map(|r| r.version)
+            .map(Some)
             .ok_or_else(|| index::damaged(path, format!("record {name:?}"))),
     }
+}
+
+/// The version a compare-and-set must expect: the copy's, 0 if absent or deleted.
+fn live_version(copy: Option<&Record>) -> u64 {
+    copy.filter(|r| !r.deleted).map_or(0, |r| r.version)
+}
+
+/// The version the next write of a record gets: one past its copy's (a tombstone's too, so
+/// that a record created again outranks its deletion everywhere).
+fn next_version(name: &str, copy: Option<&Record>) -> Result<u64> {
+    let current = copy.map_or(0, |r| r.version);
+    current.checked_add(1).ok_or_else(|| {
+        StoreError::Refused(format!("record {name:?}: version {current} cannot grow"))
+    })
 }
 
 #[cfg(test)]

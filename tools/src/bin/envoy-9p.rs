@@ -352,7 +352,14 @@ impl Session {
             }
             offset += n as u64;
         }
-        self.release().await;
+        // Close it: a server may make the file durable only then (images commit on close).
+        self.c
+            .clunk(fid)
+            .await
+            .with_context(|| format!("closing {path:?}"))?;
+        if fid == FID2 {
+            let _ = self.c.clunk(FID).await; // the parent directory
+        }
         Ok(())
     }
 

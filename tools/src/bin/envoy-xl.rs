@@ -9,6 +9,9 @@
 //! envoy-xl list [DOMAIN]
 //! envoy-xl storage [--endpoint EP] status [--json] | scrub [--wait] | repair [--wait]
 //!                  | gc [--grace SECS] | reload | replicas ID
+//! envoy-xl image [--socket PATH] create NAME [--uid N --gid N] | list [--json]
+//!                | snapshot NAME [N] | fork NAME@N NEW | rm NAME[@N] | du [NAME] [--json]
+//! envoy-xl check [--socket PATH] IMAGE [--json]
 //! ```
 //!
 //! The work is in [`envoy_tools::xl`]; this file parses the command line, connects to xenstore
@@ -20,12 +23,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use envoy::image::admin::{Outcome, Request};
+use envoy::image::control;
 use envoy_objstore::wire::AdminOp;
 use envoy_objstore::{ObjectId, StorageClient};
-use envoy_tools::storage;
 use envoy_tools::xl::{
     self, AttachSpec, Domain, Kind, Quota, Selector, XlError, escape_controls, resolve_domain,
 };
+use envoy_tools::{image, storage};
 use envoy_transport::Endpoint;
 use envoy_xen::xenstore::Xenstore;
 
@@ -47,14 +52,15 @@ Exit status: 0 on success, 1 on any failure (the reason is printed on one line).
 #[command(
     name = "envoy-xl",
     version,
-    about = "Hot-plug 9pfs shares into running Xen guests (xl's p9 devices, without a reboot); the object layer's status and maintenance",
+    about = "Hot-plug 9pfs shares into running Xen guests (xl's p9 devices, without a reboot); the object layer's status and maintenance; Envoy images",
     long_about = "Hot-plug 9pfs shares into running Xen guests.\n\n\
         `attach` creates the xenstore nodes libxl writes for `p9 = [ \"tag=T,path=P\" ]`; a \
         9pfs backend (envoyd --xen, QEMU or xen-9pfsd) serves the share and the guest mounts it \
         with `mount -t 9p -o trans=xen,version=9p2000.L T /mnt`. `detach` closes and removes a \
         device like `xl` does; `list` shows every device and both ends' states. `storage` shows \
         the object layer (per-host usage, replica health, scrub progress) through the local \
-        envoyd and starts scrubs, re-replication and GC.",
+        envoyd and starts scrubs, re-replication and GC. `image` creates, lists, snapshots, \
+        forks and removes Envoy images and shows the space they take; `check` verifies one.",
     after_help = AFTER_HELP
 )]
 struct Cli {
@@ -78,6 +84,78 @@ enum Cmd {
     },
     /// The object layer: per-host usage, replica health, scrub, re-replication and GC
     Storage(StorageArgs),
+    /// Envoy images: create, list, snapshot, fork, remove, space used
+    Image(ImageArgs),
+    /// Verify an image (its current state and every snapshot): every object present and
+    /// intact, sizes, directory entries and link counts consistent. Exit 1 on any problem
+    Check {
+        /// The image
+        image: String,
+        /// Machine-readable output (the report; the exit status still says whether it passed)
+        #[arg(long)]
+        json: bool,
+        /// envoyd's image admin socket [default: DATA_DIR/images.sock]
+        #[arg(long, value_name = "PATH")]
+        socket: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct ImageArgs {
+    /// envoyd's image admin socket [default: DATA_DIR/images.sock]
+    #[arg(long, value_name = "PATH", global = true)]
+    socket: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    action: ImageAction,
+}
+
+#[derive(Subcommand)]
+enum ImageAction {
+    /// Create an empty image
+    Create {
+        /// Its name (no '/' or '@')
+        name: String,
+        /// Owner of its root directory
+        #[arg(long, default_value_t = 0)]
+        uid: u32,
+        /// Group of its root directory
+        #[arg(long, default_value_t = 0)]
+        gid: u32,
+    },
+    /// Every image: snapshots, files, logical size, current root
+    List {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Snapshot an image's current state (what clients wrote and did not sync included)
+    Snapshot {
+        /// The image
+        name: String,
+        /// The snapshot's number [default: one past the highest]
+        n: Option<u64>,
+    },
+    /// A new image starting from a snapshot
+    Fork {
+        /// The snapshot: IMAGE@N
+        source: String,
+        /// The new image
+        new: String,
+    },
+    /// Delete an image with all its snapshots (IMAGE), or one snapshot (IMAGE@N); refused
+    /// while a 9P client uses it. Its unshared space is reclaimed by `envoy-xl storage gc`
+    Rm {
+        /// IMAGE or IMAGE@N
+        target: String,
+    },
+    /// Space per image and snapshot: logical, referenced, unique (freed by rm + gc), shared
+    Du {
+        /// Only this image
+        name: Option<String>,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -218,13 +296,20 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    if let Cmd::Storage(args) = cli.cmd {
-        return storage(args).await;
-    }
+    let cmd = match cli.cmd {
+        Cmd::Storage(args) => return storage(args).await,
+        Cmd::Image(args) => return image(args).await,
+        Cmd::Check {
+            image,
+            json,
+            socket,
+        } => return check(image, json, socket).await,
+        cmd => cmd,
+    };
     let xs = Xenstore::open()
         .await
         .context("cannot reach xenstore (is xenstored running? XENSTORED_PATH names its socket)")?;
-    match cli.cmd {
+    match cmd {
         Cmd::Attach(a) => attach(&xs, a).await,
         Cmd::Detach(d) => detach(&xs, d).await,
         Cmd::List { domain } => {
@@ -238,7 +323,63 @@ async fn run(cli: Cli) -> Result<()> {
             print!("{}", xl::format_table(&devices));
             Ok(())
         }
-        Cmd::Storage(_) => unreachable!("handled above"),
+        Cmd::Storage(_) | Cmd::Image(_) | Cmd::Check { .. } => unreachable!("handled above"),
+    }
+}
+
+/// Ask envoyd's image service (at `socket`, default `DATA_DIR/images.sock`) for `request`.
+async fn ask(socket: Option<std::path::PathBuf>, request: Request) -> Result<Outcome> {
+    let path =
+        socket.unwrap_or_else(|| envoy::paths::image_socket(&envoy::paths::default_data_dir()));
+    let mut client = control::Client::connect(&path).await.with_context(|| {
+        format!(
+            "cannot reach envoyd's image service at unix:{} (is envoyd running with --storage or --cluster?)",
+            path.display()
+        )
+    })?;
+    let reply = client
+        .call(&request)
+        .await
+        .with_context(|| format!("envoyd's image service at unix:{}", path.display()))?;
+    Ok(reply?)
+}
+
+async fn image(args: ImageArgs) -> Result<()> {
+    let (request, json) = match args.action {
+        ImageAction::Create { name, uid, gid } => (Request::Create { name, uid, gid }, false),
+        ImageAction::List { json } => (Request::List, json),
+        ImageAction::Snapshot { name, n } => (Request::Snapshot { name, n }, false),
+        ImageAction::Fork { source, new } => (Request::Fork { source, new }, false),
+        ImageAction::Rm { target } => (Request::Rm { target }, false),
+        ImageAction::Du { name, json } => (Request::Du { name }, json),
+    };
+    let outcome = ask(args.socket, request).await?;
+    if json {
+        println!("{:#}", serde_json::to_value(&outcome)?);
+    } else {
+        println!("{}", image::describe(&outcome));
+    }
+    Ok(())
+}
+
+async fn check(name: String, json: bool, socket: Option<std::path::PathBuf>) -> Result<()> {
+    let Outcome::Checked { report } = ask(socket, Request::Check { name }).await? else {
+        anyhow::bail!("envoyd answered check with something else");
+    };
+    if json {
+        println!("{:#}", serde_json::to_value(&report)?);
+    } else {
+        print!("{}", image::format_check(&report));
+    }
+    if report.problems.is_empty() {
+        Ok(())
+    } else {
+        // The problems are printed; the error is the exit status (and a last line).
+        anyhow::bail!(
+            "image {} failed its check: {} problems",
+            report.image,
+            report.problems.len()
+        )
     }
 }
 
