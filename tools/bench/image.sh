@@ -69,9 +69,7 @@ for shape in $SHAPES; do
     log "snapshot/fork latency: $files files x $kib KiB"
     "$BIN/envoy-bench" image snapshot --dir "$BENCH_DIR/snap" --files "$files" --file-kib "$kib" \
         --reps "$REPS" | tee -a "$OUT/snapshot.txt"
-    "$BIN/envoy-bench" image snapshot --dir "$BENCH_DIR/snap-json" --files "$files" \
-        --file-kib "$kib" --reps "$REPS" --json >>"$OUT/snapshot.jsonl" 2>/dev/null || true
-    rm -rf "$BENCH_DIR/snap" "$BENCH_DIR/snap-json"
+    rm -rf "$BENCH_DIR/snap"
 done
 
 # 2. Space of forks, and what deleting them and GC give back.
