@@ -946,3 +946,35 @@ fn a_full_disk_refuses_puts_keeps_what_was_acknowledged_and_recovers() {
     }
     drop(open_with(&dir, opts));
 }
+
+#[test]
+fn several_compare_and_sets_are_one_transaction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    let w = |name: &str, expected, v: &'static [u8]| {
+        (name.to_owned(), expected, Bytes::from_static(v), vec![])
+    };
+    assert_eq!(
+        s.cas_records(vec![w("a", 0, b"1"), w("b", 0, b"1")])
+            .unwrap(),
+        vec![1, 1]
+    );
+    // The second is stale: neither is written.
+    match s.cas_records(vec![w("a", 1, b"2"), w("b", 0, b"2")]) {
+        Err(StoreError::Conflict {
+            name,
+            expected: 0,
+            current: 1,
+        }) => assert_eq!(name, "b"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.record("a").unwrap().unwrap().value, &b"1"[..]);
+    assert_eq!(
+        s.cas_records(vec![w("a", 1, b"2"), w("b", 1, b"2")])
+            .unwrap(),
+        vec![2, 2]
+    );
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(s.record("b").unwrap().unwrap().value, &b"2"[..]);
+}

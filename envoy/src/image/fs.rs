@@ -21,7 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use envoy_objstore::{ObjectId, PutObject};
+use bytes::Bytes;
+use envoy_objstore::{ObjectId, PutObject, StoreError};
 use envoy_protocol::Qid;
 
 use super::engine::{BLOCK, Engine, NewNode, ROOT_INO};
@@ -101,6 +102,13 @@ impl Shared {
     /// the state lock (changes go on meanwhile), then the rest — the few blocks changed
     /// since, the tree nodes, the root, the record — under it.
     fn commit_flushing(&self) -> Result<()> {
+        self.flush_blocks()?;
+        let mut st = self.lock();
+        commit_state(&*self.store, &self.record, &mut st)
+    }
+
+    /// Hash and store the dirty blocks without the state lock (the flush lock held).
+    fn flush_blocks(&self) -> Result<()> {
         let blocks = self.lock().engine.start_flush();
         if !blocks.is_empty() {
             let (keys, objects): (Vec<_>, Vec<_>) = blocks
@@ -121,8 +129,7 @@ impl Shared {
                 }
             }
         }
-        let mut st = self.lock();
-        commit_state(&*self.store, &self.record, &mut st)
+        Ok(())
     }
 
     /// Make every change made so far durable: one log entry with the changes since the last
@@ -209,13 +216,18 @@ fn commit_state(store: &dyn Objects, record: &str, st: &mut State) -> Result<()>
         tracing::error!(%record, error = %e, "image: cannot record the new root");
         Errno::EIO
     })?;
+    committed(st, root, version);
+    Ok(())
+}
+
+/// The engine's changes are in `root`, recorded as the image's record `version`.
+fn committed(st: &mut State, root: ObjectId, version: u64) {
     st.root = Some(root);
     st.head = None;
     st.log_len = 0;
     st.version = version;
     st.dirty = false;
     st.since = None;
-    Ok(())
 }
 
 /// Read the log whose head is `head` back to its first entry: the entries, oldest first.
@@ -482,12 +494,55 @@ impl ImageFs {
     /// (EEXIST if N is taken). Costs one commit and one record, whatever the image's size.
     pub fn snapshot(&self, n: u64) -> Result<ObjectId> {
         self.writable()?;
-        let _f = self.shared.flushing();
-        self.shared.commit_flushing()?;
-        let root = self.shared.lock().root.ok_or(Errno::EIO)?;
-        let image = self.shared.record.trim_start_matches("image/");
-        super::catalog::record_snapshot(&*self.shared.store, image, n, &root)?;
-        Ok(root)
+        let sh = &*self.shared;
+        let image = sh.record.trim_start_matches("image/");
+        let snap = super::catalog::snapshot_record(image, n);
+        let _f = sh.flushing();
+        if sh.store.record(&snap).map_err(|_| Errno::EIO)?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        sh.flush_blocks()?;
+        let mut st = sh.lock();
+        if !st.dirty {
+            let root = st.root.ok_or(Errno::EIO)?;
+            drop(st);
+            super::catalog::record_snapshot(&*sh.store, image, n, &root)?;
+            return Ok(root);
+        }
+        // Commit, and write the image's record and the snapshot's together (one sync on a
+        // single store).
+        let root = st.engine.commit()?;
+        let (value, refs) = wal::record_value(&root, None);
+        let writes = vec![
+            (sh.record.clone(), st.version, value, refs),
+            (snap.clone(), 0, Bytes::copy_from_slice(&root.0), vec![root]),
+        ];
+        match sh.store.cas_many(writes) {
+            Ok(versions) => {
+                committed(&mut st, root, versions[0]);
+                Ok(root)
+            }
+            Err(e) => {
+                // The root is stored; whether the image's record moved depends on the store.
+                match sh.store.record(&sh.record) {
+                    Ok(Some(rec))
+                        if super::catalog::root_of(&rec.value) == Ok(root)
+                            && wal::head_of(&rec.value).is_none() =>
+                    {
+                        committed(&mut st, root, rec.version)
+                    }
+                    // Not recorded: the next sync commits again.
+                    _ => st.engine.lose_journal(),
+                }
+                match e {
+                    StoreError::Conflict { name, .. } if name == snap => Err(Errno::EEXIST),
+                    e => {
+                        tracing::error!(record = %snap, error = %e, "image: cannot record the snapshot");
+                        Err(Errno::EIO)
+                    }
+                }
+            }
+        }
     }
 
     /// Serve snapshot `n` of image `name`, read-only.

@@ -1,11 +1,12 @@
-//! The `image` backend: Envoy file systems on the object layer (work in progress, issue 9).
+//! The `image` backend: Envoy file systems on the object layer.
 //!
 //! An image's state is a tree of immutable, content-addressed objects, so a snapshot is a root
-//! id and a fork is a new image starting from one. The pieces so far: [`objects`] (what the
+//! id and a fork is a new image starting from one. The pieces: [`objects`] (what the
 //! backend needs of the object layer), [`btree`] (the copy-on-write tree every part of an
 //! image — inode table, directories, block maps — is made of), [`inode`] (what the trees
 //! hold), [`engine`] (one image's working copy: per-block copy on write, commit to a root) and
-//! [`fs`] (an image served through the `FileSystem` trait, committed on fsync and close, with
+//! [`fs`] (an image served through the `FileSystem` trait: the owner's write path — syncs
+//! append to the write-ahead log of [`wal`], batch commits fold it into new roots — with
 //! [`locks`] for its byte-range locks) and
 //! [`catalog`] (images and their snapshots as records; snapshot = commit + one record, fork =
 //! a new image record naming a snapshot's root) and [`namespace`] (the 2006 interface: every

@@ -9,6 +9,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use envoy_objstore::{Cluster, LocalStore, ObjectId, PutObject, Record, StoreError};
 
+/// A compare-and-set of [`Objects::cas_many`]: record name, expected version, value, refs.
+pub type RecordWrite = (String, u64, Bytes, Vec<ObjectId>);
+
 /// Immutable, content-addressed objects.
 pub trait Objects: Send + Sync {
     /// Store `data` (which refers to `refs`); returns its id once durable.
@@ -34,6 +37,11 @@ pub trait Objects: Send + Sync {
         value: Bytes,
         refs: Vec<ObjectId>,
     ) -> Result<u64, StoreError>;
+    /// Several compare-and-sets (name, expected version, value, refs) at once, durable on
+    /// return; the new versions. One transaction on a single store (all or none); on the
+    /// cluster, whose records live on different hosts, they go out together and each stands
+    /// alone.
+    fn cas_many(&self, writes: Vec<RecordWrite>) -> Result<Vec<u64>, StoreError>;
     /// Delete the record if it is at version `expected` (compare-and-set); durable on return.
     /// A deleted record reads as absent everywhere, and a stale replica cannot bring it back.
     fn delete_record(&self, name: &str, expected: u64) -> Result<u64, StoreError>;
@@ -80,6 +88,10 @@ impl Objects for LocalStore {
         refs: Vec<ObjectId>,
     ) -> Result<u64, StoreError> {
         self.cas_record(name, expected, value, refs)
+    }
+
+    fn cas_many(&self, writes: Vec<RecordWrite>) -> Result<Vec<u64>, StoreError> {
+        self.cas_records(writes)
     }
 
     fn delete_record(&self, name: &str, expected: u64) -> Result<u64, StoreError> {
@@ -159,6 +171,25 @@ impl Objects for ClusterObjects {
         refs: Vec<ObjectId>,
     ) -> Result<u64, StoreError> {
         self.run(self.cluster.cas_record(name, expected, value, refs))
+    }
+
+    fn cas_many(&self, writes: Vec<RecordWrite>) -> Result<Vec<u64>, StoreError> {
+        self.run(async {
+            let mut running = tokio::task::JoinSet::new();
+            for (i, (name, expected, value, refs)) in writes.into_iter().enumerate() {
+                let cluster = self.cluster.clone();
+                running.spawn(async move {
+                    (i, cluster.cas_record(&name, expected, value, refs).await)
+                });
+            }
+            let mut versions = vec![0; running.len()];
+            while let Some(done) = running.join_next().await {
+                let (i, r) =
+                    done.map_err(|e| StoreError::Refused(format!("record task failed: {e}")))?;
+                versions[i] = r?;
+            }
+            Ok(versions)
+        })
     }
 
     fn delete_record(&self, name: &str, expected: u64) -> Result<u64, StoreError> {

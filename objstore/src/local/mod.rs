@@ -546,32 +546,53 @@ impl LocalStore {
         value: Bytes,
         refs: Vec<ObjectId>,
     ) -> Result<u64> {
-        check_record(name, &value, &refs)?;
+        let mut v = self.cas_records(vec![(name.to_owned(), expected, value, refs)])?;
+        v.pop()
+            .ok_or_else(|| StoreError::Refused("compare-and-set gave no answer".to_owned()))
+    }
+
+    /// Several compare-and-sets as one durable transaction: all are written, or none (the
+    /// first whose record is not at its expected version is the `Conflict`). The new
+    /// versions, in order. One commit, so one sync, whatever their number (an image's
+    /// snapshot moves the image's record and writes the snapshot's together).
+    pub fn cas_records(
+        &self,
+        writes: Vec<(String, u64, Bytes, Vec<ObjectId>)>,
+    ) -> Result<Vec<u64>> {
+        for (name, _, value, refs) in &writes {
+            check_record(name, value, refs)?;
+        }
         let sh = &self.shared;
         let txn = sh.db.begin_write().map_err(|e| sh.ix(e))?;
-        let version;
+        let mut versions = Vec::with_capacity(writes.len());
         {
             let mut table = txn.open_table(index::RECORDS).map_err(|e| sh.ix(e))?;
-            let copy = read_record(&table, name, &sh.index_path)?;
-            let current = live_version(copy.as_ref());
-            if current != expected {
-                return Err(StoreError::Conflict {
-                    name: name.to_owned(),
-                    expected,
-                    current,
+            for (name, expected, value, refs) in writes {
+                let copy = read_record(&table, &name, &sh.index_path)?;
+                let current = live_version(copy.as_ref());
+                if current != expected {
+                    // Dropping the transaction uncommitted writes none of them.
+                    return Err(StoreError::Conflict {
+                        name,
+                        expected,
+                        current,
+                    });
+                }
+                let version = next_version(&name, copy.as_ref())?;
+                let enc = index::encode_record(&Record {
+                    version,
+                    value,
+                    refs,
+                    deleted: false,
                 });
+                table
+                    .insert(name.as_str(), &enc[..])
+                    .map_err(|e| sh.ix(e))?;
+                versions.push(version);
             }
-            version = next_version(name, copy.as_ref())?;
-            let enc = index::encode_record(&Record {
-                version,
-                value,
-                refs,
-                deleted: false,
-            });
-            table.insert(name, &enc[..]).map_err(|e| sh.ix(e))?;
         }
         txn.commit().map_err(|e| sh.ix(e))?;
-        Ok(version)
+        Ok(versions)
     }
 
     /// Delete a record at version `expected` (compare-and-set, like a write): a tombstone
