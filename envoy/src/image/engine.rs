@@ -144,6 +144,56 @@ struct Journal {
     off: bool,
 }
 
+/// Where a block of a read comes from (see [`Engine::read_plan`]).
+#[derive(Debug)]
+enum BlockSource {
+    /// In memory: its bytes (as many as it holds; past them the file reads zeros).
+    Here(Bytes),
+    /// Stored: its id.
+    Stored(ObjectId),
+    /// Never written: zeros.
+    Hole,
+}
+
+/// A read, planned under the owner's lock and carried out without it.
+#[derive(Debug)]
+pub struct ReadPlan {
+    offset: u64,
+    n: usize,
+    blocks: Vec<BlockSource>,
+}
+
+impl ReadPlan {
+    /// Fetch the stored blocks (each verified against its id: a block that fails is EIO for
+    /// this range, never wrong bytes) and copy the read into `buf`; bytes read.
+    pub fn fill(self, store: &dyn Objects, buf: &mut [u8]) -> Result<usize> {
+        let mut done = 0;
+        for source in self.blocks {
+            let pos = self.offset + done as u64;
+            let within = (pos % BLOCK as u64) as usize;
+            let take = (BLOCK - within).min(self.n - done);
+            let stored;
+            let block: &[u8] = match &source {
+                BlockSource::Here(b) => b,
+                BlockSource::Stored(id) => {
+                    stored = store.get(id).map_err(eio)?;
+                    &stored
+                }
+                BlockSource::Hole => &[],
+            };
+            let out = &mut buf[done..done + take];
+            // Past the block's bytes (a file extended by truncate) reads as zeros.
+            let have = block.len().saturating_sub(within).min(take);
+            if have > 0 {
+                out[..have].copy_from_slice(&block[within..within + have]);
+            }
+            out[have..].fill(0);
+            done += take;
+        }
+        Ok(self.n)
+    }
+}
+
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
@@ -810,39 +860,48 @@ impl Engine {
     /// Read file `ino` at `offset` into `buf`; bytes read (0 at or past the end). Holes read
     /// as zeros.
     pub fn read(&mut self, ino: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let store = self.store.clone();
+        self.read_plan(ino, offset, buf.len())?.fill(&*store, buf)
+    }
+
+    /// What a read of `len` bytes of `ino` at `offset` needs: for each block, its bytes if
+    /// they are in memory (dirty, or being flushed), else its id. The owner's lock is needed
+    /// only for this; [`ReadPlan::fill`] fetches and verifies stored blocks without it, so
+    /// reads run in parallel.
+    pub fn read_plan(&mut self, ino: u64, offset: u64, len: usize) -> Result<ReadPlan> {
         let node = self.inode(ino)?;
         if node.mode & libc::S_IFMT == libc::S_IFDIR {
             return Err(Errno::EISDIR);
         }
-        if offset >= node.size {
-            return Ok(0);
-        }
-        let n = ((node.size - offset) as usize).min(buf.len());
-        let mut done = 0;
-        while done < n {
-            let pos = offset + done as u64;
-            let index = pos / BLOCK as u64;
-            let within = (pos % BLOCK as u64) as usize;
-            let take = (BLOCK - within).min(n - done);
-            let out = &mut buf[done..done + take];
-            // A dirty block is read in place; a stored one is fetched (verified) once.
-            let stored;
-            let block: &[u8] = match self.dirty.get(&(ino, index)) {
-                Some(b) => b,
-                None => {
-                    stored = self.block(ino, index)?.unwrap_or_default();
-                    &stored
-                }
-            };
-            // Past the block's stored bytes (a file extended by truncate) reads as zeros.
-            let have = block.len().saturating_sub(within).min(take);
-            if have > 0 {
-                out[..have].copy_from_slice(&block[within..within + have]);
+        let n = if offset >= node.size {
+            0
+        } else {
+            ((node.size - offset) as usize).min(len)
+        };
+        let mut blocks = Vec::new();
+        if n > 0 {
+            let store = self.store.clone();
+            let (first, last) = (
+                offset / BLOCK as u64,
+                (offset + n as u64 - 1) / BLOCK as u64,
+            );
+            for index in first..=last {
+                let source = if let Some(b) = self.dirty.get(&(ino, index)) {
+                    BlockSource::Here(Bytes::copy_from_slice(b))
+                } else if let Some(b) = self.flushing.get(&(ino, index)) {
+                    BlockSource::Here(b.clone())
+                } else {
+                    match self.tree(ino)?.get(&*store, index).map_err(eio)? {
+                        None => BlockSource::Hole,
+                        Some(v) => BlockSource::Stored(ObjectId(
+                            <[u8; 32]>::try_from(&v[..]).map_err(|_| Errno::EIO)?,
+                        )),
+                    }
+                };
+                blocks.push(source);
             }
-            out[have..].fill(0);
-            done += take;
         }
-        Ok(n)
+        Ok(ReadPlan { offset, n, blocks })
     }
 
     /// A block's current content (dirty or stored), `None` for a hole.

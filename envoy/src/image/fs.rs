@@ -953,8 +953,13 @@ impl FileSystem for ImageFs {
         if !file.readable {
             return Err(Errno::EBADF);
         }
-        let mut st = self.shared.lock();
-        st.engine.read(file.ino, offset, buf)
+        // Planned under the lock; the blocks are fetched and verified without it.
+        let plan = self
+            .shared
+            .lock()
+            .engine
+            .read_plan(file.ino, offset, buf.len())?;
+        plan.fill(&*self.shared.store, buf)
     }
 
     fn write(&self, _creds: &Creds, file: &ImageFile, offset: u64, data: &[u8]) -> Result<usize> {
