@@ -127,19 +127,25 @@ async fn write_until_killed(
     }
 }
 
+/// One envoyd serving image `vm` from its own store under `dir`; its 9P port.
+fn image_host(dir: &std::path::Path) -> (Host, u16) {
+    let p9 = free_port();
+    let listen = format!("tcp:127.0.0.1:{p9}");
+    let host = Host::start(
+        "solo",
+        free_port(),
+        &dir.join("solo"),
+        None,
+        &["--image", "vm", "--listen", &listen],
+    );
+    (host, p9)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_writes_loses_no_fsyncd_byte() {
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
-    let p9 = free_port();
-    let listen = format!("tcp:127.0.0.1:{p9}");
-    let mut host = Host::start(
-        "solo",
-        free_port(),
-        &tmp.path().join("solo"),
-        None,
-        &["--image", "vm", "--listen", &listen],
-    );
+    let (mut host, p9) = image_host(tmp.path());
     let mut histories: Vec<Vec<History>> = (0..WRITERS)
         .map(|_| {
             vec![
@@ -226,15 +232,7 @@ async fn kill_9_during_writes_loses_no_fsyncd_byte() {
 async fn a_corrupt_block_is_eio_for_its_range_and_logged() {
     const BLOCK: usize = 64 << 10;
     let tmp = tempfile::tempdir().unwrap();
-    let p9 = free_port();
-    let listen = format!("tcp:127.0.0.1:{p9}");
-    let mut host = Host::start(
-        "solo",
-        free_port(),
-        &tmp.path().join("solo"),
-        None,
-        &["--image", "vm", "--listen", &listen],
-    );
+    let (mut host, p9) = image_host(tmp.path());
     // 24 distinct blocks: more than a log entry holds, so the fsync commits them as blocks.
     let data: Vec<u8> = (0..24 * BLOCK)
         .map(|i| (i / BLOCK * 7 + i % 251) as u8)

@@ -421,15 +421,15 @@ impl Engine {
     /// name must be 1 to 255 bytes (ERANGE), a value at most `XATTR_SIZE_MAX` (E2BIG), and all
     /// of an inode's attributes at most [`XATTR_BYTES_MAX`] bytes (ENOSPC).
     pub fn set_xattr(&mut self, ino: u64, name: &str, value: &[u8], flags: u32) -> Result<()> {
-        self.begin();
-        let r = self.do_set_xattr(ino, name, value, flags);
-        self.log_change(&r, |_| Op::SetXattr {
-            ino,
-            name: name.to_owned(),
-            value: Bytes::copy_from_slice(value),
-            flags,
-        });
-        r
+        self.logged(
+            |e| e.do_set_xattr(ino, name, value, flags),
+            |_| Op::SetXattr {
+                ino,
+                name: name.to_owned(),
+                value: Bytes::copy_from_slice(value),
+                flags,
+            },
+        )
     }
 
     fn do_set_xattr(&mut self, ino: u64, name: &str, value: &[u8], flags: u32) -> Result<()> {
@@ -468,13 +468,13 @@ impl Engine {
 
     /// Remove extended attribute `name` of `ino` (ENODATA if it has none).
     pub fn remove_xattr(&mut self, ino: u64, name: &str) -> Result<()> {
-        self.begin();
-        let r = self.do_remove_xattr(ino, name);
-        self.log_change(&r, |_| Op::RemoveXattr {
-            ino,
-            name: name.to_owned(),
-        });
-        r
+        self.logged(
+            |e| e.do_remove_xattr(ino, name),
+            |_| Op::RemoveXattr {
+                ino,
+                name: name.to_owned(),
+            },
+        )
     }
 
     fn do_remove_xattr(&mut self, ino: u64, name: &str) -> Result<()> {
@@ -592,19 +592,19 @@ impl Engine {
 
     /// Create `name` in `dir` as `new` says. Returns the new inode number.
     pub fn create(&mut self, dir: u64, name: &str, new: &NewNode<'_>) -> Result<u64> {
-        self.begin();
-        let r = self.do_create(dir, name, new);
-        self.log_change(&r, |ino| Op::Create {
-            dir,
-            name: name.to_owned(),
-            ino: *ino,
-            mode: new.mode,
-            uid: new.uid,
-            gid: new.gid,
-            rdev: new.rdev,
-            target: new.target.map(str::to_owned),
-        });
-        r
+        self.logged(
+            |e| e.do_create(dir, name, new),
+            |ino| Op::Create {
+                dir,
+                name: name.to_owned(),
+                ino: *ino,
+                mode: new.mode,
+                uid: new.uid,
+                gid: new.gid,
+                rdev: new.rdev,
+                target: new.target.map(str::to_owned),
+            },
+        )
     }
 
     fn do_create(&mut self, dir: u64, name: &str, new: &NewNode<'_>) -> Result<u64> {
@@ -647,14 +647,14 @@ impl Engine {
 
     /// A hard link `name` in `dir` to the non-directory `ino` (ENOENT once it has no links).
     pub fn link(&mut self, dir: u64, name: &str, ino: u64) -> Result<()> {
-        self.begin();
-        let r = self.do_link(dir, name, ino);
-        self.log_change(&r, |_| Op::Link {
-            dir,
-            name: name.to_owned(),
-            ino,
-        });
-        r
+        self.logged(
+            |e| e.do_link(dir, name, ino),
+            |_| Op::Link {
+                dir,
+                name: name.to_owned(),
+                ino,
+            },
+        )
     }
 
     fn do_link(&mut self, dir: u64, name: &str, ino: u64) -> Result<()> {
@@ -673,14 +673,14 @@ impl Engine {
     /// Remove `name` from `dir` (`rmdir`: it must be an empty directory; otherwise it must
     /// not be one). The inode goes with its last link, or at its last close if it is open.
     pub fn unlink(&mut self, dir: u64, name: &str, rmdir: bool) -> Result<()> {
-        self.begin();
-        let r = self.do_unlink(dir, name, rmdir);
-        self.log_change(&r, |_| Op::Unlink {
-            dir,
-            name: name.to_owned(),
-            rmdir,
-        });
-        r
+        self.logged(
+            |e| e.do_unlink(dir, name, rmdir),
+            |_| Op::Unlink {
+                dir,
+                name: name.to_owned(),
+                rmdir,
+            },
+        )
     }
 
     fn do_unlink(&mut self, dir: u64, name: &str, rmdir: bool) -> Result<()> {
@@ -759,15 +759,15 @@ impl Engine {
     /// only a non-directory (EISDIR); a name for the same inode stays as it is. Returns
     /// whether anything moved.
     pub fn rename(&mut self, odir: u64, oname: &str, ndir: u64, nname: &str) -> Result<bool> {
-        self.begin();
-        let r = self.do_rename(odir, oname, ndir, nname);
-        self.log_change(&r, |_| Op::Rename {
-            odir,
-            oname: oname.to_owned(),
-            ndir,
-            nname: nname.to_owned(),
-        });
-        r
+        self.logged(
+            |e| e.do_rename(odir, oname, ndir, nname),
+            |_| Op::Rename {
+                odir,
+                oname: oname.to_owned(),
+                ndir,
+                nname: nname.to_owned(),
+            },
+        )
     }
 
     fn do_rename(&mut self, odir: u64, oname: &str, ndir: u64, nname: &str) -> Result<bool> {
@@ -923,14 +923,14 @@ impl Engine {
 
     /// Write `data` into file `ino` at `offset`; bytes written. Only the blocks touched change.
     pub fn write(&mut self, ino: u64, offset: u64, data: &[u8]) -> Result<usize> {
-        self.begin();
-        let r = self.do_write(ino, offset, data);
-        self.log_change(&r, |_| Op::Write {
-            ino,
-            offset,
-            data: Bytes::copy_from_slice(data),
-        });
-        r
+        self.logged(
+            |e| e.do_write(ino, offset, data),
+            |_| Op::Write {
+                ino,
+                offset,
+                data: Bytes::copy_from_slice(data),
+            },
+        )
     }
 
     fn do_write(&mut self, ino: u64, offset: u64, data: &[u8]) -> Result<usize> {
@@ -976,10 +976,7 @@ impl Engine {
 
     /// Set file `ino`'s size: blocks past it are dropped, a partial last block is cut.
     pub fn truncate(&mut self, ino: u64, size: u64) -> Result<()> {
-        self.begin();
-        let r = self.do_truncate(ino, size);
-        self.log_change(&r, |_| Op::Truncate { ino, size });
-        r
+        self.logged(|e| e.do_truncate(ino, size), |_| Op::Truncate { ino, size })
     }
 
     fn do_truncate(&mut self, ino: u64, size: u64) -> Result<()> {
@@ -1022,32 +1019,46 @@ impl Engine {
 
     /// Change `ino`'s attributes as `change` says.
     pub fn set_attr(&mut self, ino: u64, change: &AttrChange) -> Result<Inode> {
-        self.begin();
         let c = *change;
-        let r = self.update(ino, |n| {
-            if let Some(m) = c.mode {
-                n.mode = (n.mode & libc::S_IFMT) | (m & 0o7777);
-            }
-            if let Some(u) = c.uid {
-                n.uid = u;
-            }
-            if let Some(g) = c.gid {
-                n.gid = g;
-            }
-            if let Some(t) = c.atime {
-                n.times[0] = t;
-            }
-            if let Some(t) = c.mtime {
-                n.times[1] = t;
-            }
-        });
-        self.log_change(&r, |_| Op::SetAttr { ino, change: c });
-        r
+        self.logged(
+            |e| {
+                e.update(ino, |n| {
+                    if let Some(m) = c.mode {
+                        n.mode = (n.mode & libc::S_IFMT) | (m & 0o7777);
+                    }
+                    if let Some(u) = c.uid {
+                        n.uid = u;
+                    }
+                    if let Some(g) = c.gid {
+                        n.gid = g;
+                    }
+                    if let Some(t) = c.atime {
+                        n.times[0] = t;
+                    }
+                    if let Some(t) = c.mtime {
+                        n.times[1] = t;
+                    }
+                })
+            },
+            |_| Op::SetAttr { ino, change: c },
+        )
     }
 
     /// The time the change about to be made carries.
     fn begin(&mut self) {
         self.at = self.clock.unwrap_or_else(now);
+    }
+
+    /// Make a change with `f` at this moment's time, and journal it as `op` says.
+    fn logged<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T>,
+        op: impl FnOnce(&T) -> Op,
+    ) -> Result<T> {
+        self.begin();
+        let r = f(self);
+        self.log_change(&r, op);
+        r
     }
 
     /// Journal a change that returned `r`. Errors other than EIO are refusals made before
