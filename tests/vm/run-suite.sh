@@ -5,6 +5,8 @@
 #                                      msize 512 KiB (tcp also 1 MiB); the same workload over
 #                                      trans=tcp on an Envoy image (.L and .u: envoyd --image, the
 #                                      image seeded through 9P, checked after a restart of envoyd);
+#                                      the 2006 namespace from the guest's shell (envoyd --images:
+#                                      ln -s snapshots and forks, EROFS, EPERM, ENOENT);
 #                                      and the SCTP cases, run
 #                                      inside the guest because its kernel has SCTP and the hosts'
 #                                      does not (tests/vm/sctp-guest.sh: envoy-mount over loopback
@@ -29,6 +31,7 @@ EXPECTED_CHECKS=14
 [ -x "$ENVOYD" ] || { echo "run-suite: build envoyd first ($ENVOYD)" >&2; exit 3; }
 ENVOY_MOUNT=$(dirname "$ENVOYD")/envoy-mount
 ENVOY_9P=$(dirname "$ENVOYD")/envoy-9p
+ENVOY_XL=$(dirname "$ENVOYD")/envoy-xl
 "$ROOT/tools/vm/build.sh" || exit 3
 W=$(mktemp -d /tmp/envoy-vmsuite-XXXXXX)
 cleanup() { pkill -f "envoyd --export $W/" 2>/dev/null; pkill -f "envoyd --host vm --data-dir $W/" 2>/dev/null; rm -rf "$W"; }
@@ -37,6 +40,7 @@ trap cleanup EXIT
 mkdir -p "$W/payload/bin"
 gcc -static -O2 -Wall -o "$W/payload/bin/mmapcat" "$ROOT/tests/vm/mmapcat.c" || exit 3
 install -m 0755 "$ROOT/tests/vm/workload.sh" "$W/payload/workload.sh"
+install -m 0755 "$ROOT/tests/vm/namespace.sh" "$W/payload/namespace.sh"
 
 # start_envoyd DIR LISTEN ARGS...: envoyd serving with ARGS (and any extra ones) on LISTEN, its
 # output in DIR; sets PID and PORT (for tcp).
@@ -90,6 +94,39 @@ run_case() {
     } > "$d/checks"
     if [ "$mode" = image ]; then kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; fi
     verdict "$d" "$name" "$vmrc" $((EXPECTED_CHECKS + 3)) "$start"
+}
+
+# run_namespace_case NAME VERSION: the 2006 interface from the guest's shell (tests/vm/namespace.sh)
+# on an envoyd serving every image (--images) over trans=tcp; the host creates image vm1 first
+# (envoy-xl image create) and afterwards checks the catalog and the fork through envoyd.
+run_namespace_case() {
+    local name=$1 ver=$2 d=$W/$1
+    mkdir -p "$d"
+    local serve=(--host vm --data-dir "$d/data" --storage "unix:$d/storage.sock" --images)
+    start_envoyd "$d" tcp:127.0.0.1:0 "${serve[@]}"
+    local start=$SECONDS created=PASS
+    "$ENVOY_XL" image create vm1 --socket "$d/data/images.sock" >"$d/xl.log" 2>&1 || created=FAIL
+    "$ROOT/tools/vm/run-vm.sh" -t tcp -v "$ver" -p "$PORT" -P "$W/payload" \
+        -l "$d/console.log" -T 240 -- 'sh /namespace.sh' 2>"$d/run-vm.log"
+    local vmrc=$?
+    {
+        echo "$created host_created_vm1"
+        tr -d '\r' < "$d/console.log" | grep -a '^ENVOY-CHECK: ' | sed 's/^ENVOY-CHECK: //'
+        local list
+        list=$("$ENVOY_XL" image list --json --socket "$d/data/images.sock" 2>&1)
+        if python3 -c 'import json,sys; l={i["name"]: i["snapshots"] for i in json.loads(sys.argv[1])["images"]}; sys.exit(0 if l.get("vm1") == [1, 2] and "vm2" in l else 1)' "$list"; then
+            echo "PASS host_catalog_has_vm1_snapshots_1_2_and_vm2"
+        else
+            echo "FAIL host_catalog_has_vm1_snapshots_1_2_and_vm2: $list"
+        fi
+        if [ "$("$ENVOY_9P" --tcp "127.0.0.1:$PORT" --uid 0 --aname vm2 cat a 2>&1)" = fork ]; then
+            echo "PASS host_reads_the_fork"
+        else
+            echo "FAIL host_reads_the_fork"
+        fi
+    } > "$d/checks"
+    kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null
+    verdict "$d" "$name" "$vmrc" 10 "$start"
 }
 
 # verdict DIR NAME VMRC MIN_CHECKS START: PASS when the VM passed, no check failed and at least
@@ -175,7 +212,8 @@ CASES=("sctp-rust sctp rust - 32" "sctp-multihome-L sctp multihome 9p2000.L 23"
        "tcp-u-512k tcp 9p2000.u 524288" "tcp-L-512k tcp 9p2000.L 524288"
        "fd-u-512k fd 9p2000.u 524288" "fd-L-512k fd 9p2000.L 524288"
        "tcp-u-1m tcp 9p2000.u 1048576" "tcp-L-1m tcp 9p2000.L 1048576"
-       "image-tcp-L image 9p2000.L 524288" "image-tcp-u image 9p2000.u 524288")
+       "image-tcp-L image 9p2000.L 524288" "image-tcp-u image 9p2000.u 524288"
+       "namespace-tcp-L namespace 9p2000.L")
 names=()
 t0=$SECONDS
 payload_built=0
@@ -187,7 +225,11 @@ for c in "${CASES[@]}"; do
         payload_built=1
     fi
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
-    if [ "$2" = sctp ]; then run_sctp_case "$1" "$3" "$4" "$5" & else run_case "$@" & fi
+    case $2 in
+    sctp) run_sctp_case "$1" "$3" "$4" "$5" & ;;
+    namespace) run_namespace_case "$1" "$3" & ;;
+    *) run_case "$@" & ;;
+    esac
     names+=("$1")
 done
 wait
