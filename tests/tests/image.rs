@@ -17,8 +17,9 @@ use tokio::sync::watch;
 
 const ROOT: u32 = 1;
 
-/// Serve `fs` on loopback; a connected, attached client (as `uid`).
-async fn serve(fs: ImageFs, uid: u32) -> (Client, watch::Sender<bool>) {
+/// Serve `fs` (an image, or the namespace of images) on loopback; a connected, attached client
+/// (as `uid`).
+async fn serve<F: envoy::vfs::FileSystem>(fs: F, uid: u32) -> (Client, watch::Sender<bool>) {
     let server = Server::new(Arc::new(fs), ServerConfig::default());
     let listener = envoy_transport::bind(&"tcp:127.0.0.1:0".parse::<Endpoint>().unwrap())
         .await
@@ -277,19 +278,7 @@ async fn the_2006_namespace_snapshots_and_forks_with_links() {
     let (_d, s) = store();
     drop(ImageFs::create(s.clone(), "base", 0, 0).unwrap());
     let ns = NamespaceFs::new(Arc::new(envoy::image::registry::Images::new(s.clone())));
-    let server = Server::new(Arc::new(ns), ServerConfig::default());
-    let listener = envoy_transport::bind(&"tcp:127.0.0.1:0".parse::<Endpoint>().unwrap())
-        .await
-        .unwrap();
-    let Endpoint::Tcp(addr) = listener.local_endpoint() else {
-        unreachable!()
-    };
-    let (_stop, stop_rx) = watch::channel(false);
-    tokio::spawn(envoy::serve_listener(server, listener, stop_rx));
-    let c = Client::connect_tcp(addr, Dialect::P9P2000L, 1 << 20)
-        .await
-        .unwrap();
-    c.attach(ROOT, "", "", 0).await.unwrap();
+    let (c, _stop) = serve(ns, 0).await;
     let eno = |e: envoy_tools::client::ClientError| e.errno().map(|n| Errno::from_raw(n as i32));
 
     // Write through /base/current.

@@ -484,13 +484,13 @@ impl Tree {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envoy_objstore::{LocalStore, StoreOptions};
+    use envoy_objstore::LocalStore;
     use std::collections::BTreeMap;
 
+    /// The image modules' test store, as the `&dyn Objects` trees take.
     fn store() -> (tempfile::TempDir, LocalStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = LocalStore::open(dir.path(), StoreOptions::default()).unwrap();
-        (dir, s)
+        let (dir, s) = crate::image::test_store();
+        (dir, std::sync::Arc::into_inner(s).expect("only owner"))
     }
 
     fn val(k: u64, len: usize) -> Bytes {

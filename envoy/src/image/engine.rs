@@ -1205,13 +1205,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envoy_objstore::{LocalStore, StoreOptions};
-
-    fn store() -> (tempfile::TempDir, Arc<LocalStore>) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = LocalStore::open(dir.path(), StoreOptions::default()).unwrap();
-        (dir, Arc::new(s))
-    }
+    use crate::image::test_store as store;
 
     fn file(e: &mut Engine, name: &str) -> u64 {
         e.create(ROOT_INO, name, &NewNode::new(libc::S_IFREG | 0o644, 0, 0))
@@ -1684,7 +1678,7 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[offset as usize + 3] ^= 1;
         std::fs::write(&path, bytes).unwrap();
-        let s = Arc::new(LocalStore::open(dir.path(), StoreOptions::default()).unwrap());
+        let s = Arc::new(envoy_objstore::LocalStore::open(dir.path(), Default::default()).unwrap());
         let mut e = Engine::open(s, &root).unwrap();
         let mut buf = vec![0u8; 100];
         assert_eq!(e.read(ino, 0, &mut buf), Err(Errno::EIO));

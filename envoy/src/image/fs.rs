@@ -589,6 +589,29 @@ impl ImageFs {
 
     /// Create `name` in `dir` as `new` says; with `open`, the engine counts it open (for the
     /// handle a create returns).
+    /// Change an extended attribute of `node` with `f`, once the name is one an image holds
+    /// (EOPNOTSUPP), the node may carry `user.*` attributes (EPERM) and `creds` may write it.
+    fn change_xattr(
+        &self,
+        creds: &Creds,
+        node: &ImageNode,
+        name: &str,
+        f: impl FnOnce(&mut Engine) -> Result<()>,
+    ) -> Result<()> {
+        if !xattr_allowed(name) {
+            self.writable()?;
+            return Err(Errno::EOPNOTSUPP);
+        }
+        self.change(|e| {
+            let n = e.inode(node.ino())?;
+            if !holds_user_xattrs(&n) {
+                return Err(Errno::EPERM);
+            }
+            may(creds, &n, W)?;
+            f(e)
+        })
+    }
+
     fn make(
         &self,
         creds: &Creds,
@@ -1094,33 +1117,13 @@ impl FileSystem for ImageFs {
         value: &[u8],
         flags: u32,
     ) -> Result<()> {
-        if !xattr_allowed(name) {
-            self.writable()?;
-            return Err(Errno::EOPNOTSUPP);
-        }
-        self.change(|e| {
-            let n = e.inode(node.ino())?;
-            if !holds_user_xattrs(&n) {
-                return Err(Errno::EPERM);
-            }
-            may(creds, &n, W)?;
+        self.change_xattr(creds, node, name, |e| {
             e.set_xattr(node.ino(), name, value, flags)
         })
     }
 
     fn removexattr(&self, creds: &Creds, node: &ImageNode, name: &str) -> Result<()> {
-        if !xattr_allowed(name) {
-            self.writable()?;
-            return Err(Errno::EOPNOTSUPP);
-        }
-        self.change(|e| {
-            let n = e.inode(node.ino())?;
-            if !holds_user_xattrs(&n) {
-                return Err(Errno::EPERM);
-            }
-            may(creds, &n, W)?;
-            e.remove_xattr(node.ino(), name)
-        })
+        self.change_xattr(creds, node, name, |e| e.remove_xattr(node.ino(), name))
     }
 
     fn lock(&self, _creds: &Creds, file: &ImageFile, lock: &Lock) -> Result<LockStatus> {
@@ -1161,13 +1164,7 @@ impl ImageFs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envoy_objstore::{LocalStore, StoreOptions};
-
-    fn store() -> (tempfile::TempDir, Arc<LocalStore>) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = LocalStore::open(dir.path(), StoreOptions::default()).unwrap();
-        (dir, Arc::new(s))
-    }
+    use crate::image::test_store as store;
 
     fn root(fs: &ImageFs) -> ImageNode {
         fs.attach(&Creds::root(), "").unwrap().0

@@ -31,3 +31,14 @@ pub mod registry;
 pub mod usage;
 pub mod wal;
 pub mod walk;
+
+/// A local store in a temporary directory, for the image modules' unit tests.
+#[cfg(test)]
+fn test_store() -> (
+    tempfile::TempDir,
+    std::sync::Arc<envoy_objstore::LocalStore>,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = envoy_objstore::LocalStore::open(dir.path(), Default::default()).expect("store");
+    (dir, std::sync::Arc::new(store))
+}

@@ -36,7 +36,11 @@ pub trait Objects: Send + Sync {
         expected: u64,
         value: Bytes,
         refs: Vec<ObjectId>,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<u64, StoreError> {
+        self.cas_many(vec![(name.to_owned(), expected, value, refs)])?
+            .pop()
+            .ok_or_else(|| StoreError::Refused("compare-and-set gave no answer".to_owned()))
+    }
     /// Several compare-and-sets (name, expected version, value, refs) at once, durable on
     /// return; the new versions. One transaction on a single store (all or none); on the
     /// cluster, whose records live on different hosts, they go out together and each stands
@@ -78,16 +82,6 @@ impl Objects for LocalStore {
             .into_iter()
             .map(|(n, r)| (n, r.value))
             .collect())
-    }
-
-    fn cas(
-        &self,
-        name: &str,
-        expected: u64,
-        value: Bytes,
-        refs: Vec<ObjectId>,
-    ) -> Result<u64, StoreError> {
-        self.cas_record(name, expected, value, refs)
     }
 
     fn cas_many(&self, writes: Vec<RecordWrite>) -> Result<Vec<u64>, StoreError> {
@@ -161,16 +155,6 @@ impl Objects for ClusterObjects {
             .into_iter()
             .map(|(n, r)| (n, r.value))
             .collect())
-    }
-
-    fn cas(
-        &self,
-        name: &str,
-        expected: u64,
-        value: Bytes,
-        refs: Vec<ObjectId>,
-    ) -> Result<u64, StoreError> {
-        self.run(self.cluster.cas_record(name, expected, value, refs))
     }
 
     fn cas_many(&self, writes: Vec<RecordWrite>) -> Result<Vec<u64>, StoreError> {
