@@ -470,12 +470,7 @@ impl StorageClient {
         {
             Ok(Reply::Cas { version }) => Ok(version),
             Ok(other) => Err(unexpected(&self.inner.peer, &other)),
-            Err(StoreError::Conflict { name, current, .. }) => Err(StoreError::Conflict {
-                name,
-                expected,
-                current,
-            }),
-            Err(e) => Err(e),
+            Err(e) => Err(with_expected(e, expected)),
         }
     }
 
@@ -495,12 +490,7 @@ impl StorageClient {
         {
             Ok(Reply::DeleteRecord { version }) => Ok(version),
             Ok(other) => Err(unexpected(&self.inner.peer, &other)),
-            Err(StoreError::Conflict { name, current, .. }) => Err(StoreError::Conflict {
-                name,
-                expected,
-                current,
-            }),
-            Err(e) => Err(e),
+            Err(e) => Err(with_expected(e, expected)),
         }
     }
 
@@ -585,6 +575,19 @@ fn put_reply(reply: Reply, peer: &str) -> Result<(PutOutcome, u8)> {
     match reply {
         Reply::Put { outcome, copies } => Ok((outcome, copies)),
         other => Err(unexpected(peer, &other)),
+    }
+}
+
+/// A conflict as the caller asked: the wire's Rerror carries the record's current version,
+/// not the version the caller expected.
+fn with_expected(e: StoreError, expected: u64) -> StoreError {
+    match e {
+        StoreError::Conflict { name, current, .. } => StoreError::Conflict {
+            name,
+            expected,
+            current,
+        },
+        e => e,
     }
 }
 

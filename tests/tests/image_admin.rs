@@ -95,7 +95,7 @@ fn du_counts_what_each_image_and_snapshot_shares_and_holds_alone() {
     );
 
     // What du reads is the records: the admin operations settle the open images first.
-    images.settle().unwrap();
+    images.settle(None).unwrap();
     let catalog = images.catalog().unwrap();
     let u = usage::usage(&*store, &catalog, None);
     let blk = BLOCK as u64;

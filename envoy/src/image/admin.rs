@@ -228,7 +228,7 @@ pub fn run(images: &Images, request: Request) -> Result<Outcome, AdminError> {
         }
         Request::List => {
             images
-                .settle()
+                .settle(None)
                 .map_err(|e| failed("commit the open images", e))?;
             let catalog = images.catalog().map_err(|e| failed("list the images", e))?;
             Ok(Outcome::List {
@@ -290,7 +290,7 @@ pub fn run(images: &Images, request: Request) -> Result<Outcome, AdminError> {
         }
         Request::Du { name } => {
             images
-                .settle()
+                .settle(None)
                 .map_err(|e| failed("commit the open images", e))?;
             let catalog = images.catalog().map_err(|e| failed("list the images", e))?;
             if let Some(n) = &name
@@ -305,8 +305,8 @@ pub fn run(images: &Images, request: Request) -> Result<Outcome, AdminError> {
         Request::Check { name } => {
             valid(&name)?;
             images
-                .settle()
-                .map_err(|e| failed("commit the open images", e))?;
+                .settle(Some(&name))
+                .map_err(|e| failed(format!("commit image {name}"), e))?;
             let info = match images.info(&name) {
                 Ok(i) => i,
                 Err(Errno::ENOENT) => return Err(AdminError::NoImage { image: name }),

@@ -153,16 +153,19 @@ impl Images {
         Ok(fs)
     }
 
-    /// Commit every open image (its write-ahead log folded into a new root), so that the
-    /// records — which list, du and check read — name everything written so far.
-    pub fn settle(&self) -> Result<(), Errno> {
-        let open: Vec<Arc<ImageFs>> = self.lock().values().cloned().collect();
-        for fs in open {
-            if !fs.read_only() {
-                fs.commit()?;
-            }
-        }
-        Ok(())
+    /// Commit the open images — every one, or only `image` — (their write-ahead logs folded
+    /// into new roots), so that the records, which list, du and check read, name everything
+    /// written so far.
+    pub fn settle(&self, image: Option<&str>) -> Result<(), Errno> {
+        let open: Vec<Arc<ImageFs>> = self
+            .lock()
+            .iter()
+            .filter(|(t, fs)| {
+                t.snapshot.is_none() && image.is_none_or(|i| t.image == i) && !fs.read_only()
+            })
+            .map(|(_, fs)| fs.clone())
+            .collect();
+        open.iter().try_for_each(|fs| fs.commit())
     }
 
     /// Every image and its snapshots, from the records.
