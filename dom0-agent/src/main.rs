@@ -100,6 +100,10 @@ struct Args {
     /// Free space the object store leaves on its file system, MiB (default 64).
     #[arg(long, value_name = "MIB")]
     storage_reserve_mib: Option<u64>,
+    /// Memory for verified image blocks, MiB, shared by every image served (0: none). Hot
+    /// reads are served from it without the store or a hash.
+    #[arg(long, value_name = "MIB", default_value_t = 512)]
+    image_cache_mib: u64,
     /// Log more (-v: debug, -vv: trace; RUST_LOG overrides).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -208,7 +212,7 @@ async fn run(args: Args) -> Result<()> {
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("cannot create {}", data_dir.display()))?;
         let store = envoy_dom0_agent::storage::start(setup, &stop_rx, &mut tasks).await?;
-        let registry = Arc::new(Images::new(image_objects(store)));
+        let registry = Arc::new(Images::new(image_objects(store, args.image_cache_mib)));
         serve_image_admin(&registry, &data_dir, &stop_rx, &mut tasks).await?;
         images = Some(registry);
     }
@@ -279,11 +283,22 @@ fn server_config(args: &Args) -> ServerConfig {
     }
 }
 
-/// Images' objects through the cluster: replicated (R copies) when there are peers.
-fn image_objects(cluster: Arc<envoy_objstore::Cluster>) -> Arc<dyn envoy::image::objects::Objects> {
-    Arc::new(envoy::image::objects::ClusterObjects::new(
+/// Images' objects through the cluster (replicated, R copies, when there are peers), with
+/// `cache_mib` of verified objects kept in memory.
+fn image_objects(
+    cluster: Arc<envoy_objstore::Cluster>,
+    cache_mib: u64,
+) -> Arc<dyn envoy::image::objects::Objects> {
+    let objects = Arc::new(envoy::image::objects::ClusterObjects::new(
         cluster,
         tokio::runtime::Handle::current(),
+    ));
+    if cache_mib == 0 {
+        return objects;
+    }
+    Arc::new(envoy::image::cache::CachedObjects::new(
+        objects,
+        cache_mib << 20,
     ))
 }
 

@@ -37,6 +37,11 @@ const ROOT_MAGIC: &[u8; 8] = b"ENVOYIMG";
 /// A result with the errno a client will see.
 pub type Result<T> = std::result::Result<T, Errno>;
 
+/// The block id a file's block map holds (EIO if the value is not one).
+fn block_id(v: &[u8]) -> Result<ObjectId> {
+    Ok(ObjectId(<[u8; 32]>::try_from(v).map_err(|_| Errno::EIO)?))
+}
+
 /// An object-layer failure as the client sees it: EIO (logged with its cause).
 fn eio(e: StoreError) -> Errno {
     tracing::error!(error = %e, "image: object layer failed");
@@ -120,6 +125,9 @@ pub struct Engine {
     flushing: BTreeMap<(u64, u64), Bytes>,
     /// Objects of a commit whose store failed: stored again by the next commit.
     unsaved: Vec<PutObject>,
+    /// Blocks of a commit being stored (or whose store failed), by id: in their files' maps
+    /// already, read from here until the store has them (see [`Engine::prepare_commit`]).
+    pending: HashMap<ObjectId, Bytes>,
     /// Changes not yet in the write-ahead log (see [`Engine::take_journal`]).
     journal: Journal,
     /// The time of the change being made (a replay sets it from the log).
@@ -214,6 +222,7 @@ impl Engine {
             dirty: BTreeMap::new(),
             flushing: BTreeMap::new(),
             unsaved: Vec::new(),
+            pending: HashMap::new(),
             journal: Journal::default(),
             at: now(),
             clock: None,
@@ -254,6 +263,7 @@ impl Engine {
             dirty: BTreeMap::new(),
             flushing: BTreeMap::new(),
             unsaved: Vec::new(),
+            pending: HashMap::new(),
             journal: Journal::default(),
             at: now(),
             clock: None,
@@ -262,10 +272,23 @@ impl Engine {
         })
     }
 
-    /// Write everything changed and a new root object; the root's id (durable on return).
-    /// Every object is stored in one batch (their ids are their hashes, known up front); if
-    /// the batch fails, it is kept and stored again by the next commit.
+    /// Commit: every change into a new root, stored (one batch); its id. The owner's write
+    /// path does the same in steps ([`Engine::prepare_commit`]) to store without its lock.
     pub fn commit(&mut self) -> Result<ObjectId> {
+        let (root, batch) = self.prepare_commit()?;
+        let stored = self.store.put_many(batch.clone());
+        self.commit_stored(batch, stored.is_ok());
+        stored.map_err(eio)?;
+        Ok(root)
+    }
+
+    /// Fold every change into a new root: the dirty blocks into their files' maps, changed
+    /// trees into new nodes, the inode table into the root. Returns the root's id and the
+    /// objects to store (blocks, nodes, root) — the caller stores them, then reports with
+    /// [`Engine::commit_stored`]. Meanwhile the engine goes on from the new root (changes
+    /// made now belong to the next commit), its new blocks read from memory. One commit at
+    /// a time: the next is prepared only once this one is reported.
+    pub fn prepare_commit(&mut self) -> Result<(ObjectId, Vec<PutObject>)> {
         // Blocks of a flush that never finished are stored below, with the rest.
         self.abort_flush();
         let mut batch = std::mem::take(&mut self.unsaved);
@@ -274,6 +297,7 @@ impl Engine {
         for ((ino, index), data) in dirty {
             let block = PutObject::new(data.freeze(), Vec::new());
             let id = block.id();
+            self.pending.insert(id, block.data().clone());
             batch.push(block);
             let store = self.store.clone();
             self.tree(ino)?
@@ -304,21 +328,29 @@ impl Engine {
         let root = PutObject::new(root.freeze(), vec![table]);
         let id = root.id();
         batch.push(root);
-        if let Err(e) = self.store.put_many(batch.clone()) {
-            self.unsaved = batch;
-            return Err(eio(e));
-        }
-        // Stored: what is unchanged can leave memory (it is read again when needed).
-        self.inodes.unload();
-        for tree in self.trees.values_mut() {
-            tree.unload();
-        }
         // Everything is in the root now: the journal starts afresh.
         self.journal = Journal {
             off: self.journal.off,
             ..Journal::default()
         };
-        Ok(id)
+        Ok((id, batch))
+    }
+
+    /// The objects of [`Engine::prepare_commit`] were stored (`true`) or not. Stored: what
+    /// is unchanged can leave memory (it is read again when needed). Not: the next commit
+    /// stores them with its own, and until then only a commit (not a log entry, whose base
+    /// would lack them) makes changes durable.
+    pub fn commit_stored(&mut self, batch: Vec<PutObject>, stored: bool) {
+        if stored {
+            self.pending.clear();
+            self.inodes.unload();
+            for tree in self.trees.values_mut() {
+                tree.unload();
+            }
+        } else {
+            self.unsaved = batch;
+            self.lose_journal();
+        }
     }
 
     /// Take the dirty blocks out to be stored without the owner's lock (hashing and writing
@@ -893,9 +925,13 @@ impl Engine {
                 } else {
                     match self.tree(ino)?.get(&*store, index).map_err(eio)? {
                         None => BlockSource::Hole,
-                        Some(v) => BlockSource::Stored(ObjectId(
-                            <[u8; 32]>::try_from(&v[..]).map_err(|_| Errno::EIO)?,
-                        )),
+                        Some(v) => {
+                            let id = block_id(&v)?;
+                            match self.pending.get(&id) {
+                                Some(b) => BlockSource::Here(b.clone()),
+                                None => BlockSource::Stored(id),
+                            }
+                        }
                     }
                 };
                 blocks.push(source);
@@ -916,7 +952,10 @@ impl Engine {
         let Some(v) = self.tree(ino)?.get(&*store, index).map_err(eio)? else {
             return Ok(None);
         };
-        let id = ObjectId(<[u8; 32]>::try_from(&v[..]).map_err(|_| Errno::EIO)?);
+        let id = block_id(&v)?;
+        if let Some(b) = self.pending.get(&id) {
+            return Ok(Some(b.clone()));
+        }
         // A block that fails its hash is EIO for this range, never wrong bytes.
         self.store.get(&id).map(Some).map_err(eio)
     }
@@ -959,10 +998,14 @@ impl Engine {
                 .saturating_sub(index * BLOCK as u64)
                 .min(BLOCK as u64) as usize;
             block.truncate(old_size_in_block);
-            if block.len() < within + take {
-                block.resize(within + take, 0);
+            if block.len() < within {
+                block.resize(within, 0);
             }
-            block[within..within + take].copy_from_slice(&data[done..done + take]);
+            // Overwrite what the block holds, append the rest (no zeroing of bytes written).
+            let src = &data[done..done + take];
+            let over = block.len().min(within + take) - within;
+            block[within..within + over].copy_from_slice(&src[..over]);
+            block.extend_from_slice(&src[over..]);
             self.dirty.insert((ino, index), block);
             done += take;
         }
@@ -1230,8 +1273,10 @@ mod tests {
         let mut model: Vec<u8> = Vec::new();
         let mut x = 99u64;
         let mut flight = Vec::new();
+        let mut commit = None;
         for step in 0..300u64 {
-            // Blocks taken out for storing while writes and truncates go on.
+            // Blocks taken out for storing while writes and truncates go on; commits whose
+            // objects are stored later (or fail to be, then go with the next commit).
             match step % 30 {
                 5 => flight = e.start_flush(),
                 15 => {
@@ -1241,7 +1286,17 @@ mod tests {
                         .collect();
                     e.finish_flush(ids).unwrap();
                 }
+                17 => commit = Some(e.prepare_commit().unwrap()),
                 22 => flight = e.start_flush(),
+                25 if commit.is_some() => {
+                    let (_, batch) = commit.take().unwrap();
+                    if step % 60 < 30 {
+                        e.commit_stored(batch, false);
+                    } else {
+                        Objects::put_many(&*s, batch.clone()).unwrap();
+                        e.commit_stored(batch, true);
+                    }
+                }
                 27 => e.abort_flush(),
                 _ => {}
             }
@@ -1265,6 +1320,10 @@ mod tests {
             }
             assert_eq!(read_all(&mut e, ino), model, "step {step}");
             if step % 50 == 49 {
+                // One commit at a time (the owner's flush lock sees to it in the backend).
+                if let Some((_, batch)) = commit.take() {
+                    e.commit_stored(batch, false);
+                }
                 let root = e.commit().unwrap();
                 e = Engine::open(s.clone(), &root).unwrap();
                 assert_eq!(read_all(&mut e, ino), model, "after reopen at {step}");

@@ -5,10 +5,11 @@
 //! since, the head of its write-ahead log ([`super::wal`]). fsync, the clunk of a written file
 //! and wstat-sync append the changes made since the last flush to the log — one small object
 //! and one record update, durable on the object layer's replicas before the reply — and
-//! concurrent syncs share one flush. Commits of a new root happen in batches: every
-//! [`COMMIT_INTERVAL`] while there are changes, whenever more than [`COMMIT_BYTES`] of file
-//! data are dirty (so memory stays bounded), when the log grows past [`LOG_ENTRIES`] entries
-//! or the changes are too large to log, and for a snapshot. A crash leaves the image at its
+//! concurrent syncs share one flush. Commits of a new root happen in batches, on the image's
+//! committer thread: every [`COMMIT_INTERVAL`] while there are changes and whenever more than
+//! [`COMMIT_BYTES`] of file data are dirty (writers go on meanwhile; past [`DIRTY_LIMIT`] they
+//! wait, so memory stays bounded); and in the caller when the log grows past [`LOG_ENTRIES`]
+//! entries or the changes are too large to log, and for a snapshot. A crash leaves the image at its
 //! last commit plus its log, which opening replays. An image opened read-only (a snapshot)
 //! refuses every change with EROFS.
 //!
@@ -36,8 +37,14 @@ use crate::vfs::{
     StatFs,
 };
 
-/// Dirty file data past which a commit happens on its own.
+/// Dirty file data past which the batch committer commits (in the background: writers go on).
 pub const COMMIT_BYTES: usize = 64 << 20;
+/// Dirty file data past which a writer waits for a commit itself (memory stays bounded when
+/// writes outrun the store).
+pub const DIRTY_LIMIT: usize = 3 * COMMIT_BYTES;
+/// A commit stores the blocks dirtied while it stored the previous ones, without the owner's
+/// lock, until no more than this is left for the part under the lock (or a few rounds pass).
+const COMMIT_TAIL: usize = 4 << 20;
 /// How long changes stay in the log (and memory) before a batch commit folds them into a root.
 pub const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 /// Log entries past which a sync commits instead (bounds the replay at open).
@@ -81,6 +88,8 @@ struct Shared {
     /// Held by whoever writes the record (a log flush or a commit), so that they happen one
     /// at a time and in order; taken before `state`, never after.
     flush: Mutex<()>,
+    /// Wakes the committer thread early (dirty data past [`COMMIT_BYTES`]).
+    kick: Option<std::sync::mpsc::SyncSender<()>>,
 }
 
 impl Shared {
@@ -98,13 +107,72 @@ impl Shared {
         self.commit_flushing()
     }
 
-    /// Commit, the flush lock held: the dirty blocks are hashed and stored first without
-    /// the state lock (changes go on meanwhile), then the rest — the few blocks changed
-    /// since, the tree nodes, the root, the record — under it.
+    /// Commit, the flush lock held. The state lock is held only to fold the changes into a
+    /// new root (the few blocks dirtied since the flushes, the tree nodes): the dirty blocks
+    /// are hashed and stored before, the new objects and the record written after, without
+    /// it — changes go on meanwhile, into the next commit.
     fn commit_flushing(&self) -> Result<()> {
         self.flush_blocks()?;
+        // Writes went on meanwhile: store what they dirtied too, still without the lock.
+        for _ in 0..3 {
+            if self.lock().engine.dirty_bytes() <= COMMIT_TAIL {
+                break;
+            }
+            self.flush_blocks()?;
+        }
         let mut st = self.lock();
-        commit_state(&*self.store, &self.record, &mut st)
+        if !st.dirty {
+            return Ok(());
+        }
+        let (root, batch) = st.engine.prepare_commit()?;
+        let (version, since) = (st.version, st.since);
+        // Changes from now on make the image dirty again.
+        st.dirty = false;
+        st.since = None;
+        drop(st);
+        let stored = self.store.put_many(batch.clone());
+        let was_stored = stored.is_ok();
+        let recorded = stored.and_then(|()| {
+            let (value, refs) = wal::record_value(&root, None);
+            self.store.cas(&self.record, version, value, refs)
+        });
+        let mut st = self.lock();
+        st.engine.commit_stored(batch, was_stored);
+        let recorded = match recorded {
+            Ok(version) => Ok(version),
+            Err(e) => self.recorded_anyway(&root).ok_or(e),
+        };
+        match recorded {
+            Ok(version) => {
+                st.root = Some(root);
+                st.head = None;
+                st.log_len = 0;
+                st.version = version;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(record = %self.record, error = %e, "image: cannot commit");
+                // Still in the engine: the next sync or commit commits them (and the blocks).
+                st.engine.lose_journal();
+                st.dirty = true;
+                st.since = since.or(st.since);
+                Err(Errno::EIO)
+            }
+        }
+    }
+
+    /// After a failed record write: the record's version if it names `root` (and no log)
+    /// anyway (the write happened, the answer was lost: a cluster's quorum, say).
+    fn recorded_anyway(&self, root: &ObjectId) -> Option<u64> {
+        match self.store.record(&self.record) {
+            Ok(Some(rec))
+                if super::catalog::root_of(&rec.value) == Ok(*root)
+                    && wal::head_of(&rec.value).is_none() =>
+            {
+                Some(rec.version)
+            }
+            _ => None,
+        }
     }
 
     /// Hash and store the dirty blocks without the state lock (the flush lock held).
@@ -181,11 +249,14 @@ impl Shared {
         }
     }
 
-    /// The batch committer's tick: commit if changes are older than `interval`.
+    /// The batch committer's work: commit if changes are older than `interval` or more than
+    /// [`COMMIT_BYTES`] of data are dirty.
     fn commit_if_due(&self, interval: Duration) {
         let due = {
             let st = self.lock();
-            st.dirty && st.since.is_some_and(|t| t.elapsed() >= interval)
+            st.dirty
+                && (st.since.is_some_and(|t| t.elapsed() >= interval)
+                    || st.engine.dirty_bytes() > COMMIT_BYTES)
         };
         if due && let Err(e) = self.commit() {
             tracing::error!(record = %self.record, errno = %e, "image: batch commit failed");
@@ -256,22 +327,34 @@ fn read_log(store: &dyn Objects, root: &ObjectId, head: ObjectId) -> Result<Vec<
     Ok(entries)
 }
 
-/// Commits an image's changes every [`COMMIT_INTERVAL`] until the image is dropped.
-fn spawn_committer(shared: Weak<Shared>) {
+/// Starts the thread that commits an image's changes every [`COMMIT_INTERVAL`], and when
+/// kicked (dirty data past [`COMMIT_BYTES`]), until the image is dropped; the sender that
+/// kicks it, `None` if it could not start (then writers commit themselves).
+fn spawn_committer(shared: Weak<Shared>) -> Option<std::sync::mpsc::SyncSender<()>> {
+    use std::sync::mpsc::{RecvTimeoutError, sync_channel};
     let tick = COMMIT_INTERVAL / 5;
+    let (kick, kicked) = sync_channel(1);
     let spawned = std::thread::Builder::new()
         .name("image-commit".into())
         .spawn(move || {
             loop {
-                std::thread::sleep(tick);
+                // Waits without holding the image: dropping it (and so the sender) ends this.
+                match kicked.recv_timeout(tick) {
+                    Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
                 let Some(shared) = shared.upgrade() else {
                     return;
                 };
                 shared.commit_if_due(COMMIT_INTERVAL);
             }
         });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "image: cannot start the batch committer; changes commit on sync");
+    match spawned {
+        Ok(_) => Some(kick),
+        Err(e) => {
+            tracing::error!(error = %e, "image: cannot start the batch committer; writers commit");
+            None
+        }
     }
 }
 
@@ -465,7 +548,12 @@ impl ImageFs {
         version: u64,
         read_only: bool,
     ) -> ImageFs {
-        let shared = Arc::new(Shared {
+        let shared = Arc::new_cyclic(|weak| Shared {
+            kick: if read_only {
+                None
+            } else {
+                spawn_committer(weak.clone())
+            },
             store,
             record,
             state: Mutex::new(State {
@@ -479,9 +567,6 @@ impl ImageFs {
             }),
             flush: Mutex::new(()),
         });
-        if !read_only {
-            spawn_committer(Arc::downgrade(&shared));
-        }
         ImageFs {
             shared,
             read_only,
@@ -524,15 +609,10 @@ impl ImageFs {
             }
             Err(e) => {
                 // The root is stored; whether the image's record moved depends on the store.
-                match sh.store.record(&sh.record) {
-                    Ok(Some(rec))
-                        if super::catalog::root_of(&rec.value) == Ok(root)
-                            && wal::head_of(&rec.value).is_none() =>
-                    {
-                        committed(&mut st, root, rec.version)
-                    }
+                match sh.recorded_anyway(&root) {
+                    Some(version) => committed(&mut st, root, version),
                     // Not recorded: the next sync commits again.
-                    _ => st.engine.lose_journal(),
+                    None => st.engine.lose_journal(),
                 }
                 match e {
                     StoreError::Conflict { name, .. } if name == snap => Err(Errno::EEXIST),
@@ -579,10 +659,16 @@ impl ImageFs {
         if st.engine.unlogged() {
             st.changed();
         }
-        let full = st.engine.dirty_bytes() > COMMIT_BYTES;
+        let dirty = st.engine.dirty_bytes();
         drop(st);
-        if full {
-            self.shared.commit()?;
+        if dirty > COMMIT_BYTES {
+            match &self.shared.kick {
+                // The committer stores it while writes go on; past the limit, wait for it.
+                Some(kick) if dirty <= DIRTY_LIMIT => {
+                    let _ = kick.try_send(());
+                }
+                _ => self.shared.commit()?,
+            }
         }
         out
     }
@@ -1282,6 +1368,114 @@ mod tests {
             let want: String = (0..25).map(|i| format!("{t}:{i};")).collect();
             assert_eq!(read_file(&fs, &format!("t{t}")), want.as_bytes());
         }
+    }
+
+    /// A store whose `put_many` waits until the gate opens (a slow store, held still).
+    struct Gated {
+        inner: Arc<envoy_objstore::LocalStore>,
+        open: Mutex<bool>,
+        opened: std::sync::Condvar,
+    }
+
+    impl Objects for Gated {
+        fn put(
+            &self,
+            data: Bytes,
+            refs: Vec<ObjectId>,
+        ) -> std::result::Result<ObjectId, StoreError> {
+            Objects::put(&*self.inner, data, refs)
+        }
+        fn put_many(&self, objects: Vec<PutObject>) -> std::result::Result<(), StoreError> {
+            let g = self.open.lock().unwrap();
+            drop(self.opened.wait_while(g, |open| !*open).unwrap());
+            Objects::put_many(&*self.inner, objects)
+        }
+        fn get(&self, id: &ObjectId) -> std::result::Result<Bytes, StoreError> {
+            Objects::get(&*self.inner, id)
+        }
+        fn size(&self, id: &ObjectId) -> std::result::Result<u64, StoreError> {
+            Objects::size(&*self.inner, id)
+        }
+        fn record(
+            &self,
+            name: &str,
+        ) -> std::result::Result<Option<envoy_objstore::Record>, StoreError> {
+            Objects::record(&*self.inner, name)
+        }
+        fn records(&self) -> std::result::Result<Vec<(String, Bytes)>, StoreError> {
+            Objects::records(&*self.inner)
+        }
+        fn cas_many(
+            &self,
+            writes: Vec<crate::image::objects::RecordWrite>,
+        ) -> std::result::Result<Vec<u64>, StoreError> {
+            self.inner.cas_many(writes)
+        }
+        fn delete_record(&self, name: &str, expected: u64) -> std::result::Result<u64, StoreError> {
+            Objects::delete_record(&*self.inner, name, expected)
+        }
+    }
+
+    /// Writes past COMMIT_BYTES are committed by the committer thread while the writer goes
+    /// on (the store held still proves it: a writer committing itself would wait for it);
+    /// past DIRTY_LIMIT the writer waits; what was committed survives a crash without a sync.
+    #[test]
+    fn dirty_data_past_the_limit_commits_in_the_background() {
+        let (_d, s) = store();
+        let gated = Arc::new(Gated {
+            inner: s.clone(),
+            open: Mutex::new(true),
+            opened: std::sync::Condvar::new(),
+        });
+        let fs = Arc::new(ImageFs::create(gated.clone(), "vm", 0, 0).unwrap());
+        let first = s.record("image/vm").unwrap().unwrap();
+        *gated.open.lock().unwrap() = false;
+        // Whatever happens, the store opens again (a failed assertion must not hang).
+        struct Opens(Arc<Gated>);
+        impl Drop for Opens {
+            fn drop(&mut self) {
+                *self.0.open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                self.0.opened.notify_all();
+            }
+        }
+        let opens = Opens(gated.clone());
+        let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 253) as u8).collect();
+        let f = Arc::new(write_file(&fs, "big", &chunk));
+        let write = |from: usize, to: usize| {
+            let (fs, f, chunk) = (fs.clone(), f.clone(), chunk.clone());
+            let (done_tx, done) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for i in from..to {
+                    fs.write(&Creds::root(), &f, (i << 20) as u64, &chunk)
+                        .unwrap();
+                }
+                let _ = done_tx.send(());
+            });
+            done
+        };
+        let mib = COMMIT_BYTES >> 20;
+        write(1, mib + 8)
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a writer past COMMIT_BYTES waited for the commit");
+        // The committer holds what was dirty at its kick: the limit counts what came after.
+        let blocked = write(mib + 8, mib + (DIRTY_LIMIT >> 20) + 16);
+        assert!(
+            blocked.recv_timeout(Duration::from_millis(500)).is_err(),
+            "writers past DIRTY_LIMIT went on while nothing could be stored"
+        );
+        drop(opens);
+        blocked
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the writer did not go on once the store did");
+        assert!(s.record("image/vm").unwrap().unwrap().version > first.version);
+        drop(f);
+        let fs = Arc::into_inner(fs).expect("only owner");
+        crash(fs);
+        let fs = ImageFs::open(s, "vm", false).unwrap();
+        let node = fs.walk(&Creds::root(), &root(&fs), &["big".to_owned()]).0;
+        let size = fs.getattr(&Creds::root(), &node[0].0, None).unwrap().size;
+        assert!(size > COMMIT_BYTES as u64, "committed only {size} bytes");
+        assert_eq!(read_file(&fs, "big"), chunk, "the first MiB");
     }
 
     /// Large changes are committed, not logged; the log stays bounded by LOG_ENTRIES.

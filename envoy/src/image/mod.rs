@@ -18,6 +18,7 @@
 
 pub mod admin;
 pub mod btree;
+pub mod cache;
 pub mod catalog;
 pub mod check;
 pub mod control;

@@ -21,6 +21,11 @@ pub trait Objects: Send + Sync {
     fn put_many(&self, objects: Vec<PutObject>) -> Result<(), StoreError>;
     /// The object's content, verified.
     fn get(&self, id: &ObjectId) -> Result<Bytes, StoreError>;
+    /// The object's content as stored, verified now: never from a cache (what a check of the
+    /// store needs).
+    fn get_stored(&self, id: &ObjectId) -> Result<Bytes, StoreError> {
+        self.get(id)
+    }
     /// The object's size, without reading it where the store can tell (`NotFound` if it is
     /// missing).
     fn size(&self, id: &ObjectId) -> Result<u64, StoreError>;
@@ -134,6 +139,14 @@ impl Objects for ClusterObjects {
     }
 
     fn get(&self, id: &ObjectId) -> Result<Bytes, StoreError> {
+        // A worker thread reads this host's copy itself (verified, as the cluster would):
+        // no hop through the runtime and its blocking pool for every block. A copy missing or
+        // failing here takes the cluster's path (other replicas, repair, quarantine).
+        if tokio::runtime::Handle::try_current().is_err()
+            && let Ok(data) = self.cluster.local().get(id)
+        {
+            return Ok(data);
+        }
         self.run(self.cluster.get(id, 0, u64::MAX)).map(|(_, b)| b)
     }
 

@@ -221,6 +221,15 @@ impl<'a> Walker<'a> {
         w
     }
 
+    /// An object's content: the stored copy when verifying (a cache must not hide a bad
+    /// one), else as the store serves it.
+    fn fetch(&self, id: &ObjectId) -> Result<Bytes, StoreError> {
+        match self.depth {
+            Depth::Verify => self.store.get_stored(id),
+            _ => self.store.get(id),
+        }
+    }
+
     /// An object's content (read, so verified), noting it and any fault.
     fn read(
         &mut self,
@@ -234,7 +243,7 @@ impl<'a> Walker<'a> {
             w.note(seen, id, part, None);
             return None;
         }
-        match self.store.get(&id) {
+        match self.fetch(&id) {
             Ok(data) => {
                 self.known.insert(id, Ok(data.len() as u64));
                 w.note(seen, id, part, Some(data.len() as u64));
@@ -256,7 +265,7 @@ impl<'a> Walker<'a> {
             Some(k) => k.clone(),
             None => {
                 let got = match self.depth {
-                    Depth::Verify => self.store.get(&id).map(|d| d.len() as u64),
+                    Depth::Verify => self.fetch(&id).map(|d| d.len() as u64),
                     _ => self.store.size(&id),
                 };
                 let k = got.map_err(Fault::from);
