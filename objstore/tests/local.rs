@@ -487,7 +487,7 @@ fn a_torn_tail_is_cut_off_and_acknowledged_objects_stay() {
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to.join("segments")).expect("mkdir");
-    for name in ["index.redb", "LOCK"] {
+    for name in ["index.redb", "records.redb", "LOCK"] {
         std::fs::copy(from.join(name), to.join(name)).expect("copy");
     }
     for e in std::fs::read_dir(from.join("segments")).expect("dir") {
@@ -504,11 +504,14 @@ fn replay_rebuilds_what_the_index_lost() {
     let first: Vec<PutObject> = (0..20).map(|i| obj(i + 10, 3000)).collect();
     let parent = PutObject::new(content(2, 300), vec![child.id()]);
 
-    // 1. A copy taken while the store is open (index commits not yet durable) replays.
+    // 1. A copy taken while the store is open (index commits not yet durable, the record
+    // naming the objects durable) replays.
     let s = open(&dir);
     for o in first.iter().chain([&child, &parent]) {
         s.put(o.clone()).expect("put");
     }
+    s.cas_record("root", 0, Bytes::from_static(b"v1"), vec![parent.id()])
+        .expect("record");
     let crashed = base.path().join("crashed");
     copy_dir(&dir, &crashed);
     {
@@ -518,6 +521,8 @@ fn replay_rebuilds_what_the_index_lost() {
         }
         assert_eq!(c.refs(&parent.id()).expect("refs"), vec![child.id()]);
         assert_eq!(c.stats().expect("stats").objects, 22);
+        let root = c.record("root").expect("record").expect("durable");
+        assert_eq!(root.refs, vec![parent.id()]);
     }
     drop(s);
 
@@ -540,7 +545,7 @@ fn replay_rebuilds_what_the_index_lost() {
         assert_eq!(s.stats().expect("stats").objects, 42);
     }
 
-    // 3. No index at all: rebuilt from the whole log.
+    // 3. No index at all: rebuilt from the whole log (the records live apart and stay).
     std::fs::remove_file(dir.join("index.redb")).expect("remove index");
     let s = open(&dir);
     for o in first.iter().chain(&second).chain([&child, &parent]) {
@@ -550,6 +555,11 @@ fn replay_rebuilds_what_the_index_lost() {
     let st = s.stats().expect("stats");
     assert_eq!(st.objects, 42);
     assert_eq!(st.bytes, 20 * 3000 + 20 * 5000 + 10 + 300);
+    assert_eq!(st.records, 1);
+    assert_eq!(
+        &s.record("root").expect("record").expect("kept").value[..],
+        b"v1"
+    );
 }
 
 #[test]

@@ -49,6 +49,10 @@ const COMMIT_TAIL: usize = 4 << 20;
 pub const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 /// Log entries past which a sync commits instead (bounds the replay at open).
 pub const LOG_ENTRIES: usize = 1024;
+/// Dirty file data up to which a commit stores the blocks itself, with its nodes: one durable
+/// write instead of two (a flush first, then the nodes), for the hashing of a few blocks under
+/// the state lock.
+const FLUSH_ALONE: usize = 4 * BLOCK;
 
 /// The record naming an image's current root.
 pub fn record_name(image: &str) -> String {
@@ -175,9 +179,16 @@ impl Shared {
         }
     }
 
-    /// Hash and store the dirty blocks without the state lock (the flush lock held).
+    /// Hash and store the dirty blocks without the state lock (the flush lock held), unless
+    /// they are few ([`FLUSH_ALONE`]): those the commit stores.
     fn flush_blocks(&self) -> Result<()> {
-        let blocks = self.lock().engine.start_flush();
+        let blocks = {
+            let mut st = self.lock();
+            if st.engine.dirty_bytes() <= FLUSH_ALONE {
+                return Ok(());
+            }
+            st.engine.start_flush()
+        };
         if !blocks.is_empty() {
             let (keys, objects): (Vec<_>, Vec<_>) = blocks
                 .into_iter()

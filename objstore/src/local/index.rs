@@ -1,5 +1,6 @@
-//! The index: redb tables mapping ids to where their records lie, plus the mutable records,
-//! the quarantine list, per-segment byte counts and the log checkpoint.
+//! The index: redb tables mapping ids to where their records lie, plus the quarantine list,
+//! per-segment byte counts and the log checkpoint; and the table of the mutable records,
+//! which lives in a database of its own (`records.redb`).
 //!
 //! The table definitions and the fixed encodings of their values live here so that the
 //! writer, recovery and the readers cannot disagree. Every decode checks lengths: a damaged
@@ -17,7 +18,8 @@ use crate::{ObjectId, Result, StoreError};
 pub(crate) const OBJECTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("objects");
 /// id → the ids it refers to, concatenated (only when non-empty).
 pub(crate) const REFS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("refs");
-/// name → encoded [`Record`].
+/// name → encoded [`Record`]: the one table of `records.redb` (in the index of a store
+/// made before that file, moved out on open).
 pub(crate) const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 /// segment seq → (live record bytes, total file bytes).
 pub(crate) const SEGMENTS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("segments");

@@ -2,9 +2,10 @@
 //!
 //! Immutable objects, named by the BLAKE3 hash of their content, are appended to segment files
 //! (a checksummed log) and found through an index in redb; every read re-hashes the bytes
-//! before they are served. A few mutable records (image roots, log heads) live beside them,
-//! versioned with compare-and-set. Crash safety: an object is acknowledged only once its bytes
-//! are fsync'd in a segment; the index is rebuilt from the log's tail after a crash. The
+//! before they are served. A few mutable records (image roots, log heads) live beside them in
+//! a small redb database of their own, versioned with compare-and-set. Crash safety: an object
+//! is acknowledged only once its bytes are fsync'd in a segment; the index is rebuilt from the
+//! log's tail after a crash; a record write is acknowledged once its commit is durable. The
 //! on-disk format is documented in docs/objstore.md.
 
 mod cache;
@@ -225,6 +226,8 @@ const MAX_RECORD_NAME: usize = 1024;
 const SCAN_BATCH: usize = 1024;
 /// Cache size of the redb index.
 const INDEX_CACHE: usize = 256 << 20;
+/// Cache size of the records database.
+const RECORDS_CACHE: usize = 16 << 20;
 
 impl LocalStore {
     /// Open (creating if empty) the store in `dir`, replaying the log tail after a crash.
@@ -259,14 +262,29 @@ impl LocalStore {
         files::sync_dir(dir)?;
 
         let index_path = dir.join("index.redb");
-        let db = open_index(&index_path)?;
+        let db = open_db(
+            &index_path,
+            INDEX_CACHE,
+            "the object index can be rebuilt from the segments by moving index.redb aside \
+             (the quarantine list lives only in the index)",
+        )?;
         init_index(&db, dir, &index_path)?;
+        let records_path = dir.join("records.redb");
+        let records = open_db(
+            &records_path,
+            RECORDS_CACHE,
+            "the mutable records live only in records.redb: restore it from a copy (moving \
+             it aside starts the store with no records)",
+        )?;
+        init_records(&records, &records_path, &db, &index_path)?;
 
         let shared = Arc::new(Shared {
             dir: dir.to_owned(),
             index_path,
             options,
             db,
+            records_path,
+            records,
             files: files::SegmentFiles::default(),
             cache: VerifiedCache::new(shared::CACHE_BYTES),
             active_seq: AtomicU64::new(0),
@@ -508,9 +526,9 @@ impl LocalStore {
     /// This host's copy of a record, a tombstone included (what replication compares).
     pub fn record_copy(&self, name: &str) -> Result<Option<Record>> {
         let sh = &self.shared;
-        let txn = sh.db.begin_read().map_err(|e| sh.ix(e))?;
-        let table = txn.open_table(index::RECORDS).map_err(|e| sh.ix(e))?;
-        read_record(&table, name, &sh.index_path)
+        let txn = sh.records.begin_read().map_err(|e| sh.rx(e))?;
+        let table = txn.open_table(index::RECORDS).map_err(|e| sh.rx(e))?;
+        read_record(&table, name, &sh.records_path)
     }
 
     /// Every record, by name (deleted ones left out).
@@ -523,14 +541,14 @@ impl LocalStore {
     /// Every record this host has a copy of, tombstones included, by name.
     pub fn record_copies(&self) -> Result<Vec<(String, Record)>> {
         let sh = &self.shared;
-        let txn = sh.db.begin_read().map_err(|e| sh.ix(e))?;
-        let table = txn.open_table(index::RECORDS).map_err(|e| sh.ix(e))?;
+        let txn = sh.records.begin_read().map_err(|e| sh.rx(e))?;
+        let table = txn.open_table(index::RECORDS).map_err(|e| sh.rx(e))?;
         let mut out = Vec::new();
-        for row in table.iter().map_err(|e| sh.ix(e))? {
-            let (k, v) = row.map_err(|e| sh.ix(e))?;
+        for row in table.iter().map_err(|e| sh.rx(e))? {
+            let (k, v) = row.map_err(|e| sh.rx(e))?;
             let name = k.value().to_owned();
             let rec = index::decode_record(v.value())
-                .ok_or_else(|| index::damaged(&sh.index_path, format!("record {name:?}")))?;
+                .ok_or_else(|| index::damaged(&sh.records_path, format!("record {name:?}")))?;
             out.push((name, rec));
         }
         Ok(out)
@@ -563,12 +581,12 @@ impl LocalStore {
             check_record(name, value, refs)?;
         }
         let sh = &self.shared;
-        let txn = sh.db.begin_write().map_err(|e| sh.ix(e))?;
+        let txn = sh.records.begin_write().map_err(|e| sh.rx(e))?;
         let mut versions = Vec::with_capacity(writes.len());
         {
-            let mut table = txn.open_table(index::RECORDS).map_err(|e| sh.ix(e))?;
+            let mut table = txn.open_table(index::RECORDS).map_err(|e| sh.rx(e))?;
             for (name, expected, value, refs) in writes {
-                let copy = read_record(&table, &name, &sh.index_path)?;
+                let copy = read_record(&table, &name, &sh.records_path)?;
                 let current = live_version(copy.as_ref());
                 if current != expected {
                     // Dropping the transaction uncommitted writes none of them.
@@ -587,11 +605,11 @@ impl LocalStore {
                 });
                 table
                     .insert(name.as_str(), &enc[..])
-                    .map_err(|e| sh.ix(e))?;
+                    .map_err(|e| sh.rx(e))?;
                 versions.push(version);
             }
         }
-        txn.commit().map_err(|e| sh.ix(e))?;
+        txn.commit().map_err(|e| sh.rx(e))?;
         Ok(versions)
     }
 
@@ -601,11 +619,11 @@ impl LocalStore {
     pub fn delete_record(&self, name: &str, expected: u64) -> Result<u64> {
         check_record(name, &[], &[])?;
         let sh = &self.shared;
-        let txn = sh.db.begin_write().map_err(|e| sh.ix(e))?;
+        let txn = sh.records.begin_write().map_err(|e| sh.rx(e))?;
         let version;
         {
-            let mut table = txn.open_table(index::RECORDS).map_err(|e| sh.ix(e))?;
-            let copy = read_record(&table, name, &sh.index_path)?;
+            let mut table = txn.open_table(index::RECORDS).map_err(|e| sh.rx(e))?;
+            let copy = read_record(&table, name, &sh.records_path)?;
             let current = live_version(copy.as_ref());
             if current != expected || current == 0 {
                 return Err(StoreError::Conflict {
@@ -616,9 +634,9 @@ impl LocalStore {
             }
             version = next_version(name, copy.as_ref())?;
             let enc = index::encode_record(&Record::tombstone(version));
-            table.insert(name, &enc[..]).map_err(|e| sh.ix(e))?;
+            table.insert(name, &enc[..]).map_err(|e| sh.rx(e))?;
         }
-        txn.commit().map_err(|e| sh.ix(e))?;
+        txn.commit().map_err(|e| sh.rx(e))?;
         Ok(version)
     }
 
@@ -627,17 +645,17 @@ impl LocalStore {
     pub fn store_record(&self, name: &str, record: Record) -> Result<bool> {
         check_record(name, &record.value, &record.refs)?;
         let sh = &self.shared;
-        let txn = sh.db.begin_write().map_err(|e| sh.ix(e))?;
+        let txn = sh.records.begin_write().map_err(|e| sh.rx(e))?;
         {
-            let mut table = txn.open_table(index::RECORDS).map_err(|e| sh.ix(e))?;
-            let current = read_record(&table, name, &sh.index_path)?.map_or(0, |r| r.version);
+            let mut table = txn.open_table(index::RECORDS).map_err(|e| sh.rx(e))?;
+            let current = read_record(&table, name, &sh.records_path)?.map_or(0, |r| r.version);
             if record.version <= current {
                 return Ok(false);
             }
             let enc = index::encode_record(&record);
-            table.insert(name, &enc[..]).map_err(|e| sh.ix(e))?;
+            table.insert(name, &enc[..]).map_err(|e| sh.rx(e))?;
         }
-        txn.commit().map_err(|e| sh.ix(e))?;
+        txn.commit().map_err(|e| sh.rx(e))?;
         Ok(true)
     }
 
@@ -649,7 +667,10 @@ impl LocalStore {
         let meta = txn.open_table(index::META).map_err(|e| sh.ix(e))?;
         let segments = txn.open_table(index::SEGMENTS).map_err(|e| sh.ix(e))?;
         let quarantine = txn.open_table(index::QUARANTINE).map_err(|e| sh.ix(e))?;
-        let records = txn.open_table(index::RECORDS).map_err(|e| sh.ix(e))?;
+        let records_txn = sh.records.begin_read().map_err(|e| sh.rx(e))?;
+        let records = records_txn
+            .open_table(index::RECORDS)
+            .map_err(|e| sh.rx(e))?;
         let mut disk_bytes = 0u64;
         for row in segments.iter().map_err(|e| sh.ix(e))? {
             let (_, v) = row.map_err(|e| sh.ix(e))?;
@@ -663,7 +684,7 @@ impl LocalStore {
             fs_total,
             fs_free,
             quarantined: quarantine.len().map_err(|e| sh.ix(e))?,
-            records: records.len().map_err(|e| sh.ix(e))?,
+            records: records.len().map_err(|e| sh.rx(e))?,
         })
     }
 
@@ -733,13 +754,12 @@ impl Drop for LocalStore {
     }
 }
 
-/// Open (or create) the index, refusing a damaged one with an error rather than a panic.
-fn open_index(path: &Path) -> Result<redb::Database> {
-    let advice = "the object index can be rebuilt from the segments by moving index.redb \
-                  aside (mutable records and the quarantine list live only in the index)";
+/// Open (or create) the index or the records database, refusing a damaged one with an error
+/// (with `advice`) rather than a panic.
+fn open_db(path: &Path, cache: usize, advice: &str) -> Result<redb::Database> {
     let opened = std::panic::catch_unwind(AssertUnwindSafe(|| {
         redb::Builder::new()
-            .set_cache_size(INDEX_CACHE)
+            .set_cache_size(cache)
             .set_check_integrity_on_open(true)
             .create(path)
     }));
@@ -767,7 +787,6 @@ fn init_index(db: &redb::Database, dir: &Path, path: &Path) -> Result<()> {
     {
         txn.open_table(index::OBJECTS).map_err(|e| ix(e.into()))?;
         txn.open_table(index::REFS).map_err(|e| ix(e.into()))?;
-        txn.open_table(index::RECORDS).map_err(|e| ix(e.into()))?;
         txn.open_table(index::SEGMENTS).map_err(|e| ix(e.into()))?;
         txn.open_table(index::QUARANTINE)
             .map_err(|e| ix(e.into()))?;
@@ -790,6 +809,60 @@ fn init_index(db: &redb::Database, dir: &Path, path: &Path) -> Result<()> {
         }
     }
     txn.commit().map_err(|e| ix(e.into()))
+}
+
+/// Create the records table, first moving in the records of a store whose index still holds
+/// them (where they lived before `records.redb`): copied where newer than the copy here (so a
+/// move a crash interrupted is simply done again), committed, then dropped from the index.
+fn init_records(
+    db: &redb::Database,
+    path: &Path,
+    index_db: &redb::Database,
+    index_path: &Path,
+) -> Result<()> {
+    let ix = |e: redb::Error| index::index_err(index_path, e);
+    let rx = |e: redb::Error| index::index_err(path, e);
+    let old: Option<Vec<(String, Record)>> = {
+        let txn = index_db.begin_read().map_err(|e| ix(e.into()))?;
+        match txn.open_table(index::RECORDS) {
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(ix(e.into())),
+            Ok(table) => {
+                let mut rows = Vec::new();
+                for row in table.iter().map_err(|e| ix(e.into()))? {
+                    let (k, v) = row.map_err(|e| ix(e.into()))?;
+                    let name = k.value().to_owned();
+                    let rec = index::decode_record(v.value())
+                        .ok_or_else(|| index::damaged(index_path, format!("record {name:?}")))?;
+                    rows.push((name, rec));
+                }
+                Some(rows)
+            }
+        }
+    };
+    let txn = db.begin_write().map_err(|e| rx(e.into()))?;
+    {
+        let mut table = txn.open_table(index::RECORDS).map_err(|e| rx(e.into()))?;
+        for (name, rec) in old.iter().flatten() {
+            let here = read_record(&table, name, path)?.map_or(0, |r| r.version);
+            if rec.version > here {
+                table
+                    .insert(name.as_str(), &index::encode_record(rec)[..])
+                    .map_err(|e| rx(e.into()))?;
+            }
+        }
+    }
+    txn.commit().map_err(|e| rx(e.into()))?;
+    if let Some(rows) = old {
+        let txn = index_db.begin_write().map_err(|e| ix(e.into()))?;
+        txn.delete_table(index::RECORDS).map_err(|e| ix(e.into()))?;
+        txn.commit().map_err(|e| ix(e.into()))?;
+        tracing::info!(
+            records = rows.len(),
+            "moved the records out of the index into records.redb"
+        );
+    }
+    Ok(())
 }
 
 /// Refuse unusable record names and oversized values.

@@ -1,5 +1,5 @@
-//! The state every thread of a store shares: the index, the open segment files, the verified
-//! cache, and the read path (look up, `pread`, verify, quarantine on mismatch).
+//! The state every thread of a store shares: the index, the records, the open segment files,
+//! the verified cache, and the read path (look up, `pread`, verify, quarantine on mismatch).
 //!
 //! Reads never go through the writer thread: they take a redb read transaction and read the
 //! segment file directly, so they run in parallel with each other and with puts.
@@ -38,6 +38,13 @@ pub(crate) struct Shared {
     pub options: StoreOptions,
     /// The index.
     pub db: redb::Database,
+    /// `dir/records.redb`.
+    pub records_path: PathBuf,
+    /// The mutable records, in a database of their own. Their compare-and-sets commit
+    /// durably, and a durable commit of the index would also write back every index page the
+    /// puts touched since its last one (many, scattered: the ids are hashes); the index is
+    /// kept durable by the log instead (see `writer`).
+    pub records: redb::Database,
     /// Open segment files.
     pub files: SegmentFiles,
     /// Recently verified whole objects.
@@ -75,6 +82,11 @@ impl Shared {
     /// Map a redb error.
     pub fn ix(&self, e: impl Into<redb::Error>) -> StoreError {
         index_err(&self.index_path, e)
+    }
+
+    /// Map a redb error of the records database.
+    pub fn rx(&self, e: impl Into<redb::Error>) -> StoreError {
+        index_err(&self.records_path, e)
     }
 
     /// The object's location, if indexed.

@@ -1,5 +1,6 @@
 //! Unit tests that need the store's insides: an append that fails half-way (the disk filling
-//! up under a write) is cut back and the store goes on.
+//! up under a write) is cut back and the store goes on; the records of an index from before
+//! `records.redb` are moved out of it.
 
 use super::*;
 
@@ -81,4 +82,51 @@ fn segments_roll_over_and_a_huge_object_gets_its_own() {
         s.shared.active_seq.load(Ordering::SeqCst),
         *segs.last().expect("last")
     );
+}
+
+#[test]
+fn records_in_an_old_index_move_to_their_own_database() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rec = |version, value: &'static [u8]| Record {
+        version,
+        value: Bytes::from_static(value),
+        refs: vec![ObjectId::of(value)],
+        deleted: false,
+    };
+    {
+        let s = LocalStore::open(dir.path(), StoreOptions::default()).expect("open");
+        // A copy here older than the index's: as if a move had been cut short by a crash.
+        s.store_record("a", rec(1, b"stale")).expect("store");
+        s.store_record("c", rec(5, b"newer here")).expect("store");
+    }
+    // The index as an older store kept it: a records table of its own.
+    {
+        let db = redb::Database::open(dir.path().join("index.redb")).expect("open index");
+        let txn = db.begin_write().expect("txn");
+        {
+            let mut t = txn.open_table(index::RECORDS).expect("table");
+            for (name, r) in [
+                ("a", rec(2, b"root")),
+                ("b", Record::tombstone(3)),
+                ("c", rec(4, b"older")),
+            ] {
+                t.insert(name, &index::encode_record(&r)[..])
+                    .expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+    }
+    for _ in 0..2 {
+        let s = LocalStore::open(dir.path(), StoreOptions::default()).expect("reopen");
+        assert_eq!(s.record("a").expect("a"), Some(rec(2, b"root")));
+        assert_eq!(s.record("b").expect("b"), None);
+        assert_eq!(s.record_copy("b").expect("b"), Some(Record::tombstone(3)));
+        assert_eq!(s.record("c").expect("c"), Some(rec(5, b"newer here")));
+        assert_eq!(s.stats().expect("stats").records, 3);
+        let txn = s.shared.db.begin_read().expect("read");
+        assert!(matches!(
+            txn.open_table(index::RECORDS),
+            Err(redb::TableError::TableDoesNotExist(_))
+        ));
+    }
 }
