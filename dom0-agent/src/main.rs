@@ -109,6 +109,21 @@ struct Args {
     verbose: u8,
 }
 
+/// glibc hands freed memory back to the kernel as soon as a heap's free top passes a few
+/// MiB, and envoyd allocates and frees MiB-sized buffers all the time (request frames, image
+/// blocks, cached objects): each new buffer then faults its pages in again, zeroed — a third
+/// of envoyd's CPU when streaming writes into an image (measured, docs/benchmarks.md). Keep up
+/// to 256 MiB free in the heaps, and take buffers up to 8 MiB from them (not mmap).
+fn keep_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets allocator parameters; it is called before envoyd allocates
+    // much, with valid parameter numbers and values.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
+    }
+}
+
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "info",
@@ -152,6 +167,7 @@ async fn main() {
         args.xen_9pfsd = true;
     }
     init_logging(args.verbose);
+    keep_freed_memory();
     if let Err(e) = run(args).await {
         eprintln!("envoyd: {e:#}");
         std::process::exit(1);
