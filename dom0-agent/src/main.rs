@@ -113,13 +113,14 @@ struct Args {
 /// MiB, and envoyd allocates and frees MiB-sized buffers all the time (request frames, image
 /// blocks, cached objects): each new buffer then faults its pages in again, zeroed — a third
 /// of envoyd's CPU when streaming writes into an image (measured, docs/benchmarks.md). Keep up
-/// to 256 MiB free in the heaps, and take buffers up to 8 MiB from them (not mmap).
+/// to 64 MiB free at the top of a heap (a thread arena's heap is at most that big anyway),
+/// and take buffers up to 8 MiB from the heaps (not mmap).
 fn keep_freed_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only sets allocator parameters; it is called before envoyd allocates
     // much, with valid parameter numbers and values.
     unsafe {
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
     }
 }
