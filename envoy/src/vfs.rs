@@ -6,6 +6,7 @@
 //! behind an unopened fid) and *files* (open handles). Calls are synchronous and may block: the
 //! server runs them on its worker threads. Errors are plain errnos, the currency of every 9P dialect.
 
+use bytes::Bytes;
 use envoy_protocol::Qid;
 use std::sync::Arc;
 
@@ -371,13 +372,14 @@ pub trait FileSystem: Send + Sync + 'static {
         count
     }
 
-    /// Write `data` at `offset`; returns the byte count.
+    /// Write `data` at `offset`; returns the byte count. `data` is a slice of the request
+    /// frame: a backend may keep it (no copy) instead of copying out of it.
     fn write(
         &self,
         _creds: &Creds,
         _file: &Self::File,
         _offset: u64,
-        _data: &[u8],
+        _data: &Bytes,
     ) -> Result<usize> {
         Err(Errno::EOPNOTSUPP)
     }

@@ -168,9 +168,10 @@ impl Host {
                     }
                     Err(e) => return Err(io_err(e)),
                 };
+                let data = bytes::Bytes::copy_from_slice(data);
                 let mut done = 0;
                 while done < data.len() {
-                    done += fs.write(&root(), &file, done as u64, &data[done..])?;
+                    done += fs.write(&root(), &file, done as u64, &data.slice(done..))?;
                 }
                 Ok(())
             }

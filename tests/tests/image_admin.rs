@@ -53,7 +53,11 @@ fn write(fs: &ImageFs, path: &[&str], offset: u64, data: &[u8]) {
                 .1
         }
     };
-    assert_eq!(fs.write(&c, &file, offset, data).unwrap(), data.len());
+    assert_eq!(
+        fs.write(&c, &file, offset, &bytes::Bytes::copy_from_slice(data))
+            .unwrap(),
+        data.len()
+    );
 }
 
 fn row<'a>(u: &'a [Usage], image: &str, snapshot: Option<u64>) -> &'a Usage {
@@ -231,7 +235,12 @@ fn check_reports_link_counts_sizes_and_orphans_that_do_not_add_up() {
     let mut e = Engine::format(objects.clone(), 0, 0, 0o755).unwrap();
     let file = NewNode::new(libc::S_IFREG | 0o644, 0, 0);
     let f = e.create(ROOT_INO, "f", &file).unwrap();
-    e.write(f, 0, &[block(1), block(2)].concat()).unwrap();
+    e.write(
+        f,
+        0,
+        &bytes::Bytes::copy_from_slice(&[block(1), block(2)].concat()),
+    )
+    .unwrap();
     e.tamper(f, |n| {
         n.nlink = 3;
         n.size = 10;
@@ -326,7 +335,8 @@ fn the_registry_snapshots_through_the_owner_and_refuses_to_delete_what_is_in_use
     let (_, file, _) = live
         .create(&c, &root, "unsynced", libc::O_RDWR, 0o644, None)
         .unwrap();
-    live.write(&c, &file, 0, b"not synced").unwrap();
+    live.write(&c, &file, 0, &bytes::Bytes::copy_from_slice(b"not synced"))
+        .unwrap();
     assert!(Arc::ptr_eq(
         &live,
         &images.open(&Tree::current("r")).unwrap()
@@ -508,7 +518,12 @@ fn check_finds_nothing_wrong_in_deep_trees_changed_after_commits() {
     }
     let sparse = e.create(ROOT_INO, "sparse", &file).unwrap();
     for i in 0..1000u64 {
-        e.write(sparse, i * BLOCK as u64, &i.to_le_bytes()).unwrap();
+        e.write(
+            sparse,
+            i * BLOCK as u64,
+            &bytes::Bytes::copy_from_slice(&i.to_le_bytes()),
+        )
+        .unwrap();
     }
     e.commit().unwrap();
     for i in (0..3000).step_by(3) {

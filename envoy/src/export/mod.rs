@@ -26,6 +26,7 @@ use crate::vfs::{
     Attr, Creds, DirEntry, Errno, FileSystem, Lock, LockKind, LockStatus, NodeKind, Result,
     SetAttr, SetTime, StatFs, XATTR_SIZE_MAX,
 };
+use bytes::Bytes;
 use envoy_protocol::Qid;
 use node::DirCache;
 use qid::{QidMap, qid_type_of_dt};
@@ -664,7 +665,7 @@ impl FileSystem for ExportFs {
         }
     }
 
-    fn write(&self, _creds: &Creds, file: &ExportFile, offset: u64, data: &[u8]) -> Result<usize> {
+    fn write(&self, _creds: &Creds, file: &ExportFile, offset: u64, data: &Bytes) -> Result<usize> {
         self.writable()?;
         rustix::io::pwrite(&file.fd, data, offset).map_err(errno)
     }

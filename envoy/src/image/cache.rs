@@ -1,10 +1,10 @@
 //! Verified objects kept in envoyd's memory, shared by every image it serves.
 //!
 //! Objects are immutable and named by their hash, so content that was verified once (read
-//! from the store and hashed) or hashed by us (written) can be served again without the store
-//! or the hash: hot reads cost what the export's page cache costs them, and a base image
-//! shared by many guests' forks is cached once. Bounded by bytes; the policy is scan
-//! resistant (a guest streaming a big file does not flush everyone's hot blocks).
+//! from the store and hashed) can be served again without the store or the hash: hot reads
+//! cost what the export's page cache costs them, and a base image shared by many guests'
+//! forks is cached once. Bounded by bytes; the policy is scan resistant (a guest streaming a
+//! big file does not flush everyone's hot blocks). Writes do not fill it (see `put_many`).
 //!
 //! Checks of what is *stored* ([`Objects::get_stored`]: `envoy-xl check`) bypass it.
 
@@ -61,24 +61,14 @@ impl CachedObjects {
 }
 
 impl Objects for CachedObjects {
+    // What is written is not kept: an image's blocks may be slices of request frames, which
+    // the cache would hold (and weigh at their length, not the frame's). Reads fill it.
     fn put(&self, data: Bytes, refs: Vec<ObjectId>) -> Result<ObjectId, StoreError> {
-        let id = self.inner.put(data.clone(), refs)?;
-        self.keep(id, &data);
-        Ok(id)
+        self.inner.put(data, refs)
     }
 
     fn put_many(&self, objects: Vec<PutObject>) -> Result<(), StoreError> {
-        // Just written, likely read soon; kept only once they are stored.
-        let kept: Vec<(ObjectId, Bytes)> = objects
-            .iter()
-            .filter(|o| o.data().len() <= MAX_CACHED)
-            .map(|o| (o.id(), o.data().clone()))
-            .collect();
-        self.inner.put_many(objects)?;
-        for (id, data) in kept {
-            self.cache.insert(id, data);
-        }
-        Ok(())
+        self.inner.put_many(objects)
     }
 
     fn get(&self, id: &ObjectId) -> Result<Bytes, StoreError> {
@@ -125,7 +115,9 @@ mod tests {
         let cached = CachedObjects::new(local.clone(), 1 << 20);
         let data = Bytes::from(vec![7u8; 4096]);
         let id = cached.put(data.clone(), Vec::new()).unwrap();
-        assert_eq!(cached.cached_bytes(), 4096);
+        assert_eq!(cached.cached_bytes(), 0, "writes are not kept");
+        assert_eq!(cached.get(&id).unwrap(), data);
+        assert_eq!(cached.cached_bytes(), 4096, "reads are");
         // Corrupt the stored copy behind the cache's back (flip a byte of its segment).
         let mut flipped = false;
         for entry in walk_files(dir.path()) {
@@ -150,9 +142,10 @@ mod tests {
         let (_dir, local) = super::super::test_store();
         let cached = CachedObjects::new(local, 256 << 10);
         for i in 0..64u8 {
-            cached
+            let id = cached
                 .put(Bytes::from(vec![i; 16 << 10]), Vec::new())
                 .unwrap();
+            cached.get(&id).unwrap();
         }
         assert!(
             cached.cached_bytes() <= 256 << 10,
@@ -162,8 +155,8 @@ mod tests {
         // Objects too big to cache are stored and read, never held.
         let big = Bytes::from(vec![1u8; MAX_CACHED + 1]);
         let id = cached.put(big.clone(), Vec::new()).unwrap();
-        assert!(cached.cached_bytes() <= 256 << 10);
         assert_eq!(cached.get(&id).unwrap(), big);
+        assert!(cached.cached_bytes() <= 256 << 10);
     }
 
     fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use envoy_objstore::{ObjectId, PutObject, StoreError};
@@ -36,6 +37,42 @@ const ROOT_MAGIC: &[u8; 8] = b"ENVOYIMG";
 
 /// A result with the errno a client will see.
 pub type Result<T> = std::result::Result<T, Errno>;
+
+/// The bytes of one request frame that blocks written without a copy point into, counted in
+/// [`Engine::pinned_bytes`] until the last of them drops.
+#[derive(Debug)]
+struct FrameCharge {
+    bytes: usize,
+    total: Arc<AtomicUsize>,
+}
+
+impl FrameCharge {
+    fn new(bytes: usize, total: &Arc<AtomicUsize>) -> Arc<FrameCharge> {
+        total.fetch_add(bytes, Ordering::Relaxed);
+        Arc::new(FrameCharge {
+            bytes,
+            total: total.clone(),
+        })
+    }
+}
+
+impl Drop for FrameCharge {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// A block that is a slice of a request frame, with that frame's charge.
+struct Pinned {
+    data: Bytes,
+    _charge: Arc<FrameCharge>,
+}
+
+impl AsRef<[u8]> for Pinned {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
 
 /// The block id a file's block map holds (EIO if the value is not one).
 fn block_id(v: &[u8]) -> Result<ObjectId> {
@@ -119,7 +156,12 @@ pub struct Engine {
     /// Loaded block maps and directories, by inode.
     trees: HashMap<u64, Tree>,
     /// Blocks written since the last commit: (inode, block index) → content (≤ BLOCK bytes).
-    dirty: BTreeMap<(u64, u64), BytesMut>,
+    /// A block written whole is a slice of the request that wrote it (no copy; see
+    /// [`Engine::pinned_bytes`]); one written in part is a buffer of its own.
+    dirty: BTreeMap<(u64, u64), Bytes>,
+    /// Bytes of request frames that blocks point into, wherever those blocks are now (dirty,
+    /// being stored, in a batch kept for a retry): counted until the last such block drops.
+    pinned: Arc<AtomicUsize>,
     /// Blocks being stored outside the owner's lock (see [`Engine::start_flush`]): still
     /// read from here until [`Engine::finish_flush`] puts them in their files' maps.
     flushing: BTreeMap<(u64, u64), Bytes>,
@@ -220,6 +262,7 @@ impl Engine {
             next_ino: ROOT_INO + 1,
             trees: HashMap::new(),
             dirty: BTreeMap::new(),
+            pinned: Arc::default(),
             flushing: BTreeMap::new(),
             unsaved: Vec::new(),
             pending: HashMap::new(),
@@ -261,6 +304,7 @@ impl Engine {
             next_ino,
             trees: HashMap::new(),
             dirty: BTreeMap::new(),
+            pinned: Arc::default(),
             flushing: BTreeMap::new(),
             unsaved: Vec::new(),
             pending: HashMap::new(),
@@ -295,7 +339,7 @@ impl Engine {
         // Blocks into their files' maps.
         let dirty = std::mem::take(&mut self.dirty);
         for ((ino, index), data) in dirty {
-            let block = PutObject::new(data.freeze(), Vec::new());
+            let block = PutObject::new(data, Vec::new());
             let id = block.id();
             self.pending.insert(id, block.data().clone());
             batch.push(block);
@@ -361,7 +405,6 @@ impl Engine {
         let dirty = std::mem::take(&mut self.dirty);
         let mut out = Vec::with_capacity(dirty.len());
         for (k, b) in dirty {
-            let b = b.freeze();
             out.push((k, b.clone()));
             self.flushing.insert(k, b);
         }
@@ -388,15 +431,20 @@ impl Engine {
     /// written again meanwhile).
     pub fn abort_flush(&mut self) {
         for (k, b) in std::mem::take(&mut self.flushing) {
-            self.dirty
-                .entry(k)
-                .or_insert_with(|| BytesMut::from(&b[..]));
+            self.dirty.entry(k).or_insert(b);
         }
     }
 
     /// Bytes of file data changed since the last commit (callers commit past a limit).
     pub fn dirty_bytes(&self) -> usize {
         self.dirty.len() * BLOCK
+    }
+
+    /// Bytes of request frames held by blocks written without a copy. Usually about what
+    /// those blocks hold; more when most blocks of a request were overwritten or truncated
+    /// away and a few still hold its frame — so memory limits count this too.
+    pub fn pinned_bytes(&self) -> usize {
+        self.pinned.load(Ordering::Relaxed)
     }
 
     /// An inode.
@@ -919,7 +967,7 @@ impl Engine {
             );
             for index in first..=last {
                 let source = if let Some(b) = self.dirty.get(&(ino, index)) {
-                    BlockSource::Here(Bytes::copy_from_slice(b))
+                    BlockSource::Here(b.clone())
                 } else if let Some(b) = self.flushing.get(&(ino, index)) {
                     BlockSource::Here(b.clone())
                 } else {
@@ -943,7 +991,7 @@ impl Engine {
     /// A block's current content (dirty or stored), `None` for a hole.
     fn block(&mut self, ino: u64, index: u64) -> Result<Option<Bytes>> {
         if let Some(b) = self.dirty.get(&(ino, index)) {
-            return Ok(Some(Bytes::copy_from_slice(b)));
+            return Ok(Some(b.clone()));
         }
         if let Some(b) = self.flushing.get(&(ino, index)) {
             return Ok(Some(b.clone()));
@@ -961,32 +1009,44 @@ impl Engine {
     }
 
     /// Write `data` into file `ino` at `offset`; bytes written. Only the blocks touched change.
-    pub fn write(&mut self, ino: u64, offset: u64, data: &[u8]) -> Result<usize> {
+    pub fn write(&mut self, ino: u64, offset: u64, data: &Bytes) -> Result<usize> {
         self.logged(
             |e| e.do_write(ino, offset, data),
             |_| Op::Write {
                 ino,
                 offset,
-                data: Bytes::copy_from_slice(data),
+                data: data.clone(),
             },
         )
     }
 
-    fn do_write(&mut self, ino: u64, offset: u64, data: &[u8]) -> Result<usize> {
+    fn do_write(&mut self, ino: u64, offset: u64, data: &Bytes) -> Result<usize> {
         let node = self.inode(ino)?;
         if node.mode & libc::S_IFMT != libc::S_IFREG {
             return Err(Errno::EINVAL);
         }
         let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
         let mut done = 0;
+        let mut charge = None;
         while done < data.len() {
             let pos = offset + done as u64;
             let index = pos / BLOCK as u64;
             let within = (pos % BLOCK as u64) as usize;
             let take = (BLOCK - within).min(data.len() - done);
+            if take == BLOCK {
+                // A whole block: a slice of the request, its frame counted while held.
+                let pin = charge.get_or_insert_with(|| FrameCharge::new(data.len(), &self.pinned));
+                let block = Bytes::from_owner(Pinned {
+                    data: data.slice(done..done + BLOCK),
+                    _charge: pin.clone(),
+                });
+                self.dirty.insert((ino, index), block);
+                done += take;
+                continue;
+            }
             let mut block = match self.dirty.remove(&(ino, index)) {
-                Some(b) => b,
-                None if within == 0 && take == BLOCK => BytesMut::with_capacity(BLOCK),
+                // Unshared (the usual case): changed in place.
+                Some(b) => b.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..])),
                 None => match self.block(ino, index)? {
                     Some(b) => BytesMut::from(&b[..]),
                     None => BytesMut::new(),
@@ -1006,7 +1066,7 @@ impl Engine {
             let over = block.len().min(within + take) - within;
             block[within..within + over].copy_from_slice(&src[..over]);
             block.extend_from_slice(&src[over..]);
-            self.dirty.insert((ino, index), block);
+            self.dirty.insert((ino, index), block.freeze());
             done += take;
         }
         let t = self.at;
@@ -1046,8 +1106,7 @@ impl Engine {
             if within > 0 {
                 let index = size / BLOCK as u64;
                 if let Some(b) = self.block(ino, index)? {
-                    let mut b = BytesMut::from(&b[..within.min(b.len())]);
-                    b.truncate(within);
+                    let b = Bytes::copy_from_slice(&b[..within.min(b.len())]);
                     self.dirty.insert((ino, index), b);
                 }
             }
@@ -1311,7 +1370,8 @@ mod tests {
                 let off = (x >> 8) % (4 * BLOCK as u64);
                 let len = ((x >> 20) % (BLOCK as u64 + 100)) as usize;
                 let data: Vec<u8> = (0..len).map(|i| (i as u64 ^ step) as u8).collect();
-                e.write(ino, off, &data).unwrap();
+                e.write(ino, off, &bytes::Bytes::copy_from_slice(&data))
+                    .unwrap();
                 let end = off as usize + len;
                 if model.len() < end {
                     model.resize(end, 0);
@@ -1375,7 +1435,8 @@ mod tests {
             .create(ROOT_INO, "d", &NewNode::new(libc::S_IFDIR | 0o755, 0, 0))
             .unwrap();
         let f = file(&mut e, "f");
-        e.write(f, 0, &vec![7u8; 3 * BLOCK]).unwrap();
+        e.write(f, 0, &bytes::Bytes::copy_from_slice(&vec![7u8; 3 * BLOCK]))
+            .unwrap();
         let base = e.commit().unwrap();
         assert!(!e.unlogged());
         let mut log = Vec::new();
@@ -1424,7 +1485,7 @@ mod tests {
                     .write(
                         ino.unwrap(),
                         (x >> 12) % (3 * BLOCK as u64),
-                        &[step as u8; 5000],
+                        &bytes::Bytes::copy_from_slice(&[step as u8; 5000]),
                     )
                     .map(drop),
             };
@@ -1444,7 +1505,12 @@ mod tests {
         let mut fresh = Engine::format(s.clone(), 0, 0, 0o755).unwrap();
         assert_eq!(fresh.replay(&log), Err(Errno::EIO));
         // Past JOURNAL_BYTES the journal gives up: only a commit can save the changes.
-        e.write(f, 0, &vec![1u8; JOURNAL_BYTES + 1]).unwrap();
+        e.write(
+            f,
+            0,
+            &bytes::Bytes::copy_from_slice(&vec![1u8; JOURNAL_BYTES + 1]),
+        )
+        .unwrap();
         assert!(e.unlogged());
         assert_eq!(e.take_journal(), None);
         e.commit().unwrap();
@@ -1466,7 +1532,8 @@ mod tests {
         let g = file(&mut e, "g");
         e.opened(g);
         e.unlink(ROOT_INO, "g", false).unwrap();
-        e.write(g, 0, b"still open").unwrap();
+        e.write(g, 0, &bytes::Bytes::copy_from_slice(b"still open"))
+            .unwrap();
         assert_eq!(e.closed(g), Ok(true));
         let log = e.take_journal().unwrap();
         let mut replayed = Engine::open(s, &base).unwrap();
@@ -1483,9 +1550,11 @@ mod tests {
         let (_d, s) = store();
         let mut e = Engine::format(s.clone(), 0, 0, 0o755).unwrap();
         let ino = file(&mut e, "f");
-        e.write(ino, 0, b"version one").unwrap();
+        e.write(ino, 0, &bytes::Bytes::copy_from_slice(b"version one"))
+            .unwrap();
         let snap = e.commit().unwrap();
-        e.write(ino, 0, b"VERSION TWO!").unwrap();
+        e.write(ino, 0, &bytes::Bytes::copy_from_slice(b"VERSION TWO!"))
+            .unwrap();
         file(&mut e, "g");
         let current = e.commit().unwrap();
         let mut old = Engine::open(s.clone(), &snap).unwrap();
@@ -1493,7 +1562,8 @@ mod tests {
         assert!(old.lookup(ROOT_INO, "g").unwrap().is_none());
         // Fork the snapshot and change it: neither the snapshot nor current see it.
         let mut fork = Engine::open(s.clone(), &snap).unwrap();
-        fork.write(ino, 8, b"FORK").unwrap();
+        fork.write(ino, 8, &bytes::Bytes::copy_from_slice(b"FORK"))
+            .unwrap();
         let forked = fork.commit().unwrap();
         assert_eq!(read_all(&mut fork, ino), b"version FORK");
         let mut again = Engine::open(s.clone(), &snap).unwrap();
@@ -1501,6 +1571,39 @@ mod tests {
         let mut cur = Engine::open(s.clone(), &current).unwrap();
         assert_eq!(read_all(&mut cur, ino), b"VERSION TWO!");
         assert_ne!(forked, current);
+    }
+
+    /// Whole blocks are written without a copy (slices of the request), and the request's
+    /// frame is counted for as long as any of them holds it — also when most of them are gone
+    /// (truncated) and the dirty data alone would look small; a commit lets it go.
+    #[test]
+    fn whole_blocks_keep_the_request_and_count_it() {
+        let (_d, s) = store();
+        let mut e = Engine::format(s, 0, 0, 0o755).unwrap();
+        let ino = file(&mut e, "f");
+        let frame = Bytes::from((0..16 * BLOCK + 10).map(|i| i as u8).collect::<Vec<u8>>());
+        e.write(ino, 0, &frame).unwrap();
+        assert_eq!(e.pinned_bytes(), frame.len());
+        let mut buf = vec![0; BLOCK];
+        let plan = e.read_plan(ino, 3 * BLOCK as u64, BLOCK).unwrap();
+        match &plan.blocks[..] {
+            [BlockSource::Here(b)] => assert_eq!(
+                b.as_ptr(),
+                frame[3 * BLOCK..].as_ptr(),
+                "a whole block is a slice of the request"
+            ),
+            other => panic!("block 3 is not in memory: {other:?}"),
+        }
+        plan.fill(&*e.store.clone(), &mut buf).unwrap();
+        assert!(buf[..] == frame[3 * BLOCK..4 * BLOCK]);
+        // One block left of the sixteen: small dirty data, the whole frame still held.
+        e.truncate(ino, BLOCK as u64).unwrap();
+        assert_eq!(e.dirty_bytes(), BLOCK);
+        assert_eq!(e.pinned_bytes(), frame.len());
+        drop(frame);
+        e.commit().unwrap();
+        assert_eq!(e.pinned_bytes(), 0, "stored: the frame is let go");
+        assert_eq!(read_all(&mut e, ino), (0..BLOCK).map(|i| i as u8).collect::<Vec<_>>());
     }
 
     /// Identical blocks are stored once; changing one block of a big file writes one block
@@ -1513,11 +1616,13 @@ mod tests {
             .map(|i| (i % 251) as u8 ^ (i / BLOCK) as u8)
             .collect();
         let a = file(&mut e, "a");
-        e.write(a, 0, &data).unwrap();
+        e.write(a, 0, &bytes::Bytes::copy_from_slice(&data))
+            .unwrap();
         e.commit().unwrap();
         let after_a = s.stats().unwrap();
         let b = file(&mut e, "b");
-        e.write(b, 0, &data).unwrap();
+        e.write(b, 0, &bytes::Bytes::copy_from_slice(&data))
+            .unwrap();
         e.commit().unwrap();
         let after_b = s.stats().unwrap();
         assert!(
@@ -1525,7 +1630,12 @@ mod tests {
             "a copy of 4 MiB added {} bytes",
             after_b.bytes - after_a.bytes
         );
-        e.write(a, 10 * BLOCK as u64 + 5, b"x").unwrap();
+        e.write(
+            a,
+            10 * BLOCK as u64 + 5,
+            &bytes::Bytes::copy_from_slice(b"x"),
+        )
+        .unwrap();
         e.commit().unwrap();
         let after_change = s.stats().unwrap();
         let added = after_change.bytes - after_b.bytes;
@@ -1660,14 +1770,16 @@ mod tests {
         let (_d, s) = store();
         let mut e = Engine::format(s, 0, 0, 0o755).unwrap();
         let ino = file(&mut e, "f");
-        e.write(ino, 0, b"data").unwrap();
+        e.write(ino, 0, &bytes::Bytes::copy_from_slice(b"data"))
+            .unwrap();
         e.opened(ino);
         e.opened(ino);
         e.unlink(ROOT_INO, "f", false).unwrap();
         assert!(e.lookup(ROOT_INO, "f").unwrap().is_none());
         assert_eq!(e.inode(ino).unwrap().nlink, 0);
         assert_eq!(e.link(ROOT_INO, "back", ino), Err(Errno::ENOENT));
-        e.write(ino, 4, b"!").unwrap();
+        e.write(ino, 4, &bytes::Bytes::copy_from_slice(b"!"))
+            .unwrap();
         assert_eq!(e.closed(ino), Ok(false));
         assert_eq!(read_all(&mut e, ino), b"data!");
         assert_eq!(e.closed(ino), Ok(true), "the last close frees it");
@@ -1727,8 +1839,14 @@ mod tests {
         let mut e = Engine::format(s.clone(), 0, 0, 0o755).unwrap();
         let ino = file(&mut e, "f");
         let data = vec![0x5Au8; BLOCK];
-        e.write(ino, 0, &data).unwrap();
-        e.write(ino, BLOCK as u64, &[0x11u8; 100]).unwrap();
+        e.write(ino, 0, &bytes::Bytes::copy_from_slice(&data))
+            .unwrap();
+        e.write(
+            ino,
+            BLOCK as u64,
+            &bytes::Bytes::copy_from_slice(&[0x11u8; 100]),
+        )
+        .unwrap();
         let root = e.commit().unwrap();
         drop(e);
         let id = ObjectId::of(&data);

@@ -39,8 +39,8 @@ use crate::vfs::{
 
 /// Dirty file data past which the batch committer commits (in the background: writers go on).
 pub const COMMIT_BYTES: usize = 64 << 20;
-/// Dirty file data past which a writer waits for a commit itself (memory stays bounded when
-/// writes outrun the store).
+/// Dirty file data (or request frames held by dirty blocks, if more) past which a writer
+/// waits for a commit itself (memory stays bounded when writes outrun the store).
 pub const DIRTY_LIMIT: usize = 3 * COMMIT_BYTES;
 /// A commit stores the blocks dirtied while it stored the previous ones, without the owner's
 /// lock, until no more than this is left for the part under the lock (or a few rounds pass).
@@ -671,11 +671,13 @@ impl ImageFs {
             st.changed();
         }
         let dirty = st.engine.dirty_bytes();
+        // Frames held by blocks written without a copy count against the limit too.
+        let held = dirty.max(st.engine.pinned_bytes());
         drop(st);
-        if dirty > COMMIT_BYTES {
+        if dirty > COMMIT_BYTES || held > DIRTY_LIMIT {
             match &self.shared.kick {
                 // The committer stores it while writes go on; past the limit, wait for it.
-                Some(kick) if dirty <= DIRTY_LIMIT => {
+                Some(kick) if held <= DIRTY_LIMIT => {
                     let _ = kick.try_send(());
                 }
                 _ => self.shared.commit()?,
@@ -1082,7 +1084,7 @@ impl FileSystem for ImageFs {
         plan.fill(&*self.shared.store, buf)
     }
 
-    fn write(&self, _creds: &Creds, file: &ImageFile, offset: u64, data: &[u8]) -> Result<usize> {
+    fn write(&self, _creds: &Creds, file: &ImageFile, offset: u64, data: &Bytes) -> Result<usize> {
         if !file.writable {
             return Err(Errno::EBADF);
         }
@@ -1271,7 +1273,8 @@ mod tests {
         let (_, f, _) = fs
             .create(&Creds::root(), &root(fs), name, libc::O_RDWR, 0o644, None)
             .unwrap();
-        fs.write(&Creds::root(), &f, 0, data).unwrap();
+        fs.write(&Creds::root(), &f, 0, &bytes::Bytes::copy_from_slice(data))
+            .unwrap();
         f
     }
 
@@ -1311,12 +1314,24 @@ mod tests {
         // A second sync with nothing new writes nothing.
         fs.fsync(&Creds::root(), &f, false).unwrap();
         assert_eq!(s.record("image/vm").unwrap().unwrap().version, rec.version);
-        fs.write(&Creds::root(), &f, 5, b" second").unwrap();
+        fs.write(
+            &Creds::root(),
+            &f,
+            5,
+            &bytes::Bytes::copy_from_slice(b" second"),
+        )
+        .unwrap();
         fs.mkdir(&Creds::root(), &root(&fs), "dir", 0o700, None)
             .unwrap();
         fs.sync().unwrap();
         // Written after the last sync: may be lost, and is.
-        fs.write(&Creds::root(), &f, 0, b"FIRST").unwrap();
+        fs.write(
+            &Creds::root(),
+            &f,
+            0,
+            &bytes::Bytes::copy_from_slice(b"FIRST"),
+        )
+        .unwrap();
         std::mem::forget(f); // (closing it would sync)
         crash(fs);
 
@@ -1360,8 +1375,13 @@ mod tests {
                             let mut st = fs.shared.lock();
                             st.engine.inode(f.ino).unwrap().size
                         };
-                        fs.write(&Creds::root(), &f, size, piece.as_bytes())
-                            .unwrap();
+                        fs.write(
+                            &Creds::root(),
+                            &f,
+                            size,
+                            &bytes::Bytes::copy_from_slice(piece.as_bytes()),
+                        )
+                        .unwrap();
                         fs.fsync(&Creds::root(), &f, false).unwrap();
                     }
                 })
@@ -1457,8 +1477,13 @@ mod tests {
             let (done_tx, done) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
                 for i in from..to {
-                    fs.write(&Creds::root(), &f, (i << 20) as u64, &chunk)
-                        .unwrap();
+                    fs.write(
+                        &Creds::root(),
+                        &f,
+                        (i << 20) as u64,
+                        &bytes::Bytes::copy_from_slice(&chunk),
+                    )
+                    .unwrap();
                 }
                 let _ = done_tx.send(());
             });
@@ -1498,7 +1523,13 @@ mod tests {
         fs.fsync(&Creds::root(), &f, false).unwrap();
         assert_eq!(s.record("image/vm").unwrap().unwrap().value.len(), 32);
         for i in 0..LOG_ENTRIES + 3 {
-            fs.write(&Creds::root(), &f, i as u64, b"x").unwrap();
+            fs.write(
+                &Creds::root(),
+                &f,
+                i as u64,
+                &bytes::Bytes::copy_from_slice(b"x"),
+            )
+            .unwrap();
             fs.fsync(&Creds::root(), &f, false).unwrap();
             assert!(fs.shared.lock().log_len <= LOG_ENTRIES);
         }

@@ -18,6 +18,7 @@
 //! `NAME/current` (the live image), `NAME/N` (a snapshot, read-only); an unknown one is
 //! ENOENT. Such a session stays inside: `..` at its root is its root.
 
+use bytes::Bytes;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
@@ -518,7 +519,7 @@ impl FileSystem for NamespaceFs {
         }
     }
 
-    fn write(&self, creds: &Creds, file: &NsFile, offset: u64, data: &[u8]) -> Result<usize> {
+    fn write(&self, creds: &Creds, file: &NsFile, offset: u64, data: &Bytes) -> Result<usize> {
         match file {
             NsFile::In(fs, f) => fs.write(creds, f, offset, data),
             NsFile::Listing(_) => Err(Errno::EISDIR),

@@ -89,7 +89,7 @@ fn build(store: &Arc<dyn Objects>, name: &str, shape: Shape, seed: u64) -> Resul
         while at < shape.file_bytes {
             let n = piece.len().min(shape.file_bytes - at);
             noise.fill(&mut piece[..n]);
-            e.write(ino, at as u64, &piece[..n])
+            e.write(ino, at as u64, &bytes::Bytes::copy_from_slice(&piece[..n]))
                 .map_err(errno("write"))?;
             at += n;
         }
@@ -163,8 +163,13 @@ pub fn snapshot(dir: PathBuf, shape: Shape, reps: usize, json: bool) -> Result<(
         // A small change, then a snapshot: the commit of the change plus the record.
         noise.fill(&mut change);
         let at = (n * 4096) % shape.file_bytes.max(4096) as u64;
-        fs.write(&Creds::root(), &file, at, &change)
-            .map_err(errno("write"))?;
+        fs.write(
+            &Creds::root(),
+            &file,
+            at,
+            &bytes::Bytes::copy_from_slice(&change),
+        )
+        .map_err(errno("write"))?;
         let t = Instant::now();
         fs.snapshot(2 * n).map_err(errno("snapshot"))?;
         snap.push(ms(t.elapsed()));
@@ -283,8 +288,13 @@ pub fn space(dir: PathBuf, spec: Space, json: bool) -> Result<()> {
             let file = &files[(x % shape.files as u64) as usize];
             let at = ((x >> 20) % slots) * spec.write_bytes as u64;
             noise.fill(&mut data);
-            fs.write(&Creds::root(), file, at, &data)
-                .map_err(errno("write"))?;
+            fs.write(
+                &Creds::root(),
+                file,
+                at,
+                &bytes::Bytes::copy_from_slice(&data),
+            )
+            .map_err(errno("write"))?;
         }
         // One commit for the fork (closing the files afterwards finds nothing to sync).
         fs.commit().map_err(errno("commit"))?;
