@@ -1603,7 +1603,10 @@ mod tests {
         drop(frame);
         e.commit().unwrap();
         assert_eq!(e.pinned_bytes(), 0, "stored: the frame is let go");
-        assert_eq!(read_all(&mut e, ino), (0..BLOCK).map(|i| i as u8).collect::<Vec<_>>());
+        assert_eq!(
+            read_all(&mut e, ino),
+            (0..BLOCK).map(|i| i as u8).collect::<Vec<_>>()
+        );
     }
 
     /// Identical blocks are stored once; changing one block of a big file writes one block
