@@ -1485,6 +1485,8 @@ mod tests {
                     )
                     .unwrap();
                 }
+                // The image's handles go before the answer (the test then takes the image).
+                drop((fs, f));
                 let _ = done_tx.send(());
             });
             done
@@ -1505,7 +1507,19 @@ mod tests {
             .expect("the writer did not go on once the store did");
         assert!(s.record("image/vm").unwrap().unwrap().version > first.version);
         drop(f);
-        let fs = Arc::into_inner(fs).expect("only owner");
+        // The committer holds the image while it commits: wait for it to let go (bounded).
+        let mut fs = fs;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let fs = loop {
+            match Arc::try_unwrap(fs) {
+                Ok(fs) => break fs,
+                Err(again) if Instant::now() < deadline => {
+                    fs = again;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(_) => panic!("the image is still held after 10 s"),
+            }
+        };
         crash(fs);
         let fs = ImageFs::open(s, "vm", false).unwrap();
         let node = fs.walk(&Creds::root(), &root(&fs), &["big".to_owned()]).0;
