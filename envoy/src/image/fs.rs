@@ -276,30 +276,13 @@ impl Shared {
 }
 
 impl Drop for Shared {
-    /// The last user is gone (envoyd stopping): commit what is left.
+    /// The last user is gone (envoyd stopping): commit what is left (nobody else can hold
+    /// the flush lock now).
     fn drop(&mut self) {
-        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
-        if st.dirty
-            && let Err(e) = commit_state(&*self.store, &self.record, st)
-        {
+        if let Err(e) = self.commit_flushing() {
             tracing::error!(record = %self.record, errno = %e, "image: final commit failed");
         }
     }
-}
-
-/// Commit the engine and point the record at the new root (and no log).
-fn commit_state(store: &dyn Objects, record: &str, st: &mut State) -> Result<()> {
-    if !st.dirty {
-        return Ok(());
-    }
-    let root = st.engine.commit()?;
-    let (value, refs) = wal::record_value(&root, None);
-    let version = store.cas(record, st.version, value, refs).map_err(|e| {
-        tracing::error!(%record, error = %e, "image: cannot record the new root");
-        Errno::EIO
-    })?;
-    committed(st, root, version);
-    Ok(())
 }
 
 /// The engine's changes are in `root`, recorded as the image's record `version`.
