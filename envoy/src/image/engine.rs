@@ -14,12 +14,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use envoy_objstore::{ObjectId, PutObject, StoreError};
 use nix::errno::Errno;
 
+use super::block::{BlockWrite, Dirty, Pins, pieces};
 use super::btree::{Tree, no_refs};
 use super::inode::{self, Content, Entry, Inode, XATTR_BYTES_MAX, XATTR_NAME_MAX};
 use super::objects::Objects;
@@ -37,42 +37,6 @@ const ROOT_MAGIC: &[u8; 8] = b"ENVOYIMG";
 
 /// A result with the errno a client will see.
 pub type Result<T> = std::result::Result<T, Errno>;
-
-/// The bytes of one request frame that blocks written without a copy point into, counted in
-/// [`Engine::pinned_bytes`] until the last of them drops.
-#[derive(Debug)]
-struct FrameCharge {
-    bytes: usize,
-    total: Arc<AtomicUsize>,
-}
-
-impl FrameCharge {
-    fn new(bytes: usize, total: &Arc<AtomicUsize>) -> Arc<FrameCharge> {
-        total.fetch_add(bytes, Ordering::Relaxed);
-        Arc::new(FrameCharge {
-            bytes,
-            total: total.clone(),
-        })
-    }
-}
-
-impl Drop for FrameCharge {
-    fn drop(&mut self) {
-        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
-    }
-}
-
-/// A block that is a slice of a request frame, with that frame's charge.
-struct Pinned {
-    data: Bytes,
-    _charge: Arc<FrameCharge>,
-}
-
-impl AsRef<[u8]> for Pinned {
-    fn as_ref(&self) -> &[u8] {
-        &self.data
-    }
-}
 
 /// The block id a file's block map holds (EIO if the value is not one).
 fn block_id(v: &[u8]) -> Result<ObjectId> {
@@ -156,15 +120,14 @@ pub struct Engine {
     /// Loaded block maps and directories, by inode.
     trees: HashMap<u64, Tree>,
     /// Blocks written since the last commit: (inode, block index) → content (≤ BLOCK bytes).
-    /// A block written whole is a slice of the request that wrote it (no copy; see
-    /// [`Engine::pinned_bytes`]); one written in part is a buffer of its own.
-    dirty: BTreeMap<(u64, u64), Bytes>,
-    /// Bytes of request frames that blocks point into, wherever those blocks are now (dirty,
-    /// being stored, in a batch kept for a retry): counted until the last such block drops.
-    pinned: Arc<AtomicUsize>,
+    /// A block written whole is a slice of the request that wrote it, hashed by its writer
+    /// (see [`super::block`]); one written in part is a buffer of its own.
+    dirty: BTreeMap<(u64, u64), Dirty>,
+    /// Bytes of request frames that blocks point into (see [`Engine::pinned_bytes`]).
+    pins: Pins,
     /// Blocks being stored outside the owner's lock (see [`Engine::start_flush`]): still
     /// read from here until [`Engine::finish_flush`] puts them in their files' maps.
-    flushing: BTreeMap<(u64, u64), Bytes>,
+    flushing: BTreeMap<(u64, u64), Dirty>,
     /// Objects of a commit whose store failed: stored again by the next commit.
     unsaved: Vec<PutObject>,
     /// Blocks of a commit being stored (or whose store failed), by id: in their files' maps
@@ -217,11 +180,9 @@ impl ReadPlan {
     /// Fetch the stored blocks (each verified against its id: a block that fails is EIO for
     /// this range, never wrong bytes) and copy the read into `buf`; bytes read.
     pub fn fill(self, store: &dyn Objects, buf: &mut [u8]) -> Result<usize> {
-        let mut done = 0;
-        for source in self.blocks {
-            let pos = self.offset + done as u64;
-            let within = (pos % BLOCK as u64) as usize;
-            let take = (BLOCK - within).min(self.n - done);
+        for (source, (_, within, range)) in self.blocks.into_iter().zip(pieces(self.offset, self.n))
+        {
+            let take = range.len();
             let stored;
             let block: &[u8] = match &source {
                 BlockSource::Here(b) => b,
@@ -231,14 +192,13 @@ impl ReadPlan {
                 }
                 BlockSource::Hole => &[],
             };
-            let out = &mut buf[done..done + take];
+            let out = &mut buf[range];
             // Past the block's bytes (a file extended by truncate) reads as zeros.
             let have = block.len().saturating_sub(within).min(take);
             if have > 0 {
                 out[..have].copy_from_slice(&block[within..within + have]);
             }
             out[have..].fill(0);
-            done += take;
         }
         Ok(self.n)
     }
@@ -262,7 +222,7 @@ impl Engine {
             next_ino: ROOT_INO + 1,
             trees: HashMap::new(),
             dirty: BTreeMap::new(),
-            pinned: Arc::default(),
+            pins: Pins::default(),
             flushing: BTreeMap::new(),
             unsaved: Vec::new(),
             pending: HashMap::new(),
@@ -304,7 +264,7 @@ impl Engine {
             next_ino,
             trees: HashMap::new(),
             dirty: BTreeMap::new(),
-            pinned: Arc::default(),
+            pins: Pins::default(),
             flushing: BTreeMap::new(),
             unsaved: Vec::new(),
             pending: HashMap::new(),
@@ -339,7 +299,7 @@ impl Engine {
         // Blocks into their files' maps.
         let dirty = std::mem::take(&mut self.dirty);
         for ((ino, index), data) in dirty {
-            let block = PutObject::new(data, Vec::new());
+            let block = data.into_object();
             let id = block.id();
             self.pending.insert(id, block.data().clone());
             batch.push(block);
@@ -401,7 +361,7 @@ impl Engine {
     /// a commit's data is most of its cost; changes go on meanwhile). They stay readable
     /// here; [`Engine::finish_flush`] with their ids puts them in their files' maps, or
     /// [`Engine::abort_flush`] makes them dirty again.
-    pub fn start_flush(&mut self) -> Vec<((u64, u64), Bytes)> {
+    pub fn start_flush(&mut self) -> Vec<((u64, u64), Dirty)> {
         let dirty = std::mem::take(&mut self.dirty);
         let mut out = Vec::with_capacity(dirty.len());
         for (k, b) in dirty {
@@ -444,7 +404,7 @@ impl Engine {
     /// those blocks hold; more when most blocks of a request were overwritten or truncated
     /// away and a few still hold its frame — so memory limits count this too.
     pub fn pinned_bytes(&self) -> usize {
-        self.pinned.load(Ordering::Relaxed)
+        self.pins.bytes()
     }
 
     /// An inode.
@@ -967,9 +927,9 @@ impl Engine {
             );
             for index in first..=last {
                 let source = if let Some(b) = self.dirty.get(&(ino, index)) {
-                    BlockSource::Here(b.clone())
+                    BlockSource::Here(b.data().clone())
                 } else if let Some(b) = self.flushing.get(&(ino, index)) {
-                    BlockSource::Here(b.clone())
+                    BlockSource::Here(b.data().clone())
                 } else {
                     match self.tree(ino)?.get(&*store, index).map_err(eio)? {
                         None => BlockSource::Hole,
@@ -991,10 +951,10 @@ impl Engine {
     /// A block's current content (dirty or stored), `None` for a hole.
     fn block(&mut self, ino: u64, index: u64) -> Result<Option<Bytes>> {
         if let Some(b) = self.dirty.get(&(ino, index)) {
-            return Ok(Some(b.clone()));
+            return Ok(Some(b.data().clone()));
         }
         if let Some(b) = self.flushing.get(&(ino, index)) {
-            return Ok(Some(b.clone()));
+            return Ok(Some(b.data().clone()));
         }
         let store = self.store.clone();
         let Some(v) = self.tree(ino)?.get(&*store, index).map_err(eio)? else {
@@ -1009,44 +969,48 @@ impl Engine {
     }
 
     /// Write `data` into file `ino` at `offset`; bytes written. Only the blocks touched change.
+    /// Whole blocks are hashed here, under the owner's lock: writers that can, cut and hash
+    /// first ([`BlockWrite::cut`] with [`Engine::pins`]) and call [`Engine::write_cut`].
     pub fn write(&mut self, ino: u64, offset: u64, data: &Bytes) -> Result<usize> {
+        let w = BlockWrite::cut(offset, data, &self.pins);
+        self.write_cut(ino, &w)
+    }
+
+    /// Write a cut write's data into file `ino`; bytes written.
+    pub fn write_cut(&mut self, ino: u64, w: &BlockWrite) -> Result<usize> {
         self.logged(
-            |e| e.do_write(ino, offset, data),
+            |e| e.do_write(ino, w),
             |_| Op::Write {
                 ino,
-                offset,
-                data: data.clone(),
+                offset: w.offset(),
+                data: w.data().clone(),
             },
         )
     }
 
-    fn do_write(&mut self, ino: u64, offset: u64, data: &Bytes) -> Result<usize> {
+    /// What writers charge the request frames their blocks hold to ([`BlockWrite::cut`]).
+    pub fn pins(&self) -> Pins {
+        self.pins.clone()
+    }
+
+    fn do_write(&mut self, ino: u64, w: &BlockWrite) -> Result<usize> {
         let node = self.inode(ino)?;
         if node.mode & libc::S_IFMT != libc::S_IFREG {
             return Err(Errno::EINVAL);
         }
+        let (offset, data) = (w.offset(), w.data());
         let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
-        let mut done = 0;
-        let mut charge = None;
-        while done < data.len() {
-            let pos = offset + done as u64;
-            let index = pos / BLOCK as u64;
-            let within = (pos % BLOCK as u64) as usize;
-            let take = (BLOCK - within).min(data.len() - done);
-            if take == BLOCK {
-                // A whole block: a slice of the request, its frame counted while held.
-                let pin = charge.get_or_insert_with(|| FrameCharge::new(data.len(), &self.pinned));
-                let block = Bytes::from_owner(Pinned {
-                    data: data.slice(done..done + BLOCK),
-                    _charge: pin.clone(),
-                });
-                self.dirty.insert((ino, index), block);
-                done += take;
+        let mut whole = w.whole().iter();
+        for (index, within, range) in pieces(offset, data.len()) {
+            if range.len() == BLOCK {
+                // Cut for this very offset: one object per whole piece.
+                let block = whole.next().ok_or(Errno::EIO)?;
+                self.dirty.insert((ino, index), Dirty::Whole(block.clone()));
                 continue;
             }
             let mut block = match self.dirty.remove(&(ino, index)) {
-                // Unshared (the usual case): changed in place.
-                Some(b) => b.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..])),
+                // Written in part before (the usual case): changed in place.
+                Some(b) => b.into_mut(),
                 None => match self.block(ino, index)? {
                     Some(b) => BytesMut::from(&b[..]),
                     None => BytesMut::new(),
@@ -1062,12 +1026,11 @@ impl Engine {
                 block.resize(within, 0);
             }
             // Overwrite what the block holds, append the rest (no zeroing of bytes written).
-            let src = &data[done..done + take];
-            let over = block.len().min(within + take) - within;
+            let src = &data[range];
+            let over = block.len().min(within + src.len()) - within;
             block[within..within + over].copy_from_slice(&src[..over]);
             block.extend_from_slice(&src[over..]);
-            self.dirty.insert((ino, index), block.freeze());
-            done += take;
+            self.dirty.insert((ino, index), Dirty::Part(block.freeze()));
         }
         let t = self.at;
         self.update(ino, |n| {
@@ -1107,7 +1070,7 @@ impl Engine {
                 let index = size / BLOCK as u64;
                 if let Some(b) = self.block(ino, index)? {
                     let b = Bytes::copy_from_slice(&b[..within.min(b.len())]);
-                    self.dirty.insert((ino, index), b);
+                    self.dirty.insert((ino, index), Dirty::Part(b));
                 }
             }
         }
@@ -1341,7 +1304,7 @@ mod tests {
                 15 => {
                     let ids = std::mem::take(&mut flight)
                         .into_iter()
-                        .map(|(k, b)| (k, Objects::put(&*s, b, Vec::new()).unwrap()))
+                        .map(|(k, b)| (k, Objects::put(&*s, b.data().clone(), Vec::new()).unwrap()))
                         .collect();
                     e.finish_flush(ids).unwrap();
                 }

@@ -23,9 +23,10 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use envoy_objstore::{ObjectId, PutObject, StoreError};
+use envoy_objstore::{ObjectId, StoreError};
 use envoy_protocol::Qid;
 
+use super::block::{BlockWrite, Pins};
 use super::engine::{BLOCK, Engine, NewNode, ROOT_INO};
 use super::inode::{Content, Inode};
 use super::locks::{LockOwner, LockTable};
@@ -94,6 +95,8 @@ struct Shared {
     flush: Mutex<()>,
     /// Wakes the committer thread early (dirty data past [`COMMIT_BYTES`]).
     kick: Option<std::sync::mpsc::SyncSender<()>>,
+    /// The engine's count of request frames held by blocks, for writers cutting theirs.
+    pins: Pins,
 }
 
 impl Shared {
@@ -192,7 +195,7 @@ impl Shared {
         if !blocks.is_empty() {
             let (keys, objects): (Vec<_>, Vec<_>) = blocks
                 .into_iter()
-                .map(|(k, b)| (k, PutObject::new(b, Vec::new())))
+                .map(|(k, b)| (k, b.into_object()))
                 .unzip();
             let ids: Vec<ObjectId> = objects.iter().map(|o| o.id()).collect();
             let stored = self.store.put_many(objects);
@@ -550,6 +553,7 @@ impl ImageFs {
             },
             store,
             record,
+            pins: engine.pins(),
             state: Mutex::new(State {
                 engine,
                 dirty: root.is_none(),
@@ -1071,14 +1075,19 @@ impl FileSystem for ImageFs {
         if !file.writable {
             return Err(Errno::EBADF);
         }
-        let n = self.change(|e| {
-            let at = if file.append {
-                e.inode(file.ino)?.size
-            } else {
-                offset
-            };
-            e.write(file.ino, at, data)
-        })?;
+        let n = if file.append {
+            // Where the data goes is known only under the lock: cut and hashed there.
+            self.change(|e| {
+                let at = e.inode(file.ino)?.size;
+                e.write(file.ino, at, data)
+            })?
+        } else {
+            // Hashing is most of a write's cost: done before the lock, in parallel with the
+            // other writers (see `super::block`).
+            self.writable()?;
+            let w = BlockWrite::cut(offset, data, &self.shared.pins);
+            self.change(|e| e.write_cut(file.ino, &w))?
+        };
         file.written.store(true, Ordering::Release);
         Ok(n)
     }
@@ -1247,6 +1256,7 @@ impl ImageFs {
 mod tests {
     use super::*;
     use crate::image::test_store as store;
+    use envoy_objstore::PutObject;
 
     fn root(fs: &ImageFs) -> ImageNode {
         fs.attach(&Creds::root(), "").unwrap().0

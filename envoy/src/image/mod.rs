@@ -17,6 +17,7 @@
 //! `envoy-xl image` and `envoy-xl check`) and [`control`] (the admin socket they travel on).
 
 pub mod admin;
+pub mod block;
 pub mod btree;
 pub mod cache;
 pub mod catalog;

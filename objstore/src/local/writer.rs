@@ -222,7 +222,10 @@ impl Writer {
         let force_durable = !moves.is_empty();
         match self.commit_batch(&puts, &moves, force_durable) {
             Ok((put_results, move_results)) => {
-                for ((_, reply), results) in puts.into_iter().zip(put_results) {
+                for ((objects, reply), results) in puts.into_iter().zip(put_results) {
+                    // Let go of the data before answering: a caller that counts the memory
+                    // its objects hold sees it free once answered.
+                    drop(objects);
                     let _ = reply.send(results);
                 }
                 for ((_, reply), result) in moves.into_iter().zip(move_results) {
@@ -232,7 +235,9 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, "group commit failed");
                 for (objects, reply) in puts {
-                    let _ = reply.send(objects.iter().map(|_| Err(echo(&e))).collect());
+                    let answer = objects.iter().map(|_| Err(echo(&e))).collect();
+                    drop(objects);
+                    let _ = reply.send(answer);
                 }
                 for (_, reply) in moves {
                     let _ = reply.send(Err(echo(&e)));
