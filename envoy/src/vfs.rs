@@ -399,6 +399,13 @@ pub trait FileSystem: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The block size reads and writes work best in whole multiples of, 0 for none: opens
+    /// answer with an iounit of as many whole blocks as one message carries
+    /// ([`crate::session::Protocol::iounit`]), so clients send aligned requests.
+    fn io_unit(&self) -> u32 {
+        0
+    }
+
     /// File-system statistics.
     fn statfs(&self, _creds: &Creds, _node: &Self::Node) -> Result<StatFs> {
         Err(Errno::EOPNOTSUPP)

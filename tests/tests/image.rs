@@ -50,7 +50,9 @@ async fn files_directories_and_links_over_9p_and_durable_after_close() {
     // A file of 300 KiB (five blocks), written in pieces, read back.
     let data: Vec<u8> = (0..300 * 1024).map(|i| (i % 253) as u8).collect();
     c.walk(ROOT, 2, &[]).await.unwrap();
-    c.lcreate(2, "f", P9_DOTL_RDWR, 0o644, 0).await.unwrap();
+    let (_, iounit) = c.lcreate(2, "f", P9_DOTL_RDWR, 0o644, 0).await.unwrap();
+    // As many whole 64 KiB blocks as a 1 MiB message carries: clients send aligned writes.
+    assert_eq!(iounit, 15 * 65536);
     for (i, piece) in data.chunks(70_000).enumerate() {
         c.write(2, (i * 70_000) as u64, piece).await.unwrap();
     }

@@ -1173,6 +1173,11 @@ impl FileSystem for ImageFs {
         self.sync()
     }
 
+    /// Whole blocks: a write that covers them is stored without a copy, hashed by its writer.
+    fn io_unit(&self) -> u32 {
+        BLOCK as u32
+    }
+
     fn statfs(&self, _creds: &Creds, _node: &ImageNode) -> Result<StatFs> {
         Ok(ImageFs::statfs_figures())
     }

@@ -512,6 +512,11 @@ impl FileSystem for NamespaceFs {
         }
     }
 
+    /// Every file here is an image's: its blocks (see [`ImageFs`]).
+    fn io_unit(&self) -> u32 {
+        super::engine::BLOCK as u32
+    }
+
     fn read(&self, creds: &Creds, file: &NsFile, offset: u64, buf: &mut [u8]) -> Result<usize> {
         match file {
             NsFile::In(fs, f) => fs.read(creds, f, offset, buf),

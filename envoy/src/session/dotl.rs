@@ -81,7 +81,7 @@ impl<F: FileSystem> Session<F> {
         }))
     }
 
-    pub(super) fn lopen(&self, m: Tlopen) -> Result<Fcall> {
+    pub(super) fn lopen(&self, m: Tlopen, p: Protocol) -> Result<Fcall> {
         let fid = self.fids.get(m.fid)?;
         fid.plain()?;
         if fid.open.get().is_some() {
@@ -92,10 +92,11 @@ impl<F: FileSystem> Session<F> {
         fid.open
             .set(open_state(file, flags, qid, false))
             .map_err(|_| Errno::EBADF)?;
-        Ok(Fcall::Rlopen(Rlopen { qid, iounit: 0 }))
+        let iounit = p.iounit(self.fs.io_unit());
+        Ok(Fcall::Rlopen(Rlopen { qid, iounit }))
     }
 
-    pub(super) fn lcreate(&self, m: Tlcreate) -> Result<Fcall> {
+    pub(super) fn lcreate(&self, m: Tlcreate, p: Protocol) -> Result<Fcall> {
         let dir = self.unopened_dir(m.fid)?;
         let flags = host_flags(m.flags);
         let (node, file, qid) =
@@ -105,7 +106,8 @@ impl<F: FileSystem> Session<F> {
             m.fid,
             Fid::opened(node, dir.creds.clone(), open_state(file, flags, qid, false)),
         );
-        Ok(Fcall::Rlcreate(Rlcreate { qid, iounit: 0 }))
+        let iounit = p.iounit(self.fs.io_unit());
+        Ok(Fcall::Rlcreate(Rlcreate { qid, iounit }))
     }
 
     /// A fid naming a directory, not open: the starting point of a create.

@@ -80,7 +80,7 @@ fn parse_device(ext: &str) -> Result<NodeKind> {
 }
 
 impl<F: FileSystem> Session<F> {
-    pub(super) fn open(&self, m: Topen, _p: Protocol) -> Result<Fcall> {
+    pub(super) fn open(&self, m: Topen, p: Protocol) -> Result<Fcall> {
         let fid = self.fids.get(m.fid)?;
         fid.plain()?;
         if fid.open.get().is_some() {
@@ -90,7 +90,8 @@ impl<F: FileSystem> Session<F> {
         let (file, qid) = self.fs.open(&fid.creds, &fid.node, flags)?;
         let open = open_state(file, flags, qid, m.mode & ORCLOSE != 0);
         fid.open.set(open).map_err(|_| Errno::EBADF)?;
-        Ok(Fcall::Ropen(Ropen { qid, iounit: 0 }))
+        let iounit = p.iounit(self.fs.io_unit());
+        Ok(Fcall::Ropen(Ropen { qid, iounit }))
     }
 
     pub(super) fn create(&self, m: Tcreate, p: Protocol) -> Result<Fcall> {
@@ -154,7 +155,8 @@ impl<F: FileSystem> Session<F> {
                 .replace(m.fid, Fid::opened(node, creds.clone(), open));
             qid
         };
-        Ok(Fcall::Rcreate(Rcreate { qid, iounit: 0 }))
+        let iounit = p.iounit(self.fs.io_unit());
+        Ok(Fcall::Rcreate(Rcreate { qid, iounit }))
     }
 
     pub(super) fn stat(&self, m: Tstat, p: Protocol) -> Result<Fcall> {

@@ -61,6 +61,19 @@ impl Protocol {
     pub fn max_data(&self) -> u32 {
         self.msize - envoy_protocol::DATA_REPLY_HEADER_LEN as u32
     }
+
+    /// The iounit opens answer for a backend whose [`FileSystem::io_unit`] is `unit`: as many
+    /// whole units as one Twrite or Rread carries, so a client (Linux v9fs splits reads and
+    /// writes at the iounit) sends aligned requests; 0 — the client then uses msize − 24 —
+    /// without a unit or when one does not fit.
+    pub fn iounit(&self, unit: u32) -> u32 {
+        let room = self.msize.saturating_sub(consts::IOHDRSZ);
+        if unit == 0 || room < unit {
+            0
+        } else {
+            room / unit * unit
+        }
+    }
 }
 
 /// Smallest msize accepted (QEMU's minimum too).
@@ -171,8 +184,8 @@ impl<F: FileSystem> Session<F> {
             Fcall::Twstat(m) if !dotl => self.wstat(m, p)?,
             // 9P2000.L
             Fcall::Tstatfs(m) if dotl => self.statfs(m)?,
-            Fcall::Tlopen(m) if dotl => self.lopen(m)?,
-            Fcall::Tlcreate(m) if dotl => self.lcreate(m)?,
+            Fcall::Tlopen(m) if dotl => self.lopen(m, p)?,
+            Fcall::Tlcreate(m) if dotl => self.lcreate(m, p)?,
             Fcall::Tsymlink(m) if dotl => self.symlink(m)?,
             Fcall::Tmknod(m) if dotl => self.mknod(m)?,
             Fcall::Trename(m) if dotl => self.rename(m)?,
@@ -393,4 +406,26 @@ fn finish_data_reply(mut buf: PooledBuf, ty: u8, tag: u16, n: usize) -> Bytes {
     envoy_protocol::encode_data_reply_header(&mut head, ty, tag, n as u32);
     buf[..len].copy_from_slice(&head);
     buf.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iounit_is_whole_units_of_what_a_message_carries() {
+        let p = |msize| Protocol {
+            dialect: Dialect::P9P2000L,
+            msize,
+        };
+        assert_eq!(p(1 << 20).iounit(65536), 15 * 65536);
+        assert_eq!(p(1 << 20).iounit(0), 0, "no unit: the client's choice");
+        assert_eq!(
+            p(65536).iounit(65536),
+            0,
+            "a block does not fit beside the header"
+        );
+        assert_eq!(p(65536 + 24).iounit(65536), 65536);
+        assert_eq!(p(8192).iounit(4096), 4096);
+    }
 }
