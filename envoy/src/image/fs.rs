@@ -116,8 +116,8 @@ impl Shared {
 
     /// Commit, the flush lock held. The state lock is held only to fold the changes into a
     /// new root (the few blocks dirtied since the flushes, the tree nodes): the dirty blocks
-    /// are hashed and stored before, the new objects and the record written after, without
-    /// it — changes go on meanwhile, into the next commit.
+    /// are stored before, the new objects and the record written after, without it —
+    /// changes go on meanwhile, into the next commit.
     fn commit_flushing(&self) -> Result<()> {
         self.flush_blocks()?;
         // Writes went on meanwhile: store what they dirtied too, still without the lock.
@@ -182,8 +182,9 @@ impl Shared {
         }
     }
 
-    /// Hash and store the dirty blocks without the state lock (the flush lock held), unless
-    /// they are few ([`FLUSH_ALONE`]): those the commit stores.
+    /// Store the dirty blocks without the state lock (the flush lock held; blocks written in
+    /// part are hashed here, whole ones were by their writers), unless they are few
+    /// ([`FLUSH_ALONE`]): those the commit stores.
     fn flush_blocks(&self) -> Result<()> {
         let blocks = {
             let mut st = self.lock();
