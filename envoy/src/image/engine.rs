@@ -920,52 +920,45 @@ impl Engine {
         };
         let mut blocks = Vec::new();
         if n > 0 {
-            let store = self.store.clone();
             let (first, last) = (
                 offset / BLOCK as u64,
                 (offset + n as u64 - 1) / BLOCK as u64,
             );
             for index in first..=last {
-                let source = if let Some(b) = self.dirty.get(&(ino, index)) {
-                    BlockSource::Here(b.data().clone())
-                } else if let Some(b) = self.flushing.get(&(ino, index)) {
-                    BlockSource::Here(b.data().clone())
-                } else {
-                    match self.tree(ino)?.get(&*store, index).map_err(eio)? {
-                        None => BlockSource::Hole,
-                        Some(v) => {
-                            let id = block_id(&v)?;
-                            match self.pending.get(&id) {
-                                Some(b) => BlockSource::Here(b.clone()),
-                                None => BlockSource::Stored(id),
-                            }
-                        }
-                    }
-                };
-                blocks.push(source);
+                blocks.push(self.source(ino, index)?);
             }
         }
         Ok(ReadPlan { offset, n, blocks })
     }
 
-    /// A block's current content (dirty or stored), `None` for a hole.
-    fn block(&mut self, ino: u64, index: u64) -> Result<Option<Bytes>> {
+    /// Where a block's current content is: in memory (dirty, being flushed, or in a commit
+    /// being stored), in the store, or nowhere (a hole).
+    fn source(&mut self, ino: u64, index: u64) -> Result<BlockSource> {
         if let Some(b) = self.dirty.get(&(ino, index)) {
-            return Ok(Some(b.data().clone()));
+            return Ok(BlockSource::Here(b.data().clone()));
         }
         if let Some(b) = self.flushing.get(&(ino, index)) {
-            return Ok(Some(b.data().clone()));
+            return Ok(BlockSource::Here(b.data().clone()));
         }
         let store = self.store.clone();
         let Some(v) = self.tree(ino)?.get(&*store, index).map_err(eio)? else {
-            return Ok(None);
+            return Ok(BlockSource::Hole);
         };
         let id = block_id(&v)?;
-        if let Some(b) = self.pending.get(&id) {
-            return Ok(Some(b.clone()));
+        Ok(match self.pending.get(&id) {
+            Some(b) => BlockSource::Here(b.clone()),
+            None => BlockSource::Stored(id),
+        })
+    }
+
+    /// A block's current content (dirty or stored), `None` for a hole.
+    fn block(&mut self, ino: u64, index: u64) -> Result<Option<Bytes>> {
+        match self.source(ino, index)? {
+            BlockSource::Here(b) => Ok(Some(b)),
+            BlockSource::Hole => Ok(None),
+            // A block that fails its hash is EIO for this range, never wrong bytes.
+            BlockSource::Stored(id) => self.store.get(&id).map(Some).map_err(eio),
         }
-        // A block that fails its hash is EIO for this range, never wrong bytes.
-        self.store.get(&id).map(Some).map_err(eio)
     }
 
     /// Write `data` into file `ino` at `offset`; bytes written. Only the blocks touched change.

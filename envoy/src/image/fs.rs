@@ -139,22 +139,16 @@ impl Shared {
         drop(st);
         let stored = self.store.put_many(batch.clone());
         let was_stored = stored.is_ok();
-        let recorded = stored.and_then(|()| {
+        let outcome = stored.and_then(|()| {
             let (value, refs) = wal::record_value(&root, None);
             self.store.cas(&self.record, version, value, refs)
         });
         let mut st = self.lock();
         st.engine.commit_stored(batch, was_stored);
-        let recorded = match recorded {
-            Ok(version) => Ok(version),
-            Err(e) => self.recorded_anyway(&root).ok_or(e),
-        };
-        match recorded {
+        match outcome.or_else(|e| self.recorded_anyway(&root).ok_or(e)) {
+            // Changes made meanwhile keep the image dirty (for the next commit).
             Ok(version) => {
-                st.root = Some(root);
-                st.head = None;
-                st.log_len = 0;
-                st.version = version;
+                recorded(&mut st, root, version);
                 Ok(())
             }
             Err(e) => {
@@ -289,12 +283,18 @@ impl Drop for Shared {
     }
 }
 
-/// The engine's changes are in `root`, recorded as the image's record `version`.
-fn committed(st: &mut State, root: ObjectId, version: u64) {
+/// The image's record is at `version` and names `root`, with no log.
+fn recorded(st: &mut State, root: ObjectId, version: u64) {
     st.root = Some(root);
     st.head = None;
     st.log_len = 0;
     st.version = version;
+}
+
+/// The engine's changes are in `root`, recorded as the image's record `version` (and none
+/// came since: the state lock was held throughout).
+fn committed(st: &mut State, root: ObjectId, version: u64) {
+    recorded(st, root, version);
     st.dirty = false;
     st.since = None;
 }

@@ -92,8 +92,10 @@ impl<F: FileSystem> Session<F> {
         fid.open
             .set(open_state(file, flags, qid, false))
             .map_err(|_| Errno::EBADF)?;
-        let iounit = p.iounit(self.fs.io_unit());
-        Ok(Fcall::Rlopen(Rlopen { qid, iounit }))
+        Ok(Fcall::Rlopen(Rlopen {
+            qid,
+            iounit: self.iounit(p),
+        }))
     }
 
     pub(super) fn lcreate(&self, m: Tlcreate, p: Protocol) -> Result<Fcall> {
@@ -106,8 +108,10 @@ impl<F: FileSystem> Session<F> {
             m.fid,
             Fid::opened(node, dir.creds.clone(), open_state(file, flags, qid, false)),
         );
-        let iounit = p.iounit(self.fs.io_unit());
-        Ok(Fcall::Rlcreate(Rlcreate { qid, iounit }))
+        Ok(Fcall::Rlcreate(Rlcreate {
+            qid,
+            iounit: self.iounit(p),
+        }))
     }
 
     /// A fid naming a directory, not open: the starting point of a create.

@@ -90,8 +90,10 @@ impl<F: FileSystem> Session<F> {
         let (file, qid) = self.fs.open(&fid.creds, &fid.node, flags)?;
         let open = open_state(file, flags, qid, m.mode & ORCLOSE != 0);
         fid.open.set(open).map_err(|_| Errno::EBADF)?;
-        let iounit = p.iounit(self.fs.io_unit());
-        Ok(Fcall::Ropen(Ropen { qid, iounit }))
+        Ok(Fcall::Ropen(Ropen {
+            qid,
+            iounit: self.iounit(p),
+        }))
     }
 
     pub(super) fn create(&self, m: Tcreate, p: Protocol) -> Result<Fcall> {
@@ -155,8 +157,10 @@ impl<F: FileSystem> Session<F> {
                 .replace(m.fid, Fid::opened(node, creds.clone(), open));
             qid
         };
-        let iounit = p.iounit(self.fs.io_unit());
-        Ok(Fcall::Rcreate(Rcreate { qid, iounit }))
+        Ok(Fcall::Rcreate(Rcreate {
+            qid,
+            iounit: self.iounit(p),
+        }))
     }
 
     pub(super) fn stat(&self, m: Tstat, p: Protocol) -> Result<Fcall> {

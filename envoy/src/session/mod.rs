@@ -88,6 +88,11 @@ pub struct Session<F: FileSystem> {
 }
 
 impl<F: FileSystem> Session<F> {
+    /// The iounit an open answers: whole blocks of the backend's, as many as a message holds.
+    fn iounit(&self, p: Protocol) -> u32 {
+        p.iounit(self.fs.io_unit())
+    }
+
     /// A session serving `fs`.
     pub fn new(fs: Arc<F>, limits: SessionLimits, pool: Arc<BufPool>) -> Session<F> {
         Session {

@@ -543,15 +543,7 @@ impl LocalStore {
         let sh = &self.shared;
         let txn = sh.records.begin_read().map_err(|e| sh.rx(e))?;
         let table = txn.open_table(index::RECORDS).map_err(|e| sh.rx(e))?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(|e| sh.rx(e))? {
-            let (k, v) = row.map_err(|e| sh.rx(e))?;
-            let name = k.value().to_owned();
-            let rec = index::decode_record(v.value())
-                .ok_or_else(|| index::damaged(&sh.records_path, format!("record {name:?}")))?;
-            out.push((name, rec));
-        }
-        Ok(out)
+        read_records(&table, &sh.records_path)
     }
 
     /// Compare-and-set: write `value`/`refs` if the record is at version `expected` (0:
@@ -827,17 +819,7 @@ fn init_records(
         match txn.open_table(index::RECORDS) {
             Err(redb::TableError::TableDoesNotExist(_)) => None,
             Err(e) => return Err(ix(e.into())),
-            Ok(table) => {
-                let mut rows = Vec::new();
-                for row in table.iter().map_err(|e| ix(e.into()))? {
-                    let (k, v) = row.map_err(|e| ix(e.into()))?;
-                    let name = k.value().to_owned();
-                    let rec = index::decode_record(v.value())
-                        .ok_or_else(|| index::damaged(index_path, format!("record {name:?}")))?;
-                    rows.push((name, rec));
-                }
-                Some(rows)
-            }
+            Ok(table) => Some(read_records(&table, index_path)?),
         }
     };
     let txn = db.begin_write().map_err(|e| rx(e.into()))?;
@@ -894,6 +876,22 @@ fn read_record(
             .map(Some)
             .ok_or_else(|| index::damaged(path, format!("record {name:?}"))),
     }
+}
+
+/// Every record in a records table (of the database at `path`), tombstones included.
+fn read_records(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    path: &Path,
+) -> Result<Vec<(String, Record)>> {
+    let mut out = Vec::new();
+    for row in table.iter().map_err(|e| index::index_err(path, e))? {
+        let (k, v) = row.map_err(|e| index::index_err(path, e))?;
+        let name = k.value().to_owned();
+        let rec = index::decode_record(v.value())
+            .ok_or_else(|| index::damaged(path, format!("record {name:?}")))?;
+        out.push((name, rec));
+    }
+    Ok(out)
 }
 
 /// The version a compare-and-set must expect: the copy's, 0 if absent or deleted.
